@@ -1,0 +1,1 @@
+//! Placeholder: the synthetic event generator is being written.

@@ -1,0 +1,3 @@
+mod generate;
+
+fn main() {}
