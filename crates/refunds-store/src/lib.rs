@@ -1,1 +1,225 @@
-pub fn x() {}
+//! The projection store: one redb file holding the refunds, an index for
+//! every list filter, exact counters, the audit trail, source checkpoints and
+//! the dead-letter outbox.
+//!
+//! # Guarantees
+//!
+//! - A [`Batch`] is applied in ONE write transaction together with the source
+//!   positions it covers ([`CheckpointDelta`]). A crash rolls back to the last
+//!   durable commit, data and positions together, so a batch is never half
+//!   applied; a delta that overlaps the stored position is refused, so a batch
+//!   is never applied twice.
+//! - Events are distinct by (tenant, event id). A repeated id is recorded in
+//!   the audit trail as `duplicate` (equal JSON) or `conflicting_duplicate`
+//!   and changes nothing else.
+//! - Readers see committed snapshots: a page and its count come from one
+//!   [`redb::ReadTransaction`].
+//!
+//! # Key layout
+//!
+//! Tenant ids are interned to a 4-byte big-endian number (`names`), so every
+//! tenant-scoped key starts with a fixed `tenant` prefix. `refunds` is keyed
+//! `tenant | refund id` and holds the compact encoded state. Each secondary
+//! index (`by_created`, `by_status`, `by_currency`, `by_amount`, and one per
+//! exact-match text filter) is keyed `tenant | value | created_at | refund id`
+//! with an empty value: status is one byte (rank order), currency three,
+//! amount eight big-endian, text values carry a 2-byte length, and
+//! `created_at` is big-endian milliseconds with the sign bit flipped. The refund
+//! id comes last, unprefixed, so keys sort by (created_at, id) within a value
+//! and a filtered page in either direction is one range scan inside one
+//! tenant. `counts` holds exact refund counts per `tenant | dimension | value`
+//! for the low-cardinality filters. `event_ids` maps `tenant | event id` to the
+//! audit sequence of the applied event; `audit_log` is an append-only log by
+//! sequence and `audit_by_refund` (`tenant | len | refund id | sequence`) finds
+//! a refund's entries.
+
+mod apply;
+mod audit;
+mod batch;
+pub mod keys;
+mod read;
+pub mod tables;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+pub use audit::{AuditEntry, Outcome};
+pub use batch::{Batch, BatchSummary, Checkpoint, CheckpointDelta, Item, ItemKind, SourcePos};
+pub use keys::TenantNo;
+pub use read::{DeadLetter, ExportError, StoreStats, source_json};
+pub use redb::Durability;
+
+/// The on-disk format this build writes. A store of another format is refused.
+const FORMAT_VERSION: &[u8] = b"refunds-store/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("failed to open the store at {path}: {source}")]
+    Database {
+        path: String,
+        source: redb::DatabaseError,
+    },
+    #[error("the store at {path} has format {found:?}; this build reads {expected:?}")]
+    Format {
+        path: String,
+        found: String,
+        expected: String,
+    },
+    #[error(transparent)]
+    Storage(#[from] redb::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store operation failed: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("batch for {source_name} starts at {from} but the store has applied up to {stored}")]
+    CheckpointOverlap {
+        source_name: String,
+        from: u64,
+        stored: u64,
+    },
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(err: $t) -> StoreError {
+                StoreError::Storage(err.into())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Tuning for [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct StoreParams {
+    /// redb page cache, in bytes.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreParams {
+    fn default() -> StoreParams {
+        StoreParams {
+            cache_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+pub struct Store {
+    db: Database,
+    /// Interned names known to be committed: `kind:name` -> number.
+    names: HashMap<String, u32>,
+    names_by_number: HashMap<u32, String>,
+}
+
+impl Store {
+    /// Opens (or creates) the store file and its tables.
+    pub fn open(path: &Path, params: &StoreParams) -> Result<Store, OpenError> {
+        let db = Database::builder()
+            .set_cache_size(params.cache_bytes)
+            .create(path)
+            .map_err(|source| OpenError::Database {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let txn = db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut meta = txn.open_table(tables::META).map_err(redb::Error::from)?;
+            let found = meta
+                .get("format")
+                .map_err(redb::Error::from)?
+                .map(|v| v.value().to_vec());
+            match found {
+                None => {
+                    meta.insert("format", FORMAT_VERSION)
+                        .map_err(redb::Error::from)?;
+                }
+                Some(found) if found == FORMAT_VERSION => {}
+                Some(found) => {
+                    return Err(OpenError::Format {
+                        path: path.display().to_string(),
+                        found: String::from_utf8_lossy(&found).into_owned(),
+                        expected: String::from_utf8_lossy(FORMAT_VERSION).into_owned(),
+                    });
+                }
+            }
+            apply::create_tables(&txn)
+                .map_err(StoreError::from)
+                .map_err(|e| match e {
+                    StoreError::Storage(err) => OpenError::Storage(err),
+                    other => OpenError::Storage(redb::Error::Corrupted(other.to_string())),
+                })?;
+        }
+        txn.commit().map_err(redb::Error::from)?;
+
+        let mut names = HashMap::new();
+        let mut names_by_number = HashMap::new();
+        {
+            let read = db.begin_read().map_err(redb::Error::from)?;
+            let table = read.open_table(tables::NAMES).map_err(redb::Error::from)?;
+            for row in table.iter().map_err(redb::Error::from)? {
+                let (name, number) = row.map_err(redb::Error::from)?;
+                names.insert(name.value().to_owned(), number.value());
+                names_by_number.insert(number.value(), name.value().to_owned());
+            }
+        }
+        Ok(Store {
+            db,
+            names,
+            names_by_number,
+        })
+    }
+
+    /// The redb database, for read transactions of the query layer.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The tenant number of a tenant id, if the store has seen that tenant.
+    pub fn tenant_no(&self, tenant_id: &str) -> Option<TenantNo> {
+        self.names
+            .get(&tenant_name(tenant_id))
+            .copied()
+            .map(TenantNo)
+    }
+
+    /// Every tenant, sorted by tenant id.
+    pub fn tenants(&self) -> Vec<(String, TenantNo)> {
+        let mut tenants: Vec<(String, TenantNo)> = self
+            .names
+            .iter()
+            .filter_map(|(name, &n)| {
+                name.strip_prefix(TENANT_KIND)
+                    .map(|t| (t.to_owned(), TenantNo(n)))
+            })
+            .collect();
+        tenants.sort();
+        tenants
+    }
+
+    fn name_of(&self, number: u32) -> Option<&str> {
+        self.names_by_number
+            .get(&number)
+            .map(|n| n.split_once(':').map_or(n.as_str(), |(_, rest)| rest))
+    }
+}
+
+const TENANT_KIND: &str = "tenant:";
+const FILE_KIND: &str = "file:";
+const TOPIC_KIND: &str = "topic:";
+
+fn tenant_name(tenant_id: &str) -> String {
+    format!("{TENANT_KIND}{tenant_id}")
+}

@@ -1,0 +1,333 @@
+//! Applying a batch: one write transaction per batch.
+//!
+//! Events of one refund inside a batch are coalesced: the row is read once,
+//! every new event is merged, and each index key is rewritten only if its
+//! value changed. Counter deltas are summed over the batch and written once
+//! per counter row.
+
+use std::collections::HashMap;
+
+use redb::{Durability, ReadableTable, Table, WriteTransaction};
+use refunds_domain::{RefundState, Timestamp, merge};
+
+use crate::audit::{Outcome, StoredSource, decode_entry, encode_entry};
+use crate::batch::{Batch, BatchSummary, Checkpoint, ItemKind, SourcePos};
+use crate::keys::{self, CountDim, Index, TenantNo};
+use crate::read::{dead_letter_document, stat_names};
+use crate::{FILE_KIND, Store, StoreError, TOPIC_KIND, tables, tenant_name};
+
+pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(tables::NAMES)?;
+    txn.open_table(tables::NAMES_BY_NUMBER)?;
+    txn.open_table(tables::STATS)?;
+    txn.open_table(tables::REFUNDS)?;
+    txn.open_table(tables::COUNTS)?;
+    txn.open_table(tables::EVENT_IDS)?;
+    txn.open_table(tables::AUDIT_LOG)?;
+    txn.open_table(tables::AUDIT_BY_REFUND)?;
+    txn.open_table(tables::CHECKPOINTS)?;
+    txn.open_table(tables::DEAD_LETTERS)?;
+    txn.open_table(tables::DEAD_LETTERS_PENDING)?;
+    for index in Index::ALL {
+        txn.open_table(index.table().expect("every listed index has a table"))?;
+    }
+    Ok(())
+}
+
+/// Names interned inside a transaction, published to the cache after commit.
+struct Interner<'a, 't> {
+    known: &'a HashMap<String, u32>,
+    fresh: HashMap<String, u32>,
+    names: Table<'t, &'static str, u32>,
+    by_number: Table<'t, u32, &'static str>,
+}
+
+impl Interner<'_, '_> {
+    fn intern(&mut self, name: String) -> Result<u32, StoreError> {
+        if let Some(&n) = self.known.get(&name).or_else(|| self.fresh.get(&name)) {
+            return Ok(n);
+        }
+        let next = match self.by_number.last()? {
+            Some((n, _)) => n.value() + 1,
+            None => 1,
+        };
+        self.names.insert(name.as_str(), next)?;
+        self.by_number.insert(next, name.as_str())?;
+        self.fresh.insert(name, next);
+        Ok(next)
+    }
+}
+
+impl Store {
+    /// Applies a batch in one write transaction, with the given durability.
+    /// `Durability::None` commits are atomic but survive a crash only once a
+    /// later `Immediate` commit lands.
+    pub fn apply_batch(
+        &mut self,
+        batch: &Batch,
+        durability: Durability,
+    ) -> Result<BatchSummary, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(durability)?;
+        let mut summary = BatchSummary::default();
+        let fresh_names;
+        {
+            let mut interner = Interner {
+                known: &self.names,
+                fresh: HashMap::new(),
+                names: txn.open_table(tables::NAMES)?,
+                by_number: txn.open_table(tables::NAMES_BY_NUMBER)?,
+            };
+            let mut checkpoints = txn.open_table(tables::CHECKPOINTS)?;
+            for delta in &batch.checkpoints {
+                if let Some(stored) = checkpoints.get(delta.source.as_str())? {
+                    let stored = Checkpoint::decode(stored.value()).ok_or_else(|| {
+                        StoreError::Corrupt(format!("checkpoint of {}", delta.source))
+                    })?;
+                    if delta.from < stored.position && !delta.restart {
+                        return Err(StoreError::CheckpointOverlap {
+                            source_name: delta.source.clone(),
+                            from: delta.from,
+                            stored: stored.position,
+                        });
+                    }
+                }
+            }
+
+            let mut event_ids = txn.open_table(tables::EVENT_IDS)?;
+            let mut audit_log = txn.open_table(tables::AUDIT_LOG)?;
+            let mut audit_by_refund = txn.open_table(tables::AUDIT_BY_REFUND)?;
+            let mut dead_letters = txn.open_table(tables::DEAD_LETTERS)?;
+            let mut pending = txn.open_table(tables::DEAD_LETTERS_PENDING)?;
+            let mut next_audit = audit_log.last()?.map_or(1, |(k, _)| k.value() + 1);
+            let mut next_dead_letter = dead_letters.last()?.map_or(1, |(k, _)| k.value() + 1);
+
+            // Refunds touched by applied events, in first-touch order.
+            let mut touched: Vec<(TenantNo, &str, Vec<usize>)> = Vec::new();
+            let mut touched_at: HashMap<(TenantNo, &str), usize> = HashMap::new();
+            let mut last_applied_at: Option<Timestamp> = None;
+
+            for (i, item) in batch.items.iter().enumerate() {
+                let event = match &item.kind {
+                    ItemKind::Invalid(invalid) => {
+                        let doc = dead_letter_document(
+                            invalid,
+                            &item.source,
+                            item.received_at,
+                            &item.raw,
+                        );
+                        dead_letters.insert(next_dead_letter, doc.as_slice())?;
+                        pending.insert(next_dead_letter, ())?;
+                        next_dead_letter += 1;
+                        summary.invalid += 1;
+                        continue;
+                    }
+                    ItemKind::Valid(event) => event,
+                };
+                let tenant = TenantNo(interner.intern(tenant_name(&event.tenant_id))?);
+                let source = match &item.source {
+                    SourcePos::File { path, line } => StoredSource::File {
+                        name: interner.intern(format!("{FILE_KIND}{path}"))?,
+                        line: *line,
+                    },
+                    SourcePos::Kafka {
+                        topic,
+                        partition,
+                        offset,
+                    } => StoredSource::Kafka {
+                        name: interner.intern(format!("{TOPIC_KIND}{topic}"))?,
+                        partition: *partition,
+                        offset: *offset,
+                    },
+                };
+                let event_key = keys::event_key(tenant, &event.event_id);
+                let seq = next_audit;
+                next_audit += 1;
+                let previous = event_ids.get(event_key.as_slice())?.map(|v| v.value());
+                let outcome = match previous {
+                    None => {
+                        event_ids.insert(event_key.as_slice(), seq)?;
+                        Outcome::Applied
+                    }
+                    Some(previous_seq) => {
+                        let stored = audit_log.get(previous_seq)?.ok_or_else(|| {
+                            StoreError::Corrupt(format!("audit entry {previous_seq} is missing"))
+                        })?;
+                        let stored = decode_entry(stored.value()).ok_or_else(|| {
+                            StoreError::Corrupt(format!("audit entry {previous_seq}"))
+                        })?;
+                        if same_json(stored.payload, &item.raw) {
+                            Outcome::Duplicate
+                        } else {
+                            Outcome::ConflictingDuplicate
+                        }
+                    }
+                };
+                audit_log.insert(
+                    seq,
+                    encode_entry(outcome, item.received_at, source, &item.raw).as_slice(),
+                )?;
+                audit_by_refund.insert(
+                    keys::audit_key(tenant, &event.refund_id, seq).as_slice(),
+                    (),
+                )?;
+                match outcome {
+                    Outcome::Applied => {
+                        summary.applied += 1;
+                        last_applied_at = last_applied_at.max(Some(item.received_at));
+                        let slot = *touched_at
+                            .entry((tenant, event.refund_id.as_str()))
+                            .or_insert_with(|| {
+                                touched.push((tenant, event.refund_id.as_str(), Vec::new()));
+                                touched.len() - 1
+                            });
+                        touched[slot].2.push(i);
+                    }
+                    Outcome::Duplicate => summary.duplicate += 1,
+                    Outcome::ConflictingDuplicate => summary.conflicting_duplicate += 1,
+                }
+            }
+
+            let mut refunds = txn.open_table(tables::REFUNDS)?;
+            let mut index_tables = Vec::with_capacity(Index::ALL.len());
+            for index in Index::ALL {
+                index_tables.push((
+                    index,
+                    txn.open_table(index.table().expect("listed indexes have tables"))?,
+                ));
+            }
+            let mut count_deltas: HashMap<Vec<u8>, i64> = HashMap::new();
+            for (tenant, refund_id, items) in &touched {
+                let key = keys::refund_key(*tenant, refund_id);
+                let old = match refunds.get(key.as_slice())? {
+                    Some(row) => Some(
+                        RefundState::decode(row.value())
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                let mut state = old.clone();
+                for &i in items {
+                    let ItemKind::Valid(event) = &batch.items[i].kind else {
+                        unreachable!("only valid items are touched")
+                    };
+                    state = Some(merge(state, event));
+                }
+                let new = state.expect("a touched refund has at least one event");
+                for (index, table) in &mut index_tables {
+                    let old_key = old.as_ref().and_then(|s| index.key_of(*tenant, s));
+                    let new_key = index.key_of(*tenant, &new);
+                    if old_key == new_key {
+                        continue;
+                    }
+                    if let Some(old_key) = old_key {
+                        table.remove(old_key.as_slice())?;
+                    }
+                    if let Some(new_key) = new_key {
+                        table.insert(new_key.as_slice(), ())?;
+                    }
+                }
+                for dim in CountDim::ALL {
+                    let old_value = old.as_ref().and_then(|s| dim.value_of(s));
+                    let new_value = dim.value_of(&new);
+                    if old_value == new_value {
+                        continue;
+                    }
+                    if let Some(v) = old_value {
+                        *count_deltas
+                            .entry(keys::count_key(*tenant, dim, &v))
+                            .or_default() -= 1;
+                    }
+                    if let Some(v) = new_value {
+                        *count_deltas
+                            .entry(keys::count_key(*tenant, dim, &v))
+                            .or_default() += 1;
+                    }
+                }
+                if old.is_none() {
+                    summary.refunds_created += 1;
+                }
+                summary.refunds_touched += 1;
+                refunds.insert(key.as_slice(), new.encode().as_slice())?;
+            }
+
+            let mut counts = txn.open_table(tables::COUNTS)?;
+            let mut deltas: Vec<(Vec<u8>, i64)> =
+                count_deltas.into_iter().filter(|(_, d)| *d != 0).collect();
+            deltas.sort();
+            for (key, delta) in deltas {
+                let current = counts.get(key.as_slice())?.map_or(0, |v| v.value());
+                let updated = current.checked_add_signed(delta).ok_or_else(|| {
+                    StoreError::Corrupt(format!("count would go negative ({current} {delta:+})"))
+                })?;
+                if updated == 0 {
+                    counts.remove(key.as_slice())?;
+                } else {
+                    counts.insert(key.as_slice(), updated)?;
+                }
+            }
+
+            let mut stats = txn.open_table(tables::STATS)?;
+            for (name, delta) in [
+                (stat_names::EVENTS_APPLIED, summary.applied),
+                (stat_names::EVENTS_DUPLICATE, summary.duplicate),
+                (
+                    stat_names::EVENTS_CONFLICTING_DUPLICATE,
+                    summary.conflicting_duplicate,
+                ),
+                (stat_names::EVENTS_INVALID, summary.invalid),
+                (stat_names::REFUNDS, summary.refunds_created),
+            ] {
+                if delta > 0 {
+                    let current = stats.get(name)?.map_or(0, |v| v.value());
+                    stats.insert(name, current + delta)?;
+                }
+            }
+            if let Some(at) = last_applied_at {
+                stats.insert(stat_names::LAST_APPLIED_AT, at.millis() as u64)?;
+            }
+
+            for delta in &batch.checkpoints {
+                let checkpoint = Checkpoint {
+                    position: delta.to,
+                    state: delta.state.clone(),
+                };
+                checkpoints.insert(delta.source.as_str(), checkpoint.encode().as_slice())?;
+            }
+            fresh_names = interner.fresh;
+        }
+        txn.commit()?;
+        for (name, number) in fresh_names {
+            self.names_by_number.insert(number, name.clone());
+            self.names.insert(name, number);
+        }
+        Ok(summary)
+    }
+
+    /// Removes dead letters from the outbox once their destination has them.
+    pub fn mark_dead_letters_sent(&mut self, sequences: &[u64]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut pending = txn.open_table(tables::DEAD_LETTERS_PENDING)?;
+            for seq in sequences {
+                pending.remove(seq)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// Duplicates are equal as parsed JSON (key order and whitespace aside).
+fn same_json(a: &[u8], b: &[u8]) -> bool {
+    if a == b {
+        return true;
+    }
+    match (
+        serde_json::from_slice::<serde_json::Value>(a),
+        serde_json::from_slice::<serde_json::Value>(b),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}

@@ -1,0 +1,285 @@
+//! Byte encodings of keys. Every encoding here sorts, byte-wise, in the order
+//! the store needs; the tests pin both the round trip and the order.
+
+use redb::TableDefinition;
+use refunds_domain::{EventType, RefundState, TextField, Timestamp};
+
+use crate::tables;
+
+/// A tenant id, interned as a dense number so that every key starts with a
+/// fixed 4-byte prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TenantNo(pub u32);
+
+impl TenantNo {
+    pub fn prefix(self) -> [u8; 4] {
+        self.0.to_be_bytes()
+    }
+}
+
+/// Order-preserving bytes of a timestamp (sign bit flipped, big endian).
+pub fn time_bytes(t: Timestamp) -> [u8; 8] {
+    ((t.millis() as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn time_from_bytes(bytes: [u8; 8]) -> Option<Timestamp> {
+    Timestamp::from_millis((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
+}
+
+/// `tenant | refund id`: the primary key. The id is last, so it needs no
+/// length and sorts as the string does.
+pub fn refund_key(tenant: TenantNo, refund_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + refund_id.len());
+    key.extend_from_slice(&tenant.prefix());
+    key.extend_from_slice(refund_id.as_bytes());
+    key
+}
+
+/// `tenant | event id`.
+pub fn event_key(tenant: TenantNo, event_id: &str) -> Vec<u8> {
+    refund_key(tenant, event_id)
+}
+
+/// `tenant | len(id) | refund id | sequence`: a refund's audit entries.
+pub fn audit_key(tenant: TenantNo, refund_id: &str, seq: u64) -> Vec<u8> {
+    let mut key = audit_prefix(tenant, refund_id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub fn audit_prefix(tenant: TenantNo, refund_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + 1 + refund_id.len() + 8);
+    key.extend_from_slice(&tenant.prefix());
+    // Refund ids are at most 128 bytes (validated), so one length byte suffices.
+    key.push(u8::try_from(refund_id.len()).expect("refund ids are at most 128 bytes"));
+    key.extend_from_slice(refund_id.as_bytes());
+    key
+}
+
+/// One secondary index. Each is keyed `tenant | value | created_at | refund id`
+/// so that the refunds with one value, within one tenant, form one contiguous
+/// range ordered by (created_at, id): a filtered page in either direction is a
+/// range scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Index {
+    Created,
+    Status,
+    Currency,
+    Amount,
+    Text(TextField),
+}
+
+impl Index {
+    pub const ALL: [Index; 12] = [
+        Index::Created,
+        Index::Status,
+        Index::Currency,
+        Index::Amount,
+        Index::Text(TextField::OrderNo),
+        Index::Text(TextField::TransactionId),
+        Index::Text(TextField::ExternalRefundId),
+        Index::Text(TextField::Processor),
+        Index::Text(TextField::PaymentMethodType),
+        Index::Text(TextField::ProductType),
+        Index::Text(TextField::StoreId),
+        Index::Text(TextField::ReferenceId),
+    ];
+
+    pub fn table(self) -> Option<TableDefinition<'static, &'static [u8], ()>> {
+        Some(match self {
+            Index::Created => tables::BY_CREATED,
+            Index::Status => tables::BY_STATUS,
+            Index::Currency => tables::BY_CURRENCY,
+            Index::Amount => tables::BY_AMOUNT,
+            Index::Text(TextField::OrderNo) => tables::BY_ORDER_NO,
+            Index::Text(TextField::TransactionId) => tables::BY_TRANSACTION_ID,
+            Index::Text(TextField::ExternalRefundId) => tables::BY_EXTERNAL_REFUND_ID,
+            Index::Text(TextField::Processor) => tables::BY_PROCESSOR,
+            Index::Text(TextField::PaymentMethodType) => tables::BY_PAYMENT_METHOD_TYPE,
+            Index::Text(TextField::ProductType) => tables::BY_PRODUCT_TYPE,
+            Index::Text(TextField::StoreId) => tables::BY_STORE_ID,
+            Index::Text(TextField::ReferenceId) => tables::BY_REFERENCE_ID,
+            Index::Text(TextField::Reason | TextField::FailureReason) => return None,
+        })
+    }
+
+    /// The encoded value component of a refund under this index; `None` when
+    /// the refund has no value (it is then absent from the index).
+    pub fn value_of(self, state: &RefundState) -> Option<Vec<u8>> {
+        match self {
+            Index::Created => Some(Vec::new()),
+            Index::Status => Some(status_value(state.status)),
+            Index::Currency => state.currency().map(|c| c.as_bytes().to_vec()),
+            Index::Amount => state.amount().map(amount_value),
+            Index::Text(field) => state.text(field).map(text_value),
+        }
+    }
+
+    /// The full index key of a refund, if it has a value.
+    pub fn key_of(self, tenant: TenantNo, state: &RefundState) -> Option<Vec<u8>> {
+        let value = self.value_of(state)?;
+        let mut key = index_prefix(tenant, &value);
+        key.extend_from_slice(&time_bytes(state.created_at()));
+        key.extend_from_slice(state.id.as_bytes());
+        Some(key)
+    }
+}
+
+/// Status codes follow rank order, so a status value is one byte.
+pub fn status_value(status: EventType) -> Vec<u8> {
+    vec![status.code()]
+}
+
+/// Big-endian so that amounts sort numerically.
+pub fn amount_value(amount: u64) -> Vec<u8> {
+    amount.to_be_bytes().to_vec()
+}
+
+/// Length-prefixed (2 bytes; values are at most 256 bytes) so that one value
+/// is never a prefix of another's range. Exact-match filters need equality,
+/// not lexical order, across values.
+pub fn text_value(text: &str) -> Vec<u8> {
+    let len = u16::try_from(text.len()).expect("text values are at most 256 bytes");
+    let mut out = Vec::with_capacity(2 + text.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+/// `tenant | value`: every key of one value in one tenant starts with this.
+pub fn index_prefix(tenant: TenantNo, value: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + value.len() + 8 + 32);
+    key.extend_from_slice(&tenant.prefix());
+    key.extend_from_slice(value);
+    key
+}
+
+/// Splits an index key back into (created_at, refund id), given its prefix length.
+pub fn split_index_key(key: &[u8], prefix_len: usize) -> Option<(Timestamp, &str)> {
+    let time: [u8; 8] = key.get(prefix_len..prefix_len + 8)?.try_into().ok()?;
+    let id = std::str::from_utf8(key.get(prefix_len + 8..)?).ok()?;
+    Some((time_from_bytes(time)?, id))
+}
+
+/// Dimensions with exact counter rows in `COUNTS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CountDim {
+    All = 0,
+    Status = 1,
+    Currency = 2,
+    Processor = 3,
+    PaymentMethodType = 4,
+    ProductType = 5,
+}
+
+impl CountDim {
+    pub const ALL: [CountDim; 6] = [
+        CountDim::All,
+        CountDim::Status,
+        CountDim::Currency,
+        CountDim::Processor,
+        CountDim::PaymentMethodType,
+        CountDim::ProductType,
+    ];
+
+    pub fn value_of(self, state: &RefundState) -> Option<Vec<u8>> {
+        match self {
+            CountDim::All => Some(Vec::new()),
+            CountDim::Status => Some(status_value(state.status)),
+            CountDim::Currency => state.currency().map(|c| c.as_bytes().to_vec()),
+            CountDim::Processor => state.text(TextField::Processor).map(text_value),
+            CountDim::PaymentMethodType => state.text(TextField::PaymentMethodType).map(text_value),
+            CountDim::ProductType => state.text(TextField::ProductType).map(text_value),
+        }
+    }
+}
+
+/// `tenant | dimension | value`.
+pub fn count_key(tenant: TenantNo, dim: CountDim, value: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(5 + value.len());
+    key.extend_from_slice(&tenant.prefix());
+    key.push(dim as u8);
+    key.extend_from_slice(value);
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms).unwrap()
+    }
+
+    #[test]
+    fn time_bytes_round_trip_and_sort_like_time() {
+        let times = [
+            Timestamp::MIN,
+            ts(-86_400_000),
+            ts(-1),
+            ts(0),
+            ts(1),
+            ts(1_700_000_000_000),
+            Timestamp::MAX,
+        ];
+        for pair in times.windows(2) {
+            assert!(time_bytes(pair[0]) < time_bytes(pair[1]), "{pair:?}");
+        }
+        for t in times {
+            assert_eq!(time_from_bytes(time_bytes(t)), Some(t));
+        }
+    }
+
+    #[test]
+    fn amount_values_sort_numerically() {
+        assert!(amount_value(9) < amount_value(10));
+        assert!(amount_value(255) < amount_value(256));
+        assert!(amount_value(1) < amount_value(u64::MAX));
+    }
+
+    #[test]
+    fn refund_keys_sort_by_tenant_then_id() {
+        let a = refund_key(TenantNo(1), "ref_b");
+        let b = refund_key(TenantNo(1), "ref_ba");
+        let c = refund_key(TenantNo(2), "ref_a");
+        assert!(a < b && b < c);
+    }
+
+    #[test]
+    fn a_text_value_range_never_contains_a_longer_value() {
+        let short = index_prefix(TenantNo(1), &text_value("ab"));
+        let long = index_prefix(TenantNo(1), &text_value("abc"));
+        assert!(!long.starts_with(&short));
+    }
+
+    #[test]
+    fn index_keys_order_by_created_then_id_within_a_value() {
+        let key = |ms: i64, id: &str| {
+            let mut k = index_prefix(TenantNo(7), &text_value("stripe"));
+            k.extend_from_slice(&time_bytes(ts(ms)));
+            k.extend_from_slice(id.as_bytes());
+            k
+        };
+        let keys = [
+            key(-5, "z"),
+            key(10, "a"),
+            key(10, "b"),
+            key(10, "ba"),
+            key(11, "a"),
+        ];
+        for pair in keys.windows(2) {
+            assert!(pair[0] < pair[1]);
+        }
+        let prefix_len = 4 + 2 + "stripe".len();
+        assert_eq!(split_index_key(&keys[3], prefix_len), Some((ts(10), "ba")));
+    }
+
+    #[test]
+    fn audit_keys_of_one_refund_share_a_prefix_no_other_refund_has() {
+        let a = audit_key(TenantNo(1), "ref_1", 5);
+        let b = audit_key(TenantNo(1), "ref_10", 1);
+        assert!(a.starts_with(&audit_prefix(TenantNo(1), "ref_1")));
+        assert!(!b.starts_with(&audit_prefix(TenantNo(1), "ref_1")));
+        assert!(audit_key(TenantNo(1), "ref_1", 5) < audit_key(TenantNo(1), "ref_1", 6));
+    }
+}

@@ -1,0 +1,281 @@
+//! Reads: single refunds, export, audit trails, totals, checkpoints and the
+//! dead-letter outbox. Each call reads one committed snapshot.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use refunds_domain::{InvalidEvent, RefundState, Timestamp, render_refund};
+use serde_json::json;
+
+use crate::audit::{AuditEntry, StoredSource, decode_entry};
+use crate::batch::{Checkpoint, SourcePos};
+use crate::keys::{self, TenantNo};
+use crate::{Store, StoreError, tables};
+
+pub(crate) mod stat_names {
+    pub const EVENTS_APPLIED: &str = "events_applied";
+    pub const EVENTS_DUPLICATE: &str = "events_duplicate";
+    pub const EVENTS_CONFLICTING_DUPLICATE: &str = "events_conflicting_duplicate";
+    pub const EVENTS_INVALID: &str = "events_invalid";
+    pub const REFUNDS: &str = "refunds";
+    pub const LAST_APPLIED_AT: &str = "last_applied_at";
+}
+
+/// The store's totals, as `/v1/status` reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub events_applied: u64,
+    pub events_duplicate: u64,
+    pub events_conflicting_duplicate: u64,
+    pub events_invalid: u64,
+    pub dead_letters_pending: u64,
+    pub refunds: u64,
+    /// Arrival time of the newest applied event.
+    pub last_applied_at: Option<Timestamp>,
+}
+
+/// One recorded dead letter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub sequence: u64,
+    /// `{"reason", "message", "raw", "source", "received_at"}`.
+    pub document: serde_json::Value,
+}
+
+pub(crate) fn dead_letter_document(
+    invalid: &InvalidEvent,
+    source: &SourcePos,
+    received_at: Timestamp,
+    raw: &[u8],
+) -> Vec<u8> {
+    let doc = json!({
+        "reason": invalid.reason.as_str(),
+        "message": invalid.message,
+        "raw": String::from_utf8_lossy(raw),
+        "source": source_json(source),
+        "received_at": received_at.to_string(),
+    });
+    serde_json::to_vec(&doc).expect("a JSON value always serializes")
+}
+
+pub fn source_json(source: &SourcePos) -> serde_json::Value {
+    match source {
+        SourcePos::File { path, line } => json!({"file": path.as_ref(), "line": line}),
+        SourcePos::Kafka {
+            topic,
+            partition,
+            offset,
+        } => {
+            json!({"topic": topic.as_ref(), "partition": partition, "offset": offset})
+        }
+    }
+}
+
+fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(what.into())
+}
+
+impl Store {
+    pub fn read(&self) -> Result<ReadTransaction, StoreError> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// One refund of one tenant.
+    pub fn get_refund(
+        &self,
+        tenant_id: &str,
+        refund_id: &str,
+    ) -> Result<Option<RefundState>, StoreError> {
+        let Some(tenant) = self.tenant_no(tenant_id) else {
+            return Ok(None);
+        };
+        let txn = self.read()?;
+        get_refund_in(&txn, tenant, refund_id)
+    }
+
+    /// Writes every refund, rendered as the API does, one per line, ordered
+    /// by (tenant_id, id). Returns the number of refunds written.
+    pub fn export(&self, out: &mut impl Write) -> Result<u64, ExportError> {
+        let txn = self.read()?;
+        let refunds = txn.open_table(tables::REFUNDS).map_err(StoreError::from)?;
+        let mut written = 0;
+        for (_, tenant) in self.tenants() {
+            let start = tenant.prefix();
+            let end = TenantNo(tenant.0 + 1).prefix();
+            for row in refunds
+                .range(start.as_slice()..end.as_slice())
+                .map_err(StoreError::from)?
+            {
+                let (_, value) = row.map_err(StoreError::from)?;
+                let state =
+                    RefundState::decode(value.value()).map_err(|e| corrupt(e.to_string()))?;
+                out.write_all(render_refund(&state).as_bytes())?;
+                out.write_all(b"\n")?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    /// A refund's audit trail ordered by (occurred_at, event_id), then arrival.
+    pub fn audit_trail(
+        &self,
+        tenant_id: &str,
+        refund_id: &str,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let Some(tenant) = self.tenant_no(tenant_id) else {
+            return Ok(Vec::new());
+        };
+        let txn = self.read()?;
+        let index = txn.open_table(tables::AUDIT_BY_REFUND)?;
+        let log = txn.open_table(tables::AUDIT_LOG)?;
+        let prefix = keys::audit_prefix(tenant, refund_id);
+        let mut entries = Vec::new();
+        for row in index.range(prefix.as_slice()..)? {
+            let (key, _) = row?;
+            let key = key.value();
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let seq_bytes: [u8; 8] = key[prefix.len()..]
+                .try_into()
+                .map_err(|_| corrupt("audit key"))?;
+            let seq = u64::from_be_bytes(seq_bytes);
+            let raw = log
+                .get(seq)?
+                .ok_or_else(|| corrupt(format!("audit entry {seq} is missing")))?;
+            let entry =
+                decode_entry(raw.value()).ok_or_else(|| corrupt(format!("audit entry {seq}")))?;
+            let payload: serde_json::Value = serde_json::from_slice(entry.payload)
+                .map_err(|_| corrupt(format!("audit payload {seq}")))?;
+            let text = |key: &str| {
+                payload
+                    .get(key)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let occurred_at = Timestamp::parse_rfc3339(&text("occurred_at"))
+                .ok_or_else(|| corrupt(format!("audit payload {seq} occurred_at")))?;
+            entries.push(AuditEntry {
+                sequence: seq,
+                event_id: text("event_id"),
+                event_type: text("type"),
+                occurred_at,
+                received_at: entry.received_at,
+                outcome: entry.outcome,
+                source: self.source_pos(entry.source)?,
+                payload,
+            });
+        }
+        entries.sort_by(|a, b| {
+            (a.occurred_at, &a.event_id, a.sequence).cmp(&(b.occurred_at, &b.event_id, b.sequence))
+        });
+        Ok(entries)
+    }
+
+    fn source_pos(&self, source: StoredSource) -> Result<SourcePos, StoreError> {
+        Ok(match source {
+            StoredSource::File { name, line } => SourcePos::File {
+                path: Arc::from(self.name_of(name).ok_or_else(|| corrupt("source name"))?),
+                line,
+            },
+            StoredSource::Kafka {
+                name,
+                partition,
+                offset,
+            } => SourcePos::Kafka {
+                topic: Arc::from(self.name_of(name).ok_or_else(|| corrupt("source name"))?),
+                partition,
+                offset,
+            },
+        })
+    }
+
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let txn = self.read()?;
+        let stats = txn.open_table(tables::STATS)?;
+        let get = |name: &str| -> Result<u64, StoreError> {
+            Ok(stats.get(name)?.map_or(0, |v| v.value()))
+        };
+        let pending = txn.open_table(tables::DEAD_LETTERS_PENDING)?;
+        Ok(StoreStats {
+            events_applied: get(stat_names::EVENTS_APPLIED)?,
+            events_duplicate: get(stat_names::EVENTS_DUPLICATE)?,
+            events_conflicting_duplicate: get(stat_names::EVENTS_CONFLICTING_DUPLICATE)?,
+            events_invalid: get(stat_names::EVENTS_INVALID)?,
+            dead_letters_pending: pending.len()?,
+            refunds: get(stat_names::REFUNDS)?,
+            last_applied_at: stats
+                .get(stat_names::LAST_APPLIED_AT)?
+                .and_then(|v| Timestamp::from_millis(v.value() as i64)),
+        })
+    }
+
+    pub fn checkpoint(&self, source: &str) -> Result<Option<Checkpoint>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(tables::CHECKPOINTS)?;
+        let Some(value) = table.get(source)? else {
+            return Ok(None);
+        };
+        Checkpoint::decode(value.value())
+            .map(Some)
+            .ok_or_else(|| corrupt(format!("checkpoint of {source}")))
+    }
+
+    /// Dead letters still in the outbox, oldest first.
+    pub fn pending_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let txn = self.read()?;
+        let pending = txn.open_table(tables::DEAD_LETTERS_PENDING)?;
+        let letters = txn.open_table(tables::DEAD_LETTERS)?;
+        let mut out = Vec::new();
+        for row in pending.iter()?.take(limit) {
+            let seq = row?.0.value();
+            let doc = letters
+                .get(seq)?
+                .ok_or_else(|| corrupt(format!("dead letter {seq} is missing")))?;
+            let document = serde_json::from_slice(doc.value())
+                .map_err(|_| corrupt(format!("dead letter {seq}")))?;
+            out.push(DeadLetter {
+                sequence: seq,
+                document,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Bytes the store file occupies on disk.
+    pub fn file_bytes(path: &std::path::Path) -> u64 {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+}
+
+pub(crate) fn get_refund_in(
+    txn: &ReadTransaction,
+    tenant: TenantNo,
+    refund_id: &str,
+) -> Result<Option<RefundState>, StoreError> {
+    let refunds = txn.open_table(tables::REFUNDS)?;
+    let key = keys::refund_key(tenant, refund_id);
+    let Some(row) = refunds.get(key.as_slice())? else {
+        return Ok(None);
+    };
+    RefundState::decode(row.value())
+        .map(Some)
+        .map_err(|e| corrupt(e.to_string()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("failed to write the export: {0}")]
+    Write(#[from] io::Error),
+}
+
+impl From<redb::TransactionError> for ExportError {
+    fn from(err: redb::TransactionError) -> ExportError {
+        ExportError::Store(err.into())
+    }
+}

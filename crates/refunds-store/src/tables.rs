@@ -1,0 +1,50 @@
+//! Every redb table of the store, in one place. Byte keys are built in
+//! [`crate::keys`]; the layout is described in the crate documentation.
+
+use redb::TableDefinition;
+
+/// Store-wide settings and the format version: name -> bytes.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Interned strings (tenant ids, source names): `kind:name` -> number.
+pub const NAMES: TableDefinition<&str, u32> = TableDefinition::new("names");
+/// The reverse of [`NAMES`]: number -> `kind:name`.
+pub const NAMES_BY_NUMBER: TableDefinition<u32, &str> = TableDefinition::new("names_by_number");
+/// Store totals (`events_applied`, `refunds`, ...): name -> value.
+pub const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
+
+/// Primary table: `tenant | refund id` -> encoded `RefundState`.
+pub const REFUNDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refunds");
+
+/// Exact counts of refunds: `tenant | dimension | value` -> count.
+pub const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("counts");
+
+/// Event identity: `tenant | event id` -> audit sequence number of the
+/// event that was applied under that id.
+pub const EVENT_IDS: TableDefinition<&[u8], u64> = TableDefinition::new("event_ids");
+/// Every received valid event, in arrival order: sequence -> audit entry.
+pub const AUDIT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_log");
+/// A refund's audit entries: `tenant | len | refund id | sequence` -> ().
+pub const AUDIT_BY_REFUND: TableDefinition<&[u8], ()> = TableDefinition::new("audit_by_refund");
+
+/// Source positions, written in the same transaction as the events they cover.
+pub const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+/// Every dead letter ever recorded: sequence -> JSON document.
+pub const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+/// The outbox: dead letters not yet delivered to their destination.
+pub const DEAD_LETTERS_PENDING: TableDefinition<u64, ()> =
+    TableDefinition::new("dead_letters_pending");
+
+pub const BY_CREATED: TableDefinition<&[u8], ()> = TableDefinition::new("by_created");
+pub const BY_STATUS: TableDefinition<&[u8], ()> = TableDefinition::new("by_status");
+pub const BY_CURRENCY: TableDefinition<&[u8], ()> = TableDefinition::new("by_currency");
+pub const BY_PROCESSOR: TableDefinition<&[u8], ()> = TableDefinition::new("by_processor");
+pub const BY_PAYMENT_METHOD_TYPE: TableDefinition<&[u8], ()> =
+    TableDefinition::new("by_payment_method_type");
+pub const BY_PRODUCT_TYPE: TableDefinition<&[u8], ()> = TableDefinition::new("by_product_type");
+pub const BY_ORDER_NO: TableDefinition<&[u8], ()> = TableDefinition::new("by_order_no");
+pub const BY_TRANSACTION_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by_transaction_id");
+pub const BY_EXTERNAL_REFUND_ID: TableDefinition<&[u8], ()> =
+    TableDefinition::new("by_external_refund_id");
+pub const BY_STORE_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by_store_id");
+pub const BY_REFERENCE_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by_reference_id");
+pub const BY_AMOUNT: TableDefinition<&[u8], ()> = TableDefinition::new("by_amount");
