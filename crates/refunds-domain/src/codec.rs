@@ -28,9 +28,7 @@ impl std::error::Error for DecodeError {}
 
 impl RefundState {
     pub fn encode(&self) -> Vec<u8> {
-        let mut versions: Vec<&Version> = std::iter::once(&self.status_version)
-            .chain(self.slot_versions())
-            .collect();
+        let mut versions: Vec<&Version> = std::iter::once(&self.status_version).chain(self.slot_versions()).collect();
         versions.sort();
         versions.dedup();
 
@@ -43,11 +41,7 @@ impl RefundState {
             put_int(&mut out, v.occurred_at.millis());
             put_str(&mut out, &v.event_id);
         }
-        let index_of = |v: &Version| {
-            versions
-                .binary_search(&v)
-                .expect("every version is in the table") as u64
-        };
+        let index_of = |v: &Version| versions.binary_search(&v).expect("every version is in the table") as u64;
         out.push(self.status.code());
         put_uint(&mut out, index_of(&self.status_version));
         match self.first_queued_at {
@@ -69,9 +63,7 @@ impl RefundState {
                 put_uint(&mut out, *value);
             }
         }
-        let strings = [&self.currency, &self.initiated_by, &self.metadata]
-            .into_iter()
-            .chain(&self.text);
+        let strings = [&self.currency, &self.initiated_by, &self.metadata].into_iter().chain(&self.text);
         for slot in strings {
             slot_header(&mut out, slot.as_ref().map(|(_, v)| v));
             if let Some((value, _)) = slot {
@@ -89,22 +81,14 @@ impl RefundState {
         let tenant_id = r.string()?;
         let id = r.string()?;
         let count = r.uint()?;
-        let mut versions =
-            Vec::with_capacity(usize::try_from(count).map_err(|_| DecodeError("version count"))?);
+        let mut versions = Vec::with_capacity(usize::try_from(count).map_err(|_| DecodeError("version count"))?);
         for _ in 0..count {
             let occurred_at = r.timestamp()?;
             let event_id: Arc<str> = Arc::from(r.string()?);
-            versions.push(Version {
-                occurred_at,
-                event_id,
-            });
+            versions.push(Version { occurred_at, event_id });
         }
         let version_at = |index: u64| -> Result<Version, DecodeError> {
-            usize::try_from(index)
-                .ok()
-                .and_then(|i| versions.get(i))
-                .cloned()
-                .ok_or(DecodeError("version index"))
+            usize::try_from(index).ok().and_then(|i| versions.get(i)).cloned().ok_or(DecodeError("version index"))
         };
         let status = EventType::from_code(r.byte()?).ok_or(DecodeError("status"))?;
         let status_version = version_at(r.uint()?)?;
@@ -160,10 +144,10 @@ impl RefundState {
 
 fn put_uint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        out.push(v.to_le_bytes()[0] | 0x80);
         v >>= 7;
     }
-    out.push(v as u8);
+    out.push(v.to_le_bytes()[0]);
 }
 
 fn put_int(out: &mut Vec<u8>, v: i64) {
@@ -207,13 +191,8 @@ impl Reader<'_> {
 
     fn string(&mut self) -> Result<String, DecodeError> {
         let len = usize::try_from(self.uint()?).map_err(|_| DecodeError("length"))?;
-        let end = self
-            .pos
-            .checked_add(len)
-            .filter(|&e| e <= self.bytes.len())
-            .ok_or(DecodeError("truncated"))?;
-        let s =
-            std::str::from_utf8(&self.bytes[self.pos..end]).map_err(|_| DecodeError("utf-8"))?;
+        let end = self.pos.checked_add(len).filter(|&e| e <= self.bytes.len()).ok_or(DecodeError("truncated"))?;
+        let s = std::str::from_utf8(&self.bytes[self.pos..end]).map_err(|_| DecodeError("utf-8"))?;
         self.pos = end;
         Ok(s.to_owned())
     }

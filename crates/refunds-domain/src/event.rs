@@ -30,13 +30,8 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 5] = [
-        EventType::Queued,
-        EventType::Processing,
-        EventType::Completed,
-        EventType::Failed,
-        EventType::Cancelled,
-    ];
+    pub const ALL: [EventType; 5] =
+        [EventType::Queued, EventType::Processing, EventType::Completed, EventType::Failed, EventType::Cancelled];
 
     /// The full wire name, `refund.completed`.
     pub fn wire_name(self) -> &'static str {
@@ -118,10 +113,7 @@ pub struct InvalidEvent {
 
 impl InvalidEvent {
     fn new(reason: InvalidReason, message: impl Into<String>) -> InvalidEvent {
-        InvalidEvent {
-            reason,
-            message: message.into(),
-        }
+        InvalidEvent { reason, message: message.into() }
     }
 
     fn schema(message: impl Into<String>) -> InvalidEvent {
@@ -234,24 +226,14 @@ pub fn validate(raw: &[u8]) -> Result<RefundEvent, InvalidEvent> {
     if raw.len() > MAX_MESSAGE_BYTES {
         return Err(InvalidEvent::new(
             InvalidReason::TooLarge,
-            format!(
-                "message is {} bytes, more than the limit of {MAX_MESSAGE_BYTES}",
-                raw.len()
-            ),
+            format!("message is {} bytes, more than the limit of {MAX_MESSAGE_BYTES}", raw.len()),
         ));
     }
     let text = std::str::from_utf8(raw).map_err(|err| {
-        InvalidEvent::new(
-            InvalidReason::MalformedJson,
-            format!("message is not valid UTF-8 ({err})"),
-        )
+        InvalidEvent::new(InvalidReason::MalformedJson, format!("message is not valid UTF-8 ({err})"))
     })?;
-    let value: Value = serde_json::from_str(text).map_err(|err| {
-        InvalidEvent::new(
-            InvalidReason::MalformedJson,
-            format!("message is not valid JSON ({err})"),
-        )
-    })?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|err| InvalidEvent::new(InvalidReason::MalformedJson, format!("message is not valid JSON ({err})")))?;
     validate_value(&value)
 }
 
@@ -276,9 +258,8 @@ pub fn validate_value(value: &Value) -> Result<RefundEvent, InvalidEvent> {
     let event_id = required_id(top, "event_id", "event_id")?;
     let occurred_at = match top.get("occurred_at") {
         None | Some(Value::Null) => return Err(InvalidEvent::schema("occurred_at is required")),
-        Some(Value::String(text)) => Timestamp::parse_rfc3339(text).ok_or_else(|| {
-            InvalidEvent::schema("occurred_at must be an RFC 3339 date-time with an offset")
-        })?,
+        Some(Value::String(text)) => Timestamp::parse_rfc3339(text)
+            .ok_or_else(|| InvalidEvent::schema("occurred_at must be an RFC 3339 date-time with an offset"))?,
         Some(_) => return Err(InvalidEvent::schema("occurred_at must be a string")),
     };
     let refund = match top.get("refund") {
@@ -289,14 +270,7 @@ pub fn validate_value(value: &Value) -> Result<RefundEvent, InvalidEvent> {
     let refund_id = required_id(refund, "id", "refund.id")?;
     let tenant_id = required_id(refund, "tenant_id", "refund.tenant_id")?;
     let fields = validate_fields(refund, kind)?;
-    Ok(RefundEvent {
-        event_id,
-        kind,
-        occurred_at,
-        refund_id,
-        tenant_id,
-        fields,
-    })
+    Ok(RefundEvent { event_id, kind, occurred_at, refund_id, tenant_id, fields })
 }
 
 fn check_schema_version(top: &Map<String, Value>) -> Result<(), InvalidEvent> {
@@ -315,52 +289,34 @@ fn required_id(object: &Map<String, Value>, key: &str, path: &str) -> Result<Str
     match object.get(key) {
         None | Some(Value::Null) => Err(InvalidEvent::schema(format!("{path} is required"))),
         Some(Value::String(s)) if (1..=MAX_ID_BYTES).contains(&s.len()) => Ok(s.clone()),
-        Some(Value::String(_)) => Err(InvalidEvent::schema(format!(
-            "{path} must be a string of 1 to {MAX_ID_BYTES} bytes"
-        ))),
+        Some(Value::String(_)) => {
+            Err(InvalidEvent::schema(format!("{path} must be a string of 1 to {MAX_ID_BYTES} bytes")))
+        }
         Some(_) => Err(InvalidEvent::schema(format!("{path} must be a string"))),
     }
 }
 
-fn validate_fields(
-    refund: &Map<String, Value>,
-    kind: EventType,
-) -> Result<RefundFields, InvalidEvent> {
-    let amount = optional_integer(
-        refund,
-        "amount",
-        1,
-        "refund.amount must be a positive integer",
-    )?;
+fn validate_fields(refund: &Map<String, Value>, kind: EventType) -> Result<RefundFields, InvalidEvent> {
+    let amount = optional_integer(refund, "amount", 1, "refund.amount must be a positive integer")?;
     let currency = match refund.get("currency") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.len() == 3 && s.bytes().all(|b| b.is_ascii_alphabetic()) => {
             Some(s.to_ascii_uppercase())
         }
         Some(_) => {
-            return Err(InvalidEvent::schema(
-                "refund.currency must be a string of 3 ASCII letters",
-            ));
+            return Err(InvalidEvent::schema("refund.currency must be a string of 3 ASCII letters"));
         }
     };
     if kind == EventType::Queued {
         if amount.is_none() {
-            return Err(InvalidEvent::schema(
-                "refund.amount is required on refund.queued",
-            ));
+            return Err(InvalidEvent::schema("refund.amount is required on refund.queued"));
         }
         if currency.is_none() {
-            return Err(InvalidEvent::schema(
-                "refund.currency is required on refund.queued",
-            ));
+            return Err(InvalidEvent::schema("refund.currency is required on refund.queued"));
         }
     }
-    let original_amount = optional_integer(
-        refund,
-        "original_amount",
-        0,
-        "refund.original_amount must be an integer >= 0",
-    )?;
+    let original_amount =
+        optional_integer(refund, "original_amount", 0, "refund.original_amount must be an integer >= 0")?;
     let mut text: [Option<String>; TextField::COUNT] = Default::default();
     for field in TextField::ALL {
         let value = optional_text(refund, field.name())?;
@@ -400,9 +356,7 @@ fn optional_text(refund: &Map<String, Value>, key: &str) -> Result<Option<String
     match refund.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if (1..=MAX_TEXT_BYTES).contains(&s.len()) => Ok(Some(s.clone())),
-        Some(_) => Err(InvalidEvent::schema(format!(
-            "refund.{key} must be a string of 1 to {MAX_TEXT_BYTES} bytes"
-        ))),
+        Some(_) => Err(InvalidEvent::schema(format!("refund.{key} must be a string of 1 to {MAX_TEXT_BYTES} bytes"))),
     }
 }
 
@@ -423,8 +377,6 @@ fn optional_object(
                 _ => Ok(Some(compact)),
             }
         }
-        Some(_) => Err(InvalidEvent::schema(format!(
-            "refund.{key} must be an object"
-        ))),
+        Some(_) => Err(InvalidEvent::schema(format!("refund.{key} must be an object"))),
     }
 }

@@ -14,9 +14,7 @@ pub mod render;
 pub mod state;
 pub mod time;
 
-pub use event::{
-    EventType, InvalidEvent, InvalidReason, RefundEvent, RefundFields, TextField, validate,
-};
+pub use event::{EventType, InvalidEvent, InvalidReason, RefundEvent, RefundFields, TextField, validate};
 pub use render::render_refund;
 pub use state::{RefundState, Version, merge};
 pub use time::Timestamp;

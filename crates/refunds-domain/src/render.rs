@@ -30,12 +30,7 @@ pub fn render_refund(state: &RefundState) -> String {
         push_opt_str(&mut out, state.text(field));
     }
     out.push_str(",\"initiated_by\":");
-    out.push_str(
-        state
-            .initiated_by
-            .as_ref()
-            .map_or("{}", |(v, _)| v.as_str()),
-    );
+    out.push_str(state.initiated_by.as_ref().map_or("{}", |(v, _)| v.as_str()));
     out.push_str(",\"metadata\":");
     out.push_str(state.metadata.as_ref().map_or("null", |(v, _)| v.as_str()));
     out.push_str(",\"created_at\":");

@@ -45,10 +45,7 @@ pub struct RefundState {
 
 /// Folds one distinct event into a refund's state.
 pub fn merge(state: Option<RefundState>, event: &RefundEvent) -> RefundState {
-    let version = Version {
-        occurred_at: event.occurred_at,
-        event_id: Arc::from(event.event_id.as_str()),
-    };
+    let version = Version { occurred_at: event.occurred_at, event_id: Arc::from(event.event_id.as_str()) };
     let Some(mut state) = state else {
         return RefundState::first(event, version);
     };
@@ -57,11 +54,7 @@ pub fn merge(state: Option<RefundState>, event: &RefundEvent) -> RefundState {
         state.status_version = version.clone();
     }
     if event.kind == EventType::Queued {
-        state.first_queued_at = Some(
-            state
-                .first_queued_at
-                .map_or(event.occurred_at, |t| t.min(event.occurred_at)),
-        );
+        state.first_queued_at = Some(state.first_queued_at.map_or(event.occurred_at, |t| t.min(event.occurred_at)));
     }
     state.first_event_at = state.first_event_at.min(event.occurred_at);
     state.updated_at = state.updated_at.max(event.occurred_at);
@@ -69,19 +62,11 @@ pub fn merge(state: Option<RefundState>, event: &RefundEvent) -> RefundState {
     let fields = &event.fields;
     take(&mut state.amount, fields.amount.as_ref(), &version);
     take(&mut state.currency, fields.currency.as_ref(), &version);
-    take(
-        &mut state.original_amount,
-        fields.original_amount.as_ref(),
-        &version,
-    );
+    take(&mut state.original_amount, fields.original_amount.as_ref(), &version);
     for (slot, value) in state.text.iter_mut().zip(&fields.text) {
         take(slot, value.as_ref(), &version);
     }
-    take(
-        &mut state.initiated_by,
-        fields.initiated_by.as_ref(),
-        &version,
-    );
+    take(&mut state.initiated_by, fields.initiated_by.as_ref(), &version);
     take(&mut state.metadata, fields.metadata.as_ref(), &version);
     state
 }
@@ -128,13 +113,8 @@ impl RefundState {
 
     /// The versions of every filled field slot (with repeats).
     pub fn slot_versions(&self) -> impl Iterator<Item = &Version> {
-        let numbers = [&self.amount, &self.original_amount]
-            .into_iter()
-            .flatten()
-            .map(|(_, v)| v);
-        let strings = [&self.currency, &self.initiated_by, &self.metadata]
-            .into_iter()
-            .chain(&self.text);
+        let numbers = [&self.amount, &self.original_amount].into_iter().flatten().map(|(_, v)| v);
+        let strings = [&self.currency, &self.initiated_by, &self.metadata].into_iter().chain(&self.text);
         numbers.chain(strings.flatten().map(|(_, v)| v))
     }
 
@@ -168,10 +148,7 @@ mod tests {
     }
 
     fn fold(events: &[RefundEvent]) -> RefundState {
-        events
-            .iter()
-            .fold(None, |state, e| Some(merge(state, e)))
-            .unwrap()
+        events.iter().fold(None, |state, e| Some(merge(state, e))).unwrap()
     }
 
     #[test]
@@ -182,12 +159,7 @@ mod tests {
             event("b", EventType::Processing, 5_000),
         ]);
         assert_eq!(state.status, EventType::Completed);
-        assert_eq!(
-            state
-                .terminal_at(EventType::Completed)
-                .map(Timestamp::millis),
-            Some(3_000)
-        );
+        assert_eq!(state.terminal_at(EventType::Completed).map(Timestamp::millis), Some(3_000));
         assert_eq!(state.updated_at.millis(), 5_000);
     }
 
@@ -195,17 +167,11 @@ mod tests {
     fn between_terminal_events_the_later_wins_whatever_the_arrival() {
         let completed = event("c", EventType::Completed, 3_000);
         let failed = event("f", EventType::Failed, 4_000);
-        for order in [
-            [completed.clone(), failed.clone()],
-            [failed.clone(), completed.clone()],
-        ] {
+        for order in [[completed.clone(), failed.clone()], [failed.clone(), completed.clone()]] {
             let state = fold(&order);
             assert_eq!(state.status, EventType::Failed);
             assert_eq!(state.terminal_at(EventType::Completed), None);
-            assert_eq!(
-                state.terminal_at(EventType::Failed).map(Timestamp::millis),
-                Some(4_000)
-            );
+            assert_eq!(state.terminal_at(EventType::Failed).map(Timestamp::millis), Some(4_000));
         }
     }
 
@@ -223,11 +189,7 @@ mod tests {
         let state = fold(std::slice::from_ref(&processing));
         assert_eq!(state.created_at().millis(), 2_000);
         let state = merge(Some(state), &event("q", EventType::Queued, 2_500));
-        assert_eq!(
-            state.created_at().millis(),
-            2_500,
-            "queued defines created_at once it exists"
-        );
+        assert_eq!(state.created_at().millis(), 2_500, "queued defines created_at once it exists");
         assert_eq!(state.first_event_at.millis(), 2_000);
     }
 
@@ -238,17 +200,10 @@ mod tests {
         queued.fields.text[TextField::OrderNo.index()] = Some("ORDER-1".to_owned());
         let mut completed = event("c", EventType::Completed, 2_000);
         completed.fields.amount = Some(2_400);
-        for order in [
-            [queued.clone(), completed.clone()],
-            [completed.clone(), queued.clone()],
-        ] {
+        for order in [[queued.clone(), completed.clone()], [completed.clone(), queued.clone()]] {
             let state = fold(&order);
             assert_eq!(state.amount(), Some(2_400));
-            assert_eq!(
-                state.text(TextField::OrderNo),
-                Some("ORDER-1"),
-                "null does not erase a value"
-            );
+            assert_eq!(state.text(TextField::OrderNo), Some("ORDER-1"), "null does not erase a value");
             assert_eq!(state.event_count, 2);
         }
     }

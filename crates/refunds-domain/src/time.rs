@@ -38,12 +38,7 @@ impl Timestamp {
         let hour = digits(b, 11, 2)?;
         let minute = digits(b, 14, 2)?;
         let second = digits(b, 17, 2)?;
-        if b[4] != b'-'
-            || b[7] != b'-'
-            || !matches!(b[10], b'T' | b't')
-            || b[13] != b':'
-            || b[16] != b':'
-        {
+        if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
             return None;
         }
         if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
@@ -89,26 +84,14 @@ impl Timestamp {
     }
 
     /// Builds the timestamp of a calendar date and time in UTC, if it exists.
-    pub fn from_utc_parts(
-        year: i64,
-        month: i64,
-        day: i64,
-        hour: i64,
-        minute: i64,
-        second: i64,
-    ) -> Option<Timestamp> {
-        if !(0..=9999).contains(&year)
-            || !(1..=12).contains(&month)
-            || day < 1
-            || day > days_in_month(year, month)
-        {
+    pub fn from_utc_parts(year: i64, month: i64, day: i64, hour: i64, minute: i64, second: i64) -> Option<Timestamp> {
+        if !(0..=9999).contains(&year) || !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
             return None;
         }
         if !(0..=23).contains(&hour) || !(0..=59).contains(&minute) || !(0..=59).contains(&second) {
             return None;
         }
-        let seconds =
-            days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second;
+        let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second;
         Timestamp::from_millis(seconds * 1_000)
     }
 }
@@ -133,9 +116,7 @@ impl fmt::Display for Timestamp {
 
 fn digits(b: &[u8], start: usize, len: usize) -> Option<i64> {
     let slice = b.get(start..start + len)?;
-    slice.iter().try_fold(0i64, |acc, &c| {
-        c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
-    })
+    slice.iter().try_fold(0i64, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0')))
 }
 
 fn is_leap_year(year: i64) -> bool {
@@ -185,58 +166,31 @@ mod tests {
 
     #[test]
     fn utc_with_millis_round_trips() {
-        assert_eq!(
-            parse("2026-02-22T10:32:15.123Z").as_deref(),
-            Some("2026-02-22T10:32:15.123Z")
-        );
+        assert_eq!(parse("2026-02-22T10:32:15.123Z").as_deref(), Some("2026-02-22T10:32:15.123Z"));
     }
 
     #[test]
     fn offsets_are_normalized_to_utc() {
-        assert_eq!(
-            parse("2026-02-22T10:32:15+05:30").as_deref(),
-            Some("2026-02-22T05:02:15.000Z")
-        );
-        assert_eq!(
-            parse("2026-01-01T00:30:00-01:00").as_deref(),
-            Some("2026-01-01T01:30:00.000Z")
-        );
-        assert_eq!(
-            parse("2026-01-01T00:00:00-00:00").as_deref(),
-            Some("2026-01-01T00:00:00.000Z")
-        );
+        assert_eq!(parse("2026-02-22T10:32:15+05:30").as_deref(), Some("2026-02-22T05:02:15.000Z"));
+        assert_eq!(parse("2026-01-01T00:30:00-01:00").as_deref(), Some("2026-01-01T01:30:00.000Z"));
+        assert_eq!(parse("2026-01-01T00:00:00-00:00").as_deref(), Some("2026-01-01T00:00:00.000Z"));
     }
 
     #[test]
     fn lower_case_separators_are_rfc_3339() {
-        assert_eq!(
-            parse("2026-02-22t10:32:15.5z").as_deref(),
-            Some("2026-02-22T10:32:15.500Z")
-        );
+        assert_eq!(parse("2026-02-22t10:32:15.5z").as_deref(), Some("2026-02-22T10:32:15.500Z"));
     }
 
     #[test]
     fn fractions_are_truncated_not_rounded() {
-        assert_eq!(
-            parse("2026-02-22T10:32:15.123999999Z").as_deref(),
-            Some("2026-02-22T10:32:15.123Z")
-        );
-        assert_eq!(
-            parse("2026-02-22T10:32:15.9Z").as_deref(),
-            Some("2026-02-22T10:32:15.900Z")
-        );
-        assert_eq!(
-            parse("1969-12-31T23:59:59.9999Z").as_deref(),
-            Some("1969-12-31T23:59:59.999Z")
-        );
+        assert_eq!(parse("2026-02-22T10:32:15.123999999Z").as_deref(), Some("2026-02-22T10:32:15.123Z"));
+        assert_eq!(parse("2026-02-22T10:32:15.9Z").as_deref(), Some("2026-02-22T10:32:15.900Z"));
+        assert_eq!(parse("1969-12-31T23:59:59.9999Z").as_deref(), Some("1969-12-31T23:59:59.999Z"));
     }
 
     #[test]
     fn leap_second_lands_on_the_next_second() {
-        assert_eq!(
-            parse("2016-12-31T23:59:60Z").as_deref(),
-            Some("2017-01-01T00:00:00.000Z")
-        );
+        assert_eq!(parse("2016-12-31T23:59:60Z").as_deref(), Some("2017-01-01T00:00:00.000Z"));
     }
 
     #[test]
@@ -262,14 +216,8 @@ mod tests {
 
     #[test]
     fn extreme_years_render_with_four_digits() {
-        assert_eq!(
-            parse("0000-01-01T00:00:00Z").as_deref(),
-            Some("0000-01-01T00:00:00.000Z")
-        );
-        assert_eq!(
-            parse("9999-12-31T23:59:59.999Z").as_deref(),
-            Some("9999-12-31T23:59:59.999Z")
-        );
+        assert_eq!(parse("0000-01-01T00:00:00Z").as_deref(), Some("0000-01-01T00:00:00.000Z"));
+        assert_eq!(parse("9999-12-31T23:59:59.999Z").as_deref(), Some("9999-12-31T23:59:59.999Z"));
         assert_eq!(parse("0000-01-01T00:00:00+00:01"), None);
     }
 }

@@ -25,9 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use refunds_domain::{Timestamp, validate};
-use refunds_store::{
-    Batch, BatchSummary, CheckpointDelta, Durability, Item, ItemKind, SourcePos, Store, StoreError,
-};
+use refunds_store::{Batch, BatchSummary, CheckpointDelta, Durability, Item, ItemKind, SourcePos, Store, StoreError};
 use xxhash_rust::xxh3::Xxh3;
 
 /// Where `replay` reads from.
@@ -40,11 +38,7 @@ pub enum Input {
 impl Input {
     /// `-` is stdin.
     pub fn from_arg(arg: &Path) -> Input {
-        if arg.as_os_str() == "-" {
-            Input::Stdin
-        } else {
-            Input::File(arg.to_path_buf())
-        }
+        if arg.as_os_str() == "-" { Input::Stdin } else { Input::File(arg.to_path_buf()) }
     }
 
     /// The name audit entries and the checkpoint use: the path as given.
@@ -68,12 +62,7 @@ pub struct ReplayParams {
 
 impl ReplayParams {
     pub fn new(input: Input) -> ReplayParams {
-        ReplayParams {
-            input,
-            dlq: None,
-            batch_events: 20_000,
-            durable_every: Duration::from_secs(1),
-        }
+        ReplayParams { input, dlq: None, batch_events: 20_000, durable_every: Duration::from_secs(1) }
     }
 }
 
@@ -159,16 +148,13 @@ pub fn replay(
     if let Some(dlq) = dlq.as_mut() {
         progress.dead_letters_written += dlq.flush_pending(store)?;
     }
-    let checkpoint = store
-        .checkpoint(&source_key)?
-        .and_then(|c| FilePosition::decode(c.position, &c.state));
+    let checkpoint = store.checkpoint(&source_key)?.and_then(|c| FilePosition::decode(c.position, &c.state));
 
     let reader: Box<dyn Read + Send> = match &params.input {
         Input::Stdin => Box::new(io::stdin()),
-        Input::File(path) => Box::new(File::open(path).map_err(|source| ReplayError::Read {
-            input: params.input.name(),
-            source,
-        })?),
+        Input::File(path) => {
+            Box::new(File::open(path).map_err(|source| ReplayError::Read { input: params.input.name(), source })?)
+        }
     };
     let (tx, rx) = sync_channel(2);
     let reader_params = ReaderParams {
@@ -180,19 +166,9 @@ pub fn replay(
     let reader_thread = thread::Builder::new()
         .name("replay-reader".to_owned())
         .spawn(move || read_batches(reader, reader_params, tx))
-        .map_err(|source| ReplayError::Read {
-            input: params.input.name(),
-            source,
-        })?;
+        .map_err(|source| ReplayError::Read { input: params.input.name(), source })?;
 
-    let result = apply_batches(
-        store,
-        params,
-        &rx,
-        dlq.as_mut(),
-        &mut progress,
-        &mut on_progress,
-    );
+    let result = apply_batches(store, params, &rx, dlq.as_mut(), &mut progress, &mut on_progress);
     drop(rx);
     let _ = reader_thread.join();
     result?;
@@ -220,10 +196,7 @@ fn apply_batches(
                 continue;
             }
             Some(ReaderMessage::Failed(source)) => {
-                return Err(ReplayError::Read {
-                    input: params.input.name(),
-                    source,
-                });
+                return Err(ReplayError::Read { input: params.input.name(), source });
             }
             Some(ReaderMessage::Batch(batch)) => Some(batch),
             None => None,
@@ -240,15 +213,8 @@ fn apply_batches(
             return Ok(());
         };
         let durable = last_durable.elapsed() >= params.durable_every;
-        let durability = if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        let store_batch = Batch {
-            items: batch.items,
-            checkpoints: vec![batch.delta],
-        };
+        let durability = if durable { Durability::Immediate } else { Durability::None };
+        let store_batch = Batch { items: batch.items, checkpoints: vec![batch.delta] };
         let summary = store.apply_batch(&store_batch, durability)?;
         add_summary(progress, &summary);
         progress.lines += batch.lines;
@@ -295,40 +261,21 @@ fn read_batches_inner(
 ) -> io::Result<()> {
     let mut reader = BufReader::with_capacity(1 << 20, reader);
     let mut hasher = Xxh3::new();
-    let mut position = FilePosition {
-        lines: 0,
-        bytes: 0,
-        hash: hasher.digest(),
-    };
+    let mut position = FilePosition { lines: 0, bytes: 0, hash: hasher.digest() };
     let mut line = Vec::with_capacity(4096);
     let mut restart = false;
 
     if let Some(checkpoint) = params.checkpoint {
         // Hash the prefix the checkpoint covers; skip it only if it matches.
         let mut prefix = Vec::new();
-        (&mut reader)
-            .take(checkpoint.bytes)
-            .read_to_end(&mut prefix)?;
+        (&mut reader).take(checkpoint.bytes).read_to_end(&mut prefix)?;
         let prefix_hash = xxhash_rust::xxh3::xxh3_64(&prefix);
         let lines = prefix.iter().filter(|&&b| b == b'\n').count() as u64
             + u64::from(!prefix.is_empty() && prefix.last() != Some(&b'\n'));
-        if prefix.len() as u64 == checkpoint.bytes
-            && prefix_hash == checkpoint.hash
-            && lines == checkpoint.lines
-        {
+        if prefix.len() as u64 == checkpoint.bytes && prefix_hash == checkpoint.hash && lines == checkpoint.lines {
             hasher.update(&prefix);
-            position = FilePosition {
-                lines,
-                bytes: checkpoint.bytes,
-                hash: hasher.digest(),
-            };
-            if tx
-                .send(ReaderMessage::Resumed {
-                    lines,
-                    bytes: checkpoint.bytes,
-                })
-                .is_err()
-            {
+            position = FilePosition { lines, bytes: checkpoint.bytes, hash: hasher.digest() };
+            if tx.send(ReaderMessage::Resumed { lines, bytes: checkpoint.bytes }).is_err() {
                 return Ok(());
             }
         } else {
@@ -336,26 +283,10 @@ fn read_batches_inner(
             restart = true;
             tracing::warn!(input = %params.path, "input does not match its checkpoint; replaying from the first line");
             let mut chained = io::Cursor::new(prefix).chain(reader);
-            return read_lines(
-                &mut BufReader::new(&mut chained),
-                &params,
-                tx,
-                hasher,
-                position,
-                restart,
-                &mut line,
-            );
+            return read_lines(&mut BufReader::new(&mut chained), &params, tx, hasher, position, restart, &mut line);
         }
     }
-    read_lines(
-        &mut reader,
-        &params,
-        tx,
-        hasher,
-        position,
-        restart,
-        &mut line,
-    )
+    read_lines(&mut reader, &params, tx, hasher, position, restart, &mut line)
 }
 
 fn read_lines(
@@ -393,10 +324,7 @@ fn read_lines(
                 Err(invalid) => ItemKind::Invalid(invalid),
             };
             items.push(Item {
-                source: SourcePos::File {
-                    path: params.path.clone(),
-                    line: position.lines,
-                },
+                source: SourcePos::File { path: params.path.clone(), line: position.lines },
                 received_at,
                 raw: text.to_vec(),
                 kind,
@@ -414,13 +342,7 @@ fn read_lines(
             restart,
         };
         restart = false;
-        let batch = ReadBatch {
-            items,
-            delta,
-            lines: position.lines - from,
-            bytes,
-            blank,
-        };
+        let batch = ReadBatch { items, delta, lines: position.lines - from, bytes, blank };
         if tx.send(ReaderMessage::Batch(batch)).is_err() {
             return Ok(());
         }
@@ -428,9 +350,7 @@ fn read_lines(
 }
 
 fn now() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     Timestamp::from_millis(ms).unwrap_or(Timestamp::MIN)
 }
 
@@ -446,14 +366,8 @@ impl DlqFile {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| ReplayError::WriteDlq {
-                path: path.display().to_string(),
-                source,
-            })?;
-        Ok(DlqFile {
-            path: path.to_path_buf(),
-            out: BufWriter::new(file),
-        })
+            .map_err(|source| ReplayError::WriteDlq { path: path.display().to_string(), source })?;
+        Ok(DlqFile { path: path.to_path_buf(), out: BufWriter::new(file) })
     }
 
     /// Writes the outbox's file dead letters, syncs, then marks them sent.
@@ -480,21 +394,13 @@ impl DlqFile {
         if sent.is_empty() {
             return Ok(0);
         }
-        self.out
-            .flush()
-            .map_err(|source| self.write_error(source))?;
-        self.out
-            .get_ref()
-            .sync_data()
-            .map_err(|source| self.write_error(source))?;
+        self.out.flush().map_err(|source| self.write_error(source))?;
+        self.out.get_ref().sync_data().map_err(|source| self.write_error(source))?;
         store.mark_dead_letters_sent(&sent)?;
         Ok(sent.len() as u64)
     }
 
     fn write_error(&self, source: io::Error) -> ReplayError {
-        ReplayError::WriteDlq {
-            path: self.path.display().to_string(),
-            source,
-        }
+        ReplayError::WriteDlq { path: self.path.display().to_string(), source }
     }
 }

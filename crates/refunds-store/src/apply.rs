@@ -8,13 +8,13 @@
 use std::collections::HashMap;
 
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
-use refunds_domain::{RefundState, Timestamp, merge};
+use refunds_domain::{RefundEvent, RefundState, Timestamp, merge};
 
 use crate::audit::{Outcome, StoredSource, decode_entry, encode_entry};
 use crate::batch::{Batch, BatchSummary, Checkpoint, ItemKind, SourcePos};
 use crate::keys::{self, CountDim, Index, TenantNo};
 use crate::read::{dead_letter_document, stat_names};
-use crate::{FILE_KIND, Store, StoreError, TOPIC_KIND, tables, tenant_name};
+use crate::{FILE_KIND, Store, StoreError, TOPIC_KIND, row, tables, tenant_name};
 
 pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(tables::NAMES)?;
@@ -24,7 +24,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(tables::COUNTS)?;
     txn.open_table(tables::EVENT_IDS)?;
     txn.open_table(tables::AUDIT_LOG)?;
-    txn.open_table(tables::AUDIT_BY_REFUND)?;
+    txn.open_table(tables::AUDIT_ORPHANS)?;
     txn.open_table(tables::CHECKPOINTS)?;
     txn.open_table(tables::DEAD_LETTERS)?;
     txn.open_table(tables::DEAD_LETTERS_PENDING)?;
@@ -62,11 +62,7 @@ impl Store {
     /// Applies a batch in one write transaction, with the given durability.
     /// `Durability::None` commits are atomic but survive a crash only once a
     /// later `Immediate` commit lands.
-    pub fn apply_batch(
-        &mut self,
-        batch: &Batch,
-        durability: Durability,
-    ) -> Result<BatchSummary, StoreError> {
+    pub fn apply_batch(&mut self, batch: &Batch, durability: Durability) -> Result<BatchSummary, StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(durability)?;
         let mut summary = BatchSummary::default();
@@ -81,9 +77,8 @@ impl Store {
             let mut checkpoints = txn.open_table(tables::CHECKPOINTS)?;
             for delta in &batch.checkpoints {
                 if let Some(stored) = checkpoints.get(delta.source.as_str())? {
-                    let stored = Checkpoint::decode(stored.value()).ok_or_else(|| {
-                        StoreError::Corrupt(format!("checkpoint of {}", delta.source))
-                    })?;
+                    let stored = Checkpoint::decode(stored.value())
+                        .ok_or_else(|| StoreError::Corrupt(format!("checkpoint of {}", delta.source)))?;
                     if delta.from < stored.position && !delta.restart {
                         return Err(StoreError::CheckpointOverlap {
                             source_name: delta.source.clone(),
@@ -96,26 +91,21 @@ impl Store {
 
             let mut event_ids = txn.open_table(tables::EVENT_IDS)?;
             let mut audit_log = txn.open_table(tables::AUDIT_LOG)?;
-            let mut audit_by_refund = txn.open_table(tables::AUDIT_BY_REFUND)?;
+            let mut audit_orphans = txn.open_table(tables::AUDIT_ORPHANS)?;
             let mut dead_letters = txn.open_table(tables::DEAD_LETTERS)?;
             let mut pending = txn.open_table(tables::DEAD_LETTERS_PENDING)?;
             let mut next_audit = audit_log.last()?.map_or(1, |(k, _)| k.value() + 1);
             let mut next_dead_letter = dead_letters.last()?.map_or(1, |(k, _)| k.value() + 1);
 
-            // Refunds touched by applied events, in first-touch order.
-            let mut touched: Vec<(TenantNo, &str, Vec<usize>)> = Vec::new();
+            // Refunds named by valid events, in first-touch order.
+            let mut touched: Vec<Touched<'_>> = Vec::new();
             let mut touched_at: HashMap<(TenantNo, &str), usize> = HashMap::new();
             let mut last_applied_at: Option<Timestamp> = None;
 
-            for (i, item) in batch.items.iter().enumerate() {
+            for item in &batch.items {
                 let event = match &item.kind {
                     ItemKind::Invalid(invalid) => {
-                        let doc = dead_letter_document(
-                            invalid,
-                            &item.source,
-                            item.received_at,
-                            &item.raw,
-                        );
+                        let doc = dead_letter_document(invalid, &item.source, item.received_at, &item.raw);
                         dead_letters.insert(next_dead_letter, doc.as_slice())?;
                         pending.insert(next_dead_letter, ())?;
                         next_dead_letter += 1;
@@ -126,15 +116,10 @@ impl Store {
                 };
                 let tenant = TenantNo(interner.intern(tenant_name(&event.tenant_id))?);
                 let source = match &item.source {
-                    SourcePos::File { path, line } => StoredSource::File {
-                        name: interner.intern(format!("{FILE_KIND}{path}"))?,
-                        line: *line,
-                    },
-                    SourcePos::Kafka {
-                        topic,
-                        partition,
-                        offset,
-                    } => StoredSource::Kafka {
+                    SourcePos::File { path, line } => {
+                        StoredSource::File { name: interner.intern(format!("{FILE_KIND}{path}"))?, line: *line }
+                    }
+                    SourcePos::Kafka { topic, partition, offset } => StoredSource::Kafka {
                         name: interner.intern(format!("{TOPIC_KIND}{topic}"))?,
                         partition: *partition,
                         offset: *offset,
@@ -143,19 +128,20 @@ impl Store {
                 let event_key = keys::event_key(tenant, &event.event_id);
                 let seq = next_audit;
                 next_audit += 1;
-                let previous = event_ids.get(event_key.as_slice())?.map(|v| v.value());
+                // One B-tree operation on the common path: insert, and put the
+                // earlier value back on the rare repeat.
+                let previous = event_ids.insert(event_key.as_slice(), seq)?.map(|v| v.value());
+                if let Some(previous_seq) = previous {
+                    event_ids.insert(event_key.as_slice(), previous_seq)?;
+                }
                 let outcome = match previous {
-                    None => {
-                        event_ids.insert(event_key.as_slice(), seq)?;
-                        Outcome::Applied
-                    }
+                    None => Outcome::Applied,
                     Some(previous_seq) => {
-                        let stored = audit_log.get(previous_seq)?.ok_or_else(|| {
-                            StoreError::Corrupt(format!("audit entry {previous_seq} is missing"))
-                        })?;
-                        let stored = decode_entry(stored.value()).ok_or_else(|| {
-                            StoreError::Corrupt(format!("audit entry {previous_seq}"))
-                        })?;
+                        let stored = audit_log
+                            .get(previous_seq)?
+                            .ok_or_else(|| StoreError::Corrupt(format!("audit entry {previous_seq} is missing")))?;
+                        let stored = decode_entry(stored.value())
+                            .ok_or_else(|| StoreError::Corrupt(format!("audit entry {previous_seq}")))?;
                         if same_json(stored.payload, &item.raw) {
                             Outcome::Duplicate
                         } else {
@@ -163,57 +149,66 @@ impl Store {
                         }
                     }
                 };
-                audit_log.insert(
-                    seq,
-                    encode_entry(outcome, item.received_at, source, &item.raw).as_slice(),
-                )?;
-                audit_by_refund.insert(
-                    keys::audit_key(tenant, &event.refund_id, seq).as_slice(),
-                    (),
-                )?;
+                audit_log.insert(seq, encode_entry(outcome, item.received_at, source, &item.raw).as_slice())?;
                 match outcome {
                     Outcome::Applied => {
                         summary.applied += 1;
                         last_applied_at = last_applied_at.max(Some(item.received_at));
-                        let slot = *touched_at
-                            .entry((tenant, event.refund_id.as_str()))
-                            .or_insert_with(|| {
-                                touched.push((tenant, event.refund_id.as_str(), Vec::new()));
-                                touched.len() - 1
-                            });
-                        touched[slot].2.push(i);
                     }
                     Outcome::Duplicate => summary.duplicate += 1,
                     Outcome::ConflictingDuplicate => summary.conflicting_duplicate += 1,
+                }
+                let slot = *touched_at.entry((tenant, event.refund_id.as_str())).or_insert_with(|| {
+                    touched.push(Touched {
+                        tenant,
+                        refund_id: event.refund_id.as_str(),
+                        applied: Vec::new(),
+                        seqs: Vec::new(),
+                    });
+                    touched.len() - 1
+                });
+                touched[slot].seqs.push(seq);
+                if outcome == Outcome::Applied {
+                    touched[slot].applied.push(event);
                 }
             }
 
             let mut refunds = txn.open_table(tables::REFUNDS)?;
             let mut index_tables = Vec::with_capacity(Index::ALL.len());
             for index in Index::ALL {
-                index_tables.push((
-                    index,
-                    txn.open_table(index.table().expect("listed indexes have tables"))?,
-                ));
+                index_tables.push((index, txn.open_table(index.table().expect("listed indexes have tables"))?));
             }
             let mut count_deltas: HashMap<Vec<u8>, i64> = HashMap::new();
-            for (tenant, refund_id, items) in &touched {
+            for Touched { tenant, refund_id, applied, seqs } in &touched {
                 let key = keys::refund_key(*tenant, refund_id);
-                let old = match refunds.get(key.as_slice())? {
-                    Some(row) => Some(
-                        RefundState::decode(row.value())
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    ),
-                    None => None,
+                let old_row = refunds.get(key.as_slice())?.map(|row| row.value().to_vec());
+                let (old, old_seqs) = match &old_row {
+                    Some(bytes) => {
+                        let (state, seqs) =
+                            row::split(bytes).ok_or_else(|| StoreError::Corrupt(format!("row of {refund_id}")))?;
+                        (Some(RefundState::decode(state).map_err(|e| StoreError::Corrupt(e.to_string()))?), seqs)
+                    }
+                    None => (None, &[][..]),
                 };
-                let mut state = old.clone();
-                for &i in items {
-                    let ItemKind::Valid(event) = &batch.items[i].kind else {
-                        unreachable!("only valid items are touched")
+                if applied.is_empty() {
+                    // Only repeats: the state is unchanged, the audit trail grows.
+                    match &old_row {
+                        Some(bytes) => refunds.insert(key.as_slice(), row::append_seqs(bytes, seqs).as_slice())?,
+                        None => {
+                            // A conflicting repeat naming a refund no applied event created.
+                            for seq in seqs {
+                                audit_orphans.insert(keys::audit_key(*tenant, refund_id, *seq).as_slice(), ())?;
+                            }
+                            continue;
+                        }
                     };
+                    continue;
+                }
+                let mut state = old.clone();
+                for event in applied {
                     state = Some(merge(state, event));
                 }
-                let new = state.expect("a touched refund has at least one event");
+                let new = state.expect("at least one event was applied");
                 for (index, table) in &mut index_tables {
                     let old_key = old.as_ref().and_then(|s| index.key_of(*tenant, s));
                     let new_key = index.key_of(*tenant, &new);
@@ -234,32 +229,27 @@ impl Store {
                         continue;
                     }
                     if let Some(v) = old_value {
-                        *count_deltas
-                            .entry(keys::count_key(*tenant, dim, &v))
-                            .or_default() -= 1;
+                        *count_deltas.entry(keys::count_key(*tenant, dim, &v)).or_default() -= 1;
                     }
                     if let Some(v) = new_value {
-                        *count_deltas
-                            .entry(keys::count_key(*tenant, dim, &v))
-                            .or_default() += 1;
+                        *count_deltas.entry(keys::count_key(*tenant, dim, &v)).or_default() += 1;
                     }
                 }
                 if old.is_none() {
                     summary.refunds_created += 1;
                 }
                 summary.refunds_touched += 1;
-                refunds.insert(key.as_slice(), new.encode().as_slice())?;
+                refunds.insert(key.as_slice(), row::encode(&new.encode(), old_seqs, seqs).as_slice())?;
             }
 
             let mut counts = txn.open_table(tables::COUNTS)?;
-            let mut deltas: Vec<(Vec<u8>, i64)> =
-                count_deltas.into_iter().filter(|(_, d)| *d != 0).collect();
+            let mut deltas: Vec<(Vec<u8>, i64)> = count_deltas.into_iter().filter(|(_, d)| *d != 0).collect();
             deltas.sort();
             for (key, delta) in deltas {
                 let current = counts.get(key.as_slice())?.map_or(0, |v| v.value());
-                let updated = current.checked_add_signed(delta).ok_or_else(|| {
-                    StoreError::Corrupt(format!("count would go negative ({current} {delta:+})"))
-                })?;
+                let updated = current
+                    .checked_add_signed(delta)
+                    .ok_or_else(|| StoreError::Corrupt(format!("count would go negative ({current} {delta:+})")))?;
                 if updated == 0 {
                     counts.remove(key.as_slice())?;
                 } else {
@@ -271,10 +261,7 @@ impl Store {
             for (name, delta) in [
                 (stat_names::EVENTS_APPLIED, summary.applied),
                 (stat_names::EVENTS_DUPLICATE, summary.duplicate),
-                (
-                    stat_names::EVENTS_CONFLICTING_DUPLICATE,
-                    summary.conflicting_duplicate,
-                ),
+                (stat_names::EVENTS_CONFLICTING_DUPLICATE, summary.conflicting_duplicate),
                 (stat_names::EVENTS_INVALID, summary.invalid),
                 (stat_names::REFUNDS, summary.refunds_created),
             ] {
@@ -288,10 +275,7 @@ impl Store {
             }
 
             for delta in &batch.checkpoints {
-                let checkpoint = Checkpoint {
-                    position: delta.to,
-                    state: delta.state.clone(),
-                };
+                let checkpoint = Checkpoint { position: delta.to, state: delta.state.clone() };
                 checkpoints.insert(delta.source.as_str(), checkpoint.encode().as_slice())?;
             }
             fresh_names = interner.fresh;
@@ -318,15 +302,22 @@ impl Store {
     }
 }
 
+/// A refund named by valid events of the batch.
+struct Touched<'b> {
+    tenant: TenantNo,
+    refund_id: &'b str,
+    /// Events applied in this batch, in arrival order.
+    applied: Vec<&'b RefundEvent>,
+    /// Audit sequences of every event of the batch naming this refund.
+    seqs: Vec<u64>,
+}
+
 /// Duplicates are equal as parsed JSON (key order and whitespace aside).
 fn same_json(a: &[u8], b: &[u8]) -> bool {
     if a == b {
         return true;
     }
-    match (
-        serde_json::from_slice::<serde_json::Value>(a),
-        serde_json::from_slice::<serde_json::Value>(b),
-    ) {
+    match (serde_json::from_slice::<serde_json::Value>(a), serde_json::from_slice::<serde_json::Value>(b)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }

@@ -34,36 +34,18 @@ impl Outcome {
     }
 
     fn from_code(code: u8) -> Option<Outcome> {
-        [
-            Outcome::Applied,
-            Outcome::Duplicate,
-            Outcome::ConflictingDuplicate,
-        ]
-        .get(usize::from(code))
-        .copied()
+        [Outcome::Applied, Outcome::Duplicate, Outcome::ConflictingDuplicate].get(usize::from(code)).copied()
     }
 }
 
 /// A source position with its name interned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StoredSource {
-    File {
-        name: u32,
-        line: u64,
-    },
-    Kafka {
-        name: u32,
-        partition: i32,
-        offset: i64,
-    },
+    File { name: u32, line: u64 },
+    Kafka { name: u32, partition: i32, offset: i64 },
 }
 
-pub(crate) fn encode_entry(
-    outcome: Outcome,
-    received_at: Timestamp,
-    source: StoredSource,
-    payload: &[u8],
-) -> Vec<u8> {
+pub(crate) fn encode_entry(outcome: Outcome, received_at: Timestamp, source: StoredSource, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(30 + payload.len());
     out.push(outcome.code());
     out.extend_from_slice(&received_at.millis().to_be_bytes());
@@ -73,11 +55,7 @@ pub(crate) fn encode_entry(
             out.extend_from_slice(&name.to_be_bytes());
             out.extend_from_slice(&line.to_be_bytes());
         }
-        StoredSource::Kafka {
-            name,
-            partition,
-            offset,
-        } => {
+        StoredSource::Kafka { name, partition, offset } => {
             out.push(1);
             out.extend_from_slice(&name.to_be_bytes());
             out.extend_from_slice(&partition.to_be_bytes());
@@ -97,8 +75,7 @@ pub(crate) struct DecodedEntry<'a> {
 
 pub(crate) fn decode_entry(bytes: &[u8]) -> Option<DecodedEntry<'_>> {
     let outcome = Outcome::from_code(*bytes.first()?)?;
-    let received_at =
-        Timestamp::from_millis(i64::from_be_bytes(bytes.get(1..9)?.try_into().ok()?))?;
+    let received_at = Timestamp::from_millis(i64::from_be_bytes(bytes.get(1..9)?.try_into().ok()?))?;
     let name = u32::from_be_bytes(bytes.get(10..14)?.try_into().ok()?);
     let (source, rest) = match bytes.get(9)? {
         0 => {
@@ -108,23 +85,11 @@ pub(crate) fn decode_entry(bytes: &[u8]) -> Option<DecodedEntry<'_>> {
         1 => {
             let partition = i32::from_be_bytes(bytes.get(14..18)?.try_into().ok()?);
             let offset = i64::from_be_bytes(bytes.get(18..26)?.try_into().ok()?);
-            (
-                StoredSource::Kafka {
-                    name,
-                    partition,
-                    offset,
-                },
-                26,
-            )
+            (StoredSource::Kafka { name, partition, offset }, 26)
         }
         _ => return None,
     };
-    Some(DecodedEntry {
-        outcome,
-        received_at,
-        source,
-        payload: &bytes[rest..],
-    })
+    Some(DecodedEntry { outcome, received_at, source, payload: &bytes[rest..] })
 }
 
 /// One entry of a refund's audit trail, as the API renders it.
@@ -147,14 +112,9 @@ mod tests {
     #[test]
     fn entries_round_trip_for_both_kinds_of_source() {
         let at = Timestamp::from_millis(1_700_000_000_123).unwrap();
-        for source in [
-            StoredSource::File { name: 3, line: 42 },
-            StoredSource::Kafka {
-                name: 9,
-                partition: 5,
-                offset: 1 << 40,
-            },
-        ] {
+        for source in
+            [StoredSource::File { name: 3, line: 42 }, StoredSource::Kafka { name: 9, partition: 5, offset: 1 << 40 }]
+        {
             let bytes = encode_entry(Outcome::ConflictingDuplicate, at, source, b"{\"a\":1}");
             let entry = decode_entry(&bytes).unwrap();
             assert_eq!(entry.outcome, Outcome::ConflictingDuplicate);

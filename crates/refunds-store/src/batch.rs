@@ -8,7 +8,10 @@ use refunds_domain::{InvalidEvent, RefundEvent, Timestamp};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourcePos {
     /// `line` is 1-based.
-    File { path: Arc<str>, line: u64 },
+    File {
+        path: Arc<str>,
+        line: u64,
+    },
     Kafka {
         topic: Arc<str>,
         partition: i32,
@@ -63,10 +66,7 @@ impl Checkpoint {
 
     pub(crate) fn decode(bytes: &[u8]) -> Option<Checkpoint> {
         let position = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
-        Some(Checkpoint {
-            position,
-            state: bytes[8..].to_vec(),
-        })
+        Some(Checkpoint { position, state: bytes[8..].to_vec() })
     }
 }
 

@@ -213,15 +213,7 @@ mod tests {
 
     #[test]
     fn time_bytes_round_trip_and_sort_like_time() {
-        let times = [
-            Timestamp::MIN,
-            ts(-86_400_000),
-            ts(-1),
-            ts(0),
-            ts(1),
-            ts(1_700_000_000_000),
-            Timestamp::MAX,
-        ];
+        let times = [Timestamp::MIN, ts(-86_400_000), ts(-1), ts(0), ts(1), ts(1_700_000_000_000), Timestamp::MAX];
         for pair in times.windows(2) {
             assert!(time_bytes(pair[0]) < time_bytes(pair[1]), "{pair:?}");
         }
@@ -260,13 +252,7 @@ mod tests {
             k.extend_from_slice(id.as_bytes());
             k
         };
-        let keys = [
-            key(-5, "z"),
-            key(10, "a"),
-            key(10, "b"),
-            key(10, "ba"),
-            key(11, "a"),
-        ];
+        let keys = [key(-5, "z"), key(10, "a"), key(10, "b"), key(10, "ba"), key(11, "a")];
         for pair in keys.windows(2) {
             assert!(pair[0] < pair[1]);
         }

@@ -30,14 +30,15 @@
 //! tenant. `counts` holds exact refund counts per `tenant | dimension | value`
 //! for the low-cardinality filters. `event_ids` maps `tenant | event id` to the
 //! audit sequence of the applied event; `audit_log` is an append-only log by
-//! sequence and `audit_by_refund` (`tenant | len | refund id | sequence`) finds
-//! a refund's entries.
+//! sequence, and each `refunds` row ends with the sequences of its refund's
+//! entries (`audit_orphans` keeps the rare repeat that names no refund).
 
 mod apply;
 mod audit;
 mod batch;
 pub mod keys;
 mod read;
+mod row;
 pub mod tables;
 
 use std::collections::HashMap;
@@ -48,7 +49,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 pub use audit::{AuditEntry, Outcome};
 pub use batch::{Batch, BatchSummary, Checkpoint, CheckpointDelta, Item, ItemKind, SourcePos};
 pub use keys::TenantNo;
-pub use read::{DeadLetter, ExportError, StoreStats, source_json};
+pub use read::{DeadLetter, ExportError, StoreStats, decode_row_state, source_json};
 pub use redb::Durability;
 
 /// The on-disk format this build writes. A store of another format is refused.
@@ -57,16 +58,9 @@ const FORMAT_VERSION: &[u8] = b"refunds-store/1";
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("failed to open the store at {path}: {source}")]
-    Database {
-        path: String,
-        source: redb::DatabaseError,
-    },
+    Database { path: String, source: redb::DatabaseError },
     #[error("the store at {path} has format {found:?}; this build reads {expected:?}")]
-    Format {
-        path: String,
-        found: String,
-        expected: String,
-    },
+    Format { path: String, found: String, expected: String },
     #[error(transparent)]
     Storage(#[from] redb::Error),
 }
@@ -78,11 +72,7 @@ pub enum StoreError {
     #[error("store is corrupt: {0}")]
     Corrupt(String),
     #[error("batch for {source_name} starts at {from} but the store has applied up to {stored}")]
-    CheckpointOverlap {
-        source_name: String,
-        from: u64,
-        stored: u64,
-    },
+    CheckpointOverlap { source_name: String, from: u64, stored: u64 },
 }
 
 macro_rules! storage_from {
@@ -111,9 +101,7 @@ pub struct StoreParams {
 
 impl Default for StoreParams {
     fn default() -> StoreParams {
-        StoreParams {
-            cache_bytes: 256 * 1024 * 1024,
-        }
+        StoreParams { cache_bytes: 256 * 1024 * 1024 }
     }
 }
 
@@ -130,21 +118,14 @@ impl Store {
         let db = Database::builder()
             .set_cache_size(params.cache_bytes)
             .create(path)
-            .map_err(|source| OpenError::Database {
-                path: path.display().to_string(),
-                source,
-            })?;
+            .map_err(|source| OpenError::Database { path: path.display().to_string(), source })?;
         let txn = db.begin_write().map_err(redb::Error::from)?;
         {
             let mut meta = txn.open_table(tables::META).map_err(redb::Error::from)?;
-            let found = meta
-                .get("format")
-                .map_err(redb::Error::from)?
-                .map(|v| v.value().to_vec());
+            let found = meta.get("format").map_err(redb::Error::from)?.map(|v| v.value().to_vec());
             match found {
                 None => {
-                    meta.insert("format", FORMAT_VERSION)
-                        .map_err(redb::Error::from)?;
+                    meta.insert("format", FORMAT_VERSION).map_err(redb::Error::from)?;
                 }
                 Some(found) if found == FORMAT_VERSION => {}
                 Some(found) => {
@@ -155,12 +136,10 @@ impl Store {
                     });
                 }
             }
-            apply::create_tables(&txn)
-                .map_err(StoreError::from)
-                .map_err(|e| match e {
-                    StoreError::Storage(err) => OpenError::Storage(err),
-                    other => OpenError::Storage(redb::Error::Corrupted(other.to_string())),
-                })?;
+            apply::create_tables(&txn).map_err(StoreError::from).map_err(|e| match e {
+                StoreError::Storage(err) => OpenError::Storage(err),
+                other => OpenError::Storage(redb::Error::Corrupted(other.to_string())),
+            })?;
         }
         txn.commit().map_err(redb::Error::from)?;
 
@@ -175,11 +154,7 @@ impl Store {
                 names_by_number.insert(number.value(), name.value().to_owned());
             }
         }
-        Ok(Store {
-            db,
-            names,
-            names_by_number,
-        })
+        Ok(Store { db, names, names_by_number })
     }
 
     /// The redb database, for read transactions of the query layer.
@@ -189,10 +164,7 @@ impl Store {
 
     /// The tenant number of a tenant id, if the store has seen that tenant.
     pub fn tenant_no(&self, tenant_id: &str) -> Option<TenantNo> {
-        self.names
-            .get(&tenant_name(tenant_id))
-            .copied()
-            .map(TenantNo)
+        self.names.get(&tenant_name(tenant_id)).copied().map(TenantNo)
     }
 
     /// Every tenant, sorted by tenant id.
@@ -200,19 +172,14 @@ impl Store {
         let mut tenants: Vec<(String, TenantNo)> = self
             .names
             .iter()
-            .filter_map(|(name, &n)| {
-                name.strip_prefix(TENANT_KIND)
-                    .map(|t| (t.to_owned(), TenantNo(n)))
-            })
+            .filter_map(|(name, &n)| name.strip_prefix(TENANT_KIND).map(|t| (t.to_owned(), TenantNo(n))))
             .collect();
         tenants.sort();
         tenants
     }
 
     fn name_of(&self, number: u32) -> Option<&str> {
-        self.names_by_number
-            .get(&number)
-            .map(|n| n.split_once(':').map_or(n.as_str(), |(_, rest)| rest))
+        self.names_by_number.get(&number).map(|n| n.split_once(':').map_or(n.as_str(), |(_, rest)| rest))
     }
 }
 

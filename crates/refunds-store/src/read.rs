@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::audit::{AuditEntry, StoredSource, decode_entry};
 use crate::batch::{Checkpoint, SourcePos};
 use crate::keys::{self, TenantNo};
-use crate::{Store, StoreError, tables};
+use crate::{Store, StoreError, row, tables};
 
 pub(crate) mod stat_names {
     pub const EVENTS_APPLIED: &str = "events_applied";
@@ -62,11 +62,7 @@ pub(crate) fn dead_letter_document(
 pub fn source_json(source: &SourcePos) -> serde_json::Value {
     match source {
         SourcePos::File { path, line } => json!({"file": path.as_ref(), "line": line}),
-        SourcePos::Kafka {
-            topic,
-            partition,
-            offset,
-        } => {
+        SourcePos::Kafka { topic, partition, offset } => {
             json!({"topic": topic.as_ref(), "partition": partition, "offset": offset})
         }
     }
@@ -82,11 +78,7 @@ impl Store {
     }
 
     /// One refund of one tenant.
-    pub fn get_refund(
-        &self,
-        tenant_id: &str,
-        refund_id: &str,
-    ) -> Result<Option<RefundState>, StoreError> {
+    pub fn get_refund(&self, tenant_id: &str, refund_id: &str) -> Result<Option<RefundState>, StoreError> {
         let Some(tenant) = self.tenant_no(tenant_id) else {
             return Ok(None);
         };
@@ -103,13 +95,9 @@ impl Store {
         for (_, tenant) in self.tenants() {
             let start = tenant.prefix();
             let end = TenantNo(tenant.0 + 1).prefix();
-            for row in refunds
-                .range(start.as_slice()..end.as_slice())
-                .map_err(StoreError::from)?
-            {
+            for row in refunds.range(start.as_slice()..end.as_slice()).map_err(StoreError::from)? {
                 let (_, value) = row.map_err(StoreError::from)?;
-                let state =
-                    RefundState::decode(value.value()).map_err(|e| corrupt(e.to_string()))?;
+                let state = decode_row_state(value.value())?;
                 out.write_all(render_refund(&state).as_bytes())?;
                 out.write_all(b"\n")?;
                 written += 1;
@@ -119,43 +107,38 @@ impl Store {
     }
 
     /// A refund's audit trail ordered by (occurred_at, event_id), then arrival.
-    pub fn audit_trail(
-        &self,
-        tenant_id: &str,
-        refund_id: &str,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
+    pub fn audit_trail(&self, tenant_id: &str, refund_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
         let Some(tenant) = self.tenant_no(tenant_id) else {
             return Ok(Vec::new());
         };
         let txn = self.read()?;
-        let index = txn.open_table(tables::AUDIT_BY_REFUND)?;
+        let refunds = txn.open_table(tables::REFUNDS)?;
+        let orphans = txn.open_table(tables::AUDIT_ORPHANS)?;
         let log = txn.open_table(tables::AUDIT_LOG)?;
+        let mut sequences = match refunds.get(keys::refund_key(tenant, refund_id).as_slice())? {
+            Some(row) => {
+                let (_, seqs) = row::split(row.value()).ok_or_else(|| corrupt(format!("row of {refund_id}")))?;
+                row::seqs(seqs).ok_or_else(|| corrupt(format!("row of {refund_id}")))?
+            }
+            None => Vec::new(),
+        };
         let prefix = keys::audit_prefix(tenant, refund_id);
-        let mut entries = Vec::new();
-        for row in index.range(prefix.as_slice()..)? {
-            let (key, _) = row?;
+        for entry in orphans.range(prefix.as_slice()..)? {
+            let (key, _) = entry?;
             let key = key.value();
             if !key.starts_with(&prefix) {
                 break;
             }
-            let seq_bytes: [u8; 8] = key[prefix.len()..]
-                .try_into()
-                .map_err(|_| corrupt("audit key"))?;
-            let seq = u64::from_be_bytes(seq_bytes);
-            let raw = log
-                .get(seq)?
-                .ok_or_else(|| corrupt(format!("audit entry {seq} is missing")))?;
-            let entry =
-                decode_entry(raw.value()).ok_or_else(|| corrupt(format!("audit entry {seq}")))?;
-            let payload: serde_json::Value = serde_json::from_slice(entry.payload)
-                .map_err(|_| corrupt(format!("audit payload {seq}")))?;
-            let text = |key: &str| {
-                payload
-                    .get(key)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_owned()
-            };
+            let seq_bytes: [u8; 8] = key[prefix.len()..].try_into().map_err(|_| corrupt("audit key"))?;
+            sequences.push(u64::from_be_bytes(seq_bytes));
+        }
+        let mut entries = Vec::with_capacity(sequences.len());
+        for seq in sequences {
+            let raw = log.get(seq)?.ok_or_else(|| corrupt(format!("audit entry {seq} is missing")))?;
+            let entry = decode_entry(raw.value()).ok_or_else(|| corrupt(format!("audit entry {seq}")))?;
+            let payload: serde_json::Value =
+                serde_json::from_slice(entry.payload).map_err(|_| corrupt(format!("audit payload {seq}")))?;
+            let text = |key: &str| payload.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
             let occurred_at = Timestamp::parse_rfc3339(&text("occurred_at"))
                 .ok_or_else(|| corrupt(format!("audit payload {seq} occurred_at")))?;
             entries.push(AuditEntry {
@@ -169,23 +152,16 @@ impl Store {
                 payload,
             });
         }
-        entries.sort_by(|a, b| {
-            (a.occurred_at, &a.event_id, a.sequence).cmp(&(b.occurred_at, &b.event_id, b.sequence))
-        });
+        entries.sort_by(|a, b| (a.occurred_at, &a.event_id, a.sequence).cmp(&(b.occurred_at, &b.event_id, b.sequence)));
         Ok(entries)
     }
 
     fn source_pos(&self, source: StoredSource) -> Result<SourcePos, StoreError> {
         Ok(match source {
-            StoredSource::File { name, line } => SourcePos::File {
-                path: Arc::from(self.name_of(name).ok_or_else(|| corrupt("source name"))?),
-                line,
-            },
-            StoredSource::Kafka {
-                name,
-                partition,
-                offset,
-            } => SourcePos::Kafka {
+            StoredSource::File { name, line } => {
+                SourcePos::File { path: Arc::from(self.name_of(name).ok_or_else(|| corrupt("source name"))?), line }
+            }
+            StoredSource::Kafka { name, partition, offset } => SourcePos::Kafka {
                 topic: Arc::from(self.name_of(name).ok_or_else(|| corrupt("source name"))?),
                 partition,
                 offset,
@@ -196,9 +172,7 @@ impl Store {
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let txn = self.read()?;
         let stats = txn.open_table(tables::STATS)?;
-        let get = |name: &str| -> Result<u64, StoreError> {
-            Ok(stats.get(name)?.map_or(0, |v| v.value()))
-        };
+        let get = |name: &str| -> Result<u64, StoreError> { Ok(stats.get(name)?.map_or(0, |v| v.value())) };
         let pending = txn.open_table(tables::DEAD_LETTERS_PENDING)?;
         Ok(StoreStats {
             events_applied: get(stat_names::EVENTS_APPLIED)?,
@@ -219,9 +193,7 @@ impl Store {
         let Some(value) = table.get(source)? else {
             return Ok(None);
         };
-        Checkpoint::decode(value.value())
-            .map(Some)
-            .ok_or_else(|| corrupt(format!("checkpoint of {source}")))
+        Checkpoint::decode(value.value()).map(Some).ok_or_else(|| corrupt(format!("checkpoint of {source}")))
     }
 
     /// Dead letters still in the outbox, oldest first.
@@ -232,15 +204,9 @@ impl Store {
         let mut out = Vec::new();
         for row in pending.iter()?.take(limit) {
             let seq = row?.0.value();
-            let doc = letters
-                .get(seq)?
-                .ok_or_else(|| corrupt(format!("dead letter {seq} is missing")))?;
-            let document = serde_json::from_slice(doc.value())
-                .map_err(|_| corrupt(format!("dead letter {seq}")))?;
-            out.push(DeadLetter {
-                sequence: seq,
-                document,
-            });
+            let doc = letters.get(seq)?.ok_or_else(|| corrupt(format!("dead letter {seq} is missing")))?;
+            let document = serde_json::from_slice(doc.value()).map_err(|_| corrupt(format!("dead letter {seq}")))?;
+            out.push(DeadLetter { sequence: seq, document });
         }
         Ok(out)
     }
@@ -261,9 +227,13 @@ pub(crate) fn get_refund_in(
     let Some(row) = refunds.get(key.as_slice())? else {
         return Ok(None);
     };
-    RefundState::decode(row.value())
-        .map(Some)
-        .map_err(|e| corrupt(e.to_string()))
+    decode_row_state(row.value()).map(Some)
+}
+
+/// The refund state held in a `refunds` row.
+pub fn decode_row_state(row: &[u8]) -> Result<RefundState, StoreError> {
+    let (state, _) = row::split(row).ok_or_else(|| corrupt("refund row"))?;
+    RefundState::decode(state).map_err(|e| corrupt(e.to_string()))
 }
 
 #[derive(Debug, thiserror::Error)]

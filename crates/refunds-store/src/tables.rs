@@ -12,7 +12,8 @@ pub const NAMES_BY_NUMBER: TableDefinition<u32, &str> = TableDefinition::new("na
 /// Store totals (`events_applied`, `refunds`, ...): name -> value.
 pub const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
 
-/// Primary table: `tenant | refund id` -> encoded `RefundState`.
+/// Primary table: `tenant | refund id` -> row (encoded `RefundState`, then the
+/// audit sequences of every event received for the refund; see `row.rs`).
 pub const REFUNDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refunds");
 
 /// Exact counts of refunds: `tenant | dimension | value` -> count.
@@ -23,28 +24,26 @@ pub const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("counts");
 pub const EVENT_IDS: TableDefinition<&[u8], u64> = TableDefinition::new("event_ids");
 /// Every received valid event, in arrival order: sequence -> audit entry.
 pub const AUDIT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_log");
-/// A refund's audit entries: `tenant | len | refund id | sequence` -> ().
-pub const AUDIT_BY_REFUND: TableDefinition<&[u8], ()> = TableDefinition::new("audit_by_refund");
+/// Audit entries of conflicting repeats that name a refund no applied event
+/// created (so there is no row to list them): `tenant | len | refund id | sequence` -> ().
+pub const AUDIT_ORPHANS: TableDefinition<&[u8], ()> = TableDefinition::new("audit_orphans");
 
 /// Source positions, written in the same transaction as the events they cover.
 pub const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 /// Every dead letter ever recorded: sequence -> JSON document.
 pub const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 /// The outbox: dead letters not yet delivered to their destination.
-pub const DEAD_LETTERS_PENDING: TableDefinition<u64, ()> =
-    TableDefinition::new("dead_letters_pending");
+pub const DEAD_LETTERS_PENDING: TableDefinition<u64, ()> = TableDefinition::new("dead_letters_pending");
 
 pub const BY_CREATED: TableDefinition<&[u8], ()> = TableDefinition::new("by_created");
 pub const BY_STATUS: TableDefinition<&[u8], ()> = TableDefinition::new("by_status");
 pub const BY_CURRENCY: TableDefinition<&[u8], ()> = TableDefinition::new("by_currency");
 pub const BY_PROCESSOR: TableDefinition<&[u8], ()> = TableDefinition::new("by_processor");
-pub const BY_PAYMENT_METHOD_TYPE: TableDefinition<&[u8], ()> =
-    TableDefinition::new("by_payment_method_type");
+pub const BY_PAYMENT_METHOD_TYPE: TableDefinition<&[u8], ()> = TableDefinition::new("by_payment_method_type");
 pub const BY_PRODUCT_TYPE: TableDefinition<&[u8], ()> = TableDefinition::new("by_product_type");
 pub const BY_ORDER_NO: TableDefinition<&[u8], ()> = TableDefinition::new("by_order_no");
 pub const BY_TRANSACTION_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by_transaction_id");
-pub const BY_EXTERNAL_REFUND_ID: TableDefinition<&[u8], ()> =
-    TableDefinition::new("by_external_refund_id");
+pub const BY_EXTERNAL_REFUND_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by_external_refund_id");
 pub const BY_STORE_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by_store_id");
 pub const BY_REFERENCE_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by_reference_id");
 pub const BY_AMOUNT: TableDefinition<&[u8], ()> = TableDefinition::new("by_amount");

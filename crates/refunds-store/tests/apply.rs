@@ -7,31 +7,17 @@ use redb::{ReadableDatabase, ReadableTable};
 use refunds_domain::{Timestamp, validate};
 use refunds_store::keys::{CountDim, Index, count_key};
 use refunds_store::{
-    Batch, CheckpointDelta, Durability, Item, ItemKind, Outcome, SourcePos, Store, StoreError,
-    StoreParams, tables,
+    Batch, CheckpointDelta, Durability, Item, ItemKind, Outcome, SourcePos, Store, StoreError, StoreParams, tables,
 };
 use serde_json::json;
 
 fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        &dir.path().join("store.redb"),
-        &StoreParams {
-            cache_bytes: 16 << 20,
-        },
-    )
-    .unwrap();
+    let store = Store::open(&dir.path().join("store.redb"), &StoreParams { cache_bytes: 16 << 20 }).unwrap();
     (dir, store)
 }
 
-fn event(
-    tenant: &str,
-    refund: &str,
-    event_id: &str,
-    kind: &str,
-    at: &str,
-    extra: serde_json::Value,
-) -> String {
+fn event(tenant: &str, refund: &str, event_id: &str, kind: &str, at: &str, extra: serde_json::Value) -> String {
     let mut refund_obj = json!({"id": refund, "tenant_id": tenant});
     if kind == "refund.queued" {
         refund_obj["amount"] = json!(1000);
@@ -49,10 +35,7 @@ fn item(line: u64, raw: &str) -> Item {
         Err(e) => ItemKind::Invalid(e),
     };
     Item {
-        source: SourcePos::File {
-            path: Arc::from("events.ndjson"),
-            line,
-        },
+        source: SourcePos::File { path: Arc::from("events.ndjson"), line },
         received_at: Timestamp::from_millis(1_000).unwrap(),
         raw: raw.as_bytes().to_vec(),
         kind,
@@ -60,14 +43,7 @@ fn item(line: u64, raw: &str) -> Item {
 }
 
 fn batch(lines: &[String]) -> Batch {
-    Batch {
-        items: lines
-            .iter()
-            .enumerate()
-            .map(|(i, l)| item(i as u64 + 1, l))
-            .collect(),
-        checkpoints: vec![],
-    }
+    Batch { items: lines.iter().enumerate().map(|(i, l)| item(i as u64 + 1, l)).collect(), checkpoints: vec![] }
 }
 
 fn export(store: &Store) -> String {
@@ -85,9 +61,8 @@ fn assert_indexes_match_rows(store: &Store) {
     let mut expected_counts: std::collections::BTreeMap<Vec<u8>, u64> = Default::default();
     for row in refunds.iter().unwrap() {
         let (key, value) = row.unwrap();
-        let tenant =
-            refunds_store::TenantNo(u32::from_be_bytes(key.value()[..4].try_into().unwrap()));
-        let state = refunds_domain::RefundState::decode(value.value()).unwrap();
+        let tenant = refunds_store::TenantNo(u32::from_be_bytes(key.value()[..4].try_into().unwrap()));
+        let state = refunds_store::decode_row_state(value.value()).unwrap();
         for (i, index) in Index::ALL.iter().enumerate() {
             if let Some(k) = index.key_of(tenant, &state) {
                 expected_index.push((i, k));
@@ -95,135 +70,66 @@ fn assert_indexes_match_rows(store: &Store) {
         }
         for dim in CountDim::ALL {
             if let Some(v) = dim.value_of(&state) {
-                *expected_counts
-                    .entry(count_key(tenant, dim, &v))
-                    .or_default() += 1;
+                *expected_counts.entry(count_key(tenant, dim, &v)).or_default() += 1;
             }
         }
     }
     for (i, index) in Index::ALL.iter().enumerate() {
         let table = txn.open_table(index.table().unwrap()).unwrap();
-        let actual: Vec<Vec<u8>> = table
-            .iter()
-            .unwrap()
-            .map(|r| r.unwrap().0.value().to_vec())
-            .collect();
-        let mut expected: Vec<Vec<u8>> = expected_index
-            .iter()
-            .filter(|(j, _)| *j == i)
-            .map(|(_, k)| k.clone())
-            .collect();
+        let actual: Vec<Vec<u8>> = table.iter().unwrap().map(|r| r.unwrap().0.value().to_vec()).collect();
+        let mut expected: Vec<Vec<u8>> =
+            expected_index.iter().filter(|(j, _)| *j == i).map(|(_, k)| k.clone()).collect();
         expected.sort();
         assert_eq!(actual, expected, "index {index:?} disagrees with the rows");
     }
     let counts = txn.open_table(tables::COUNTS).unwrap();
-    let actual: std::collections::BTreeMap<Vec<u8>, u64> = counts
-        .iter()
-        .unwrap()
-        .map(|r| r.unwrap())
-        .map(|(k, v)| (k.value().to_vec(), v.value()))
-        .collect();
+    let actual: std::collections::BTreeMap<Vec<u8>, u64> =
+        counts.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_vec(), v.value())).collect();
     assert_eq!(actual, expected_counts, "counters disagree with the rows");
 }
 
 #[test]
 fn a_repeated_event_is_a_duplicate_and_changes_nothing() {
     let (_dir, mut store) = open();
-    let queued = event(
-        "org_1",
-        "ref_1",
-        "evt_1",
-        "refund.queued",
-        "2026-01-01T00:00:00Z",
-        json!({}),
-    );
+    let queued = event("org_1", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({}));
     // Same JSON, other key order and spacing.
     let reordered: serde_json::Value = serde_json::from_str(&queued).unwrap();
     let reordered = format!(
         "{{ \"refund\": {}, \"occurred_at\": \"2026-01-01T00:00:00Z\", \"type\": \"refund.queued\", \"event_id\": \"evt_1\" }}",
         reordered["refund"]
     );
-    let first = store
-        .apply_batch(&batch(std::slice::from_ref(&queued)), Durability::None)
-        .unwrap();
+    let first = store.apply_batch(&batch(std::slice::from_ref(&queued)), Durability::None).unwrap();
     assert_eq!(first.applied, 1);
     let before = export(&store);
-    let second = store
-        .apply_batch(&batch(&[queued, reordered]), Durability::None)
-        .unwrap();
+    let second = store.apply_batch(&batch(&[queued, reordered]), Durability::None).unwrap();
     assert_eq!((second.applied, second.duplicate), (0, 2));
     assert_eq!(export(&store), before);
     let stats = store.stats().unwrap();
-    assert_eq!(
-        (stats.events_applied, stats.events_duplicate, stats.refunds),
-        (1, 2, 1)
-    );
+    assert_eq!((stats.events_applied, stats.events_duplicate, stats.refunds), (1, 2, 1));
 }
 
 #[test]
 fn a_repeated_event_id_with_other_content_is_a_conflicting_duplicate_in_the_audit_trail() {
     let (_dir, mut store) = open();
-    let a = event(
-        "org_1",
-        "ref_1",
-        "evt_1",
-        "refund.queued",
-        "2026-01-01T00:00:00Z",
-        json!({"order_no": "A"}),
-    );
-    let b = event(
-        "org_1",
-        "ref_1",
-        "evt_1",
-        "refund.queued",
-        "2026-01-01T00:00:00Z",
-        json!({"order_no": "B"}),
-    );
-    let summary = store
-        .apply_batch(&batch(&[a, b]), Durability::None)
-        .unwrap();
+    let a = event("org_1", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({"order_no": "A"}));
+    let b = event("org_1", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({"order_no": "B"}));
+    let summary = store.apply_batch(&batch(&[a, b]), Durability::None).unwrap();
     assert_eq!((summary.applied, summary.conflicting_duplicate), (1, 1));
     let refund = store.get_refund("org_1", "ref_1").unwrap().unwrap();
-    assert_eq!(
-        refund.text(refunds_domain::TextField::OrderNo),
-        Some("A"),
-        "the first applied wins"
-    );
+    assert_eq!(refund.text(refunds_domain::TextField::OrderNo), Some("A"), "the first applied wins");
     let trail = store.audit_trail("org_1", "ref_1").unwrap();
     let outcomes: Vec<Outcome> = trail.iter().map(|e| e.outcome).collect();
     assert_eq!(outcomes, [Outcome::Applied, Outcome::ConflictingDuplicate]);
     assert_eq!(trail[1].payload["refund"]["order_no"], "B");
-    assert_eq!(
-        trail[0].source,
-        SourcePos::File {
-            path: Arc::from("events.ndjson"),
-            line: 1
-        }
-    );
+    assert_eq!(trail[0].source, SourcePos::File { path: Arc::from("events.ndjson"), line: 1 });
 }
 
 #[test]
 fn tenants_never_shadow_each_other_with_equal_event_ids() {
     let (_dir, mut store) = open();
-    let a = event(
-        "org_a",
-        "ref_1",
-        "evt_1",
-        "refund.queued",
-        "2026-01-01T00:00:00Z",
-        json!({}),
-    );
-    let b = event(
-        "org_b",
-        "ref_1",
-        "evt_1",
-        "refund.queued",
-        "2026-01-01T00:00:00Z",
-        json!({}),
-    );
-    let summary = store
-        .apply_batch(&batch(&[a, b]), Durability::None)
-        .unwrap();
+    let a = event("org_a", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({}));
+    let b = event("org_b", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({}));
+    let summary = store.apply_batch(&batch(&[a, b]), Durability::None).unwrap();
     assert_eq!(summary.applied, 2);
     assert!(store.get_refund("org_a", "ref_1").unwrap().is_some());
     assert!(store.get_refund("org_b", "ref_1").unwrap().is_some());
@@ -234,45 +140,14 @@ fn tenants_never_shadow_each_other_with_equal_event_ids() {
 fn audit_trail_is_ordered_by_occurred_at_then_event_id_then_arrival() {
     let (_dir, mut store) = open();
     let lines = [
-        event(
-            "org_1",
-            "ref_1",
-            "evt_c",
-            "refund.completed",
-            "2026-01-01T00:00:02Z",
-            json!({}),
-        ),
-        event(
-            "org_1",
-            "ref_1",
-            "evt_b",
-            "refund.processing",
-            "2026-01-01T00:00:01Z",
-            json!({}),
-        ),
-        event(
-            "org_1",
-            "ref_1",
-            "evt_a",
-            "refund.queued",
-            "2026-01-01T00:00:01Z",
-            json!({}),
-        ),
-        event(
-            "org_1",
-            "ref_1",
-            "evt_a",
-            "refund.queued",
-            "2026-01-01T00:00:01Z",
-            json!({}),
-        ),
+        event("org_1", "ref_1", "evt_c", "refund.completed", "2026-01-01T00:00:02Z", json!({})),
+        event("org_1", "ref_1", "evt_b", "refund.processing", "2026-01-01T00:00:01Z", json!({})),
+        event("org_1", "ref_1", "evt_a", "refund.queued", "2026-01-01T00:00:01Z", json!({})),
+        event("org_1", "ref_1", "evt_a", "refund.queued", "2026-01-01T00:00:01Z", json!({})),
     ];
     store.apply_batch(&batch(&lines), Durability::None).unwrap();
     let trail = store.audit_trail("org_1", "ref_1").unwrap();
-    let ids: Vec<(&str, Outcome)> = trail
-        .iter()
-        .map(|e| (e.event_id.as_str(), e.outcome))
-        .collect();
+    let ids: Vec<(&str, Outcome)> = trail.iter().map(|e| (e.event_id.as_str(), e.outcome)).collect();
     assert_eq!(
         ids,
         [
@@ -288,18 +163,14 @@ fn audit_trail_is_ordered_by_occurred_at_then_event_id_then_arrival() {
 #[test]
 fn invalid_items_land_in_the_dead_letter_outbox_until_marked_sent() {
     let (_dir, mut store) = open();
-    let summary = store
-        .apply_batch(&batch(&["{not json".to_owned()]), Durability::None)
-        .unwrap();
+    let summary = store.apply_batch(&batch(&["{not json".to_owned()]), Durability::None).unwrap();
     assert_eq!(summary.invalid, 1);
     let pending = store.pending_dead_letters(10).unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].document["reason"], "malformed_json");
     assert_eq!(pending[0].document["raw"], "{not json");
     assert_eq!(pending[0].document["source"]["line"], 1);
-    store
-        .mark_dead_letters_sent(&[pending[0].sequence])
-        .unwrap();
+    store.mark_dead_letters_sent(&[pending[0].sequence]).unwrap();
     assert!(store.pending_dead_letters(10).unwrap().is_empty());
     assert_eq!(store.stats().unwrap().events_invalid, 1);
 }
@@ -307,51 +178,16 @@ fn invalid_items_land_in_the_dead_letter_outbox_until_marked_sent() {
 #[test]
 fn a_batch_overlapping_the_checkpoint_is_refused_and_changes_nothing() {
     let (_dir, mut store) = open();
-    let delta = |from, to| CheckpointDelta {
-        source: "file:x".into(),
-        from,
-        to,
-        state: vec![],
-        restart: false,
-    };
-    let mut first = batch(&[event(
-        "org_1",
-        "ref_1",
-        "evt_1",
-        "refund.queued",
-        "2026-01-01T00:00:00Z",
-        json!({}),
-    )]);
+    let delta = |from, to| CheckpointDelta { source: "file:x".into(), from, to, state: vec![], restart: false };
+    let mut first = batch(&[event("org_1", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({}))]);
     first.checkpoints = vec![delta(0, 1)];
     store.apply_batch(&first, Durability::Immediate).unwrap();
     assert_eq!(store.checkpoint("file:x").unwrap().unwrap().position, 1);
-    let mut again = batch(&[event(
-        "org_1",
-        "ref_2",
-        "evt_2",
-        "refund.queued",
-        "2026-01-01T00:00:00Z",
-        json!({}),
-    )]);
+    let mut again = batch(&[event("org_1", "ref_2", "evt_2", "refund.queued", "2026-01-01T00:00:00Z", json!({}))]);
     again.checkpoints = vec![delta(0, 1)];
-    let err = store
-        .apply_batch(&again, Durability::Immediate)
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::CheckpointOverlap {
-                from: 0,
-                stored: 1,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        store.get_refund("org_1", "ref_2").unwrap().is_none(),
-        "nothing of a refused batch is applied"
-    );
+    let err = store.apply_batch(&again, Durability::Immediate).unwrap_err();
+    assert!(matches!(err, StoreError::CheckpointOverlap { from: 0, stored: 1, .. }), "{err}");
+    assert!(store.get_refund("org_1", "ref_2").unwrap().is_none(), "nothing of a refused batch is applied");
 }
 
 #[test]
@@ -360,44 +196,21 @@ fn reopening_the_store_keeps_everything() {
     let path = dir.path().join("store.redb");
     let before = {
         let mut store = Store::open(&path, &StoreParams::default()).unwrap();
-        let lines = [event(
-            "org_1",
-            "ref_1",
-            "evt_1",
-            "refund.queued",
-            "2026-01-01T00:00:00Z",
-            json!({}),
-        )];
-        store
-            .apply_batch(&batch(&lines), Durability::Immediate)
-            .unwrap();
+        let lines = [event("org_1", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({}))];
+        store.apply_batch(&batch(&lines), Durability::Immediate).unwrap();
         export(&store)
     };
     let mut store = Store::open(&path, &StoreParams::default()).unwrap();
     assert_eq!(export(&store), before);
     // Interned names survive: a new event of the same tenant lands in the same tenant.
-    let lines = [event(
-        "org_1",
-        "ref_2",
-        "evt_2",
-        "refund.queued",
-        "2026-01-01T00:00:01Z",
-        json!({}),
-    )];
-    store
-        .apply_batch(&batch(&lines), Durability::Immediate)
-        .unwrap();
+    let lines = [event("org_1", "ref_2", "evt_2", "refund.queued", "2026-01-01T00:00:01Z", json!({}))];
+    store.apply_batch(&batch(&lines), Durability::Immediate).unwrap();
     assert_eq!(store.tenants().len(), 1);
     assert_eq!(export(&store).lines().count(), 2);
 }
 
-const TYPES: [&str; 5] = [
-    "refund.queued",
-    "refund.processing",
-    "refund.completed",
-    "refund.failed",
-    "refund.cancelled",
-];
+const TYPES: [&str; 5] =
+    ["refund.queued", "refund.processing", "refund.completed", "refund.failed", "refund.cancelled"];
 
 fn arb_event() -> impl Strategy<Value = String> {
     (
@@ -411,33 +224,31 @@ fn arb_event() -> impl Strategy<Value = String> {
         proptest::option::of(prop_oneof![Just("Stripe"), Just("adyen")]),
         proptest::option::of(prop_oneof![Just(json!({})), Just(json!({"k": 1}))]),
     )
-        .prop_map(
-            |(t, r, e, kind, second, amount, currency, processor, metadata)| {
-                let mut extra = json!({});
-                if let Some(a) = amount {
-                    extra["amount"] = json!(a * 1000);
-                }
-                if let Some(c) = currency {
-                    extra["currency"] = json!(c);
-                }
-                if let Some(p) = processor {
-                    extra["processor"] = json!(p);
-                }
-                if let Some(m) = metadata {
-                    extra["metadata"] = m;
-                }
-                // The event id names the whole content, so equal ids are true duplicates.
-                let event_id = format!("evt_{t}_{r}_{e}_{kind}_{second}_{extra}");
-                event(
-                    &format!("org_{t}"),
-                    &format!("ref_{r}"),
-                    &event_id,
-                    TYPES[kind],
-                    &format!("2026-01-01T00:00:0{second}Z"),
-                    extra,
-                )
-            },
-        )
+        .prop_map(|(t, r, e, kind, second, amount, currency, processor, metadata)| {
+            let mut extra = json!({});
+            if let Some(a) = amount {
+                extra["amount"] = json!(a * 1000);
+            }
+            if let Some(c) = currency {
+                extra["currency"] = json!(c);
+            }
+            if let Some(p) = processor {
+                extra["processor"] = json!(p);
+            }
+            if let Some(m) = metadata {
+                extra["metadata"] = m;
+            }
+            // The event id names the whole content, so equal ids are true duplicates.
+            let event_id = format!("evt_{t}_{r}_{e}_{kind}_{second}_{extra}");
+            event(
+                &format!("org_{t}"),
+                &format!("ref_{r}"),
+                &event_id,
+                TYPES[kind],
+                &format!("2026-01-01T00:00:0{second}Z"),
+                extra,
+            )
+        })
 }
 
 proptest! {
