@@ -59,11 +59,7 @@ enum Command {
         batch_events: usize,
         /// Milliseconds between durable (fsynced) commits; commits in between
         /// are atomic and replayed from the input after a crash.
-        #[arg(
-            long,
-            default_value_t = 1_000,
-            env = "REFUND_PROJECTOR_DURABLE_EVERY_MS"
-        )]
+        #[arg(long, default_value_t = 1_000, env = "REFUND_PROJECTOR_DURABLE_EVERY_MS")]
         durable_every_ms: u64,
     },
     /// Print every refund, as the API renders it, one JSON object per line,
@@ -109,9 +105,7 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -120,13 +114,7 @@ fn init_tracing(format: LogFormat) {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Replay {
-            input,
-            db,
-            dlq,
-            batch_events,
-            durable_every_ms,
-        } => {
+        Command::Replay { input, db, dlq, batch_events, durable_every_ms } => {
             let mut params = ReplayParams::new(Input::from_arg(&input));
             params.dlq = dlq;
             params.batch_events = batch_events;
@@ -141,28 +129,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             out.flush().context("failed to write the export")?;
             Ok(())
         }
-        Command::Generate {
-            refunds,
-            seed,
-            dup_rate,
-            shuffle_window,
-            invalid_rate,
-        } => {
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&dup_rate),
-                "--dup-rate must be between 0 and 1"
-            );
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&invalid_rate),
-                "--invalid-rate must be between 0 and 1"
-            );
-            let params = generate::GenerateParams {
-                refunds,
-                seed,
-                dup_rate,
-                shuffle_window,
-                invalid_rate,
-            };
+        Command::Generate { refunds, seed, dup_rate, shuffle_window, invalid_rate } => {
+            anyhow::ensure!((0.0..=1.0).contains(&dup_rate), "--dup-rate must be between 0 and 1");
+            anyhow::ensure!((0.0..=1.0).contains(&invalid_rate), "--invalid-rate must be between 0 and 1");
+            let params = generate::GenerateParams { refunds, seed, dup_rate, shuffle_window, invalid_rate };
             let stdout = io::stdout();
             let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
             generate::generate(&params, &mut out).context("failed to write events")?;
@@ -173,8 +143,7 @@ fn run(command: Command) -> anyhow::Result<()> {
 }
 
 fn open_store(db: &Path) -> anyhow::Result<Store> {
-    Store::open(db, &StoreParams::default())
-        .with_context(|| format!("failed to open the store {}", db.display()))
+    Store::open(db, &StoreParams::default()).with_context(|| format!("failed to open the store {}", db.display()))
 }
 
 fn run_replay(db: &Path, params: &ReplayParams) -> anyhow::Result<()> {
@@ -183,10 +152,7 @@ fn run_replay(db: &Path, params: &ReplayParams) -> anyhow::Result<()> {
     let bar = replay_bar(&params.input);
     let progress = replay(&mut store, params, |p| {
         bar.set_position(p.bytes);
-        bar.set_message(format!(
-            "{} applied, {} duplicate, {} invalid",
-            p.applied, p.duplicate, p.invalid
-        ));
+        bar.set_message(format!("{} applied, {} duplicate, {} invalid", p.applied, p.duplicate, p.invalid));
     });
     bar.finish_and_clear();
     let progress = progress.with_context(|| format!("replay of {} failed", params.input.name()))?;
@@ -200,10 +166,7 @@ fn replay_bar(input: &Input) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let total = match input {
-        Input::File(path) => File::open(path)
-            .and_then(|f| f.metadata())
-            .map(|m| m.len())
-            .ok(),
+        Input::File(path) => File::open(path).and_then(|f| f.metadata()).map(|m| m.len()).ok(),
         Input::Stdin => None,
     };
     let bar = match total {
@@ -214,8 +177,7 @@ fn replay_bar(input: &Input) -> ProgressBar {
             .expect("the template is valid"),
         ),
         None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bytes} {msg}")
-                .expect("the template is valid"),
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bytes} {msg}").expect("the template is valid"),
         ),
     };
     bar.enable_steady_tick(Duration::from_millis(200));

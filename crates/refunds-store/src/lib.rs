@@ -37,6 +37,7 @@ mod apply;
 mod audit;
 mod batch;
 pub mod keys;
+pub mod query;
 mod read;
 mod row;
 pub mod tables;
@@ -49,6 +50,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 pub use audit::{AuditEntry, Outcome};
 pub use batch::{Batch, BatchSummary, Checkpoint, CheckpointDelta, Item, ItemKind, SourcePos};
 pub use keys::TenantNo;
+pub use query::{Filter, count_in};
 pub use read::{DeadLetter, ExportError, StoreStats, decode_row_state, source_json};
 pub use redb::Durability;
 

@@ -1,0 +1,197 @@
+//! Counting refunds that match a filter, from one read snapshot.
+//!
+//! The planner answers from the `counts` rows when the filter is a tenant
+//! plus at most one low-cardinality dimension (the dashboard's common
+//! questions), and otherwise scans the most selective index range, checking
+//! the remaining predicates on each refund. Either way the count is exact.
+
+use std::ops::Bound;
+
+use redb::ReadTransaction;
+use refunds_domain::{EventType, RefundState, TextField, Timestamp};
+
+use crate::keys::{self, CountDim, Index, TenantNo};
+use crate::read::decode_row_state;
+use crate::{Store, StoreError, tables};
+
+/// A list filter, already normalized (currency upper case, processor lower
+/// case). Every list is an OR; an empty list does not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub statuses: Vec<EventType>,
+    pub currencies: Vec<String>,
+    pub processors: Vec<String>,
+    pub payment_method_types: Vec<String>,
+    pub product_types: Vec<String>,
+    /// Exact matches on order_no, transaction_id, external_refund_id, store_id, reference_id.
+    pub exact: Vec<(TextField, String)>,
+    /// Inclusive bounds on created_at.
+    pub created_min: Option<Timestamp>,
+    pub created_max: Option<Timestamp>,
+    /// Inclusive bounds on amount; a refund without an amount never matches them.
+    pub amount_min: Option<u64>,
+    pub amount_max: Option<u64>,
+}
+
+impl Filter {
+    /// Whether a refund matches every predicate.
+    pub fn matches(&self, state: &RefundState) -> bool {
+        let any = |values: &[String], value: Option<&str>| {
+            values.is_empty() || value.is_some_and(|v| values.iter().any(|x| x == v))
+        };
+        let created = state.created_at();
+        (self.statuses.is_empty() || self.statuses.contains(&state.status))
+            && any(&self.currencies, state.currency())
+            && any(&self.processors, state.text(TextField::Processor))
+            && any(&self.payment_method_types, state.text(TextField::PaymentMethodType))
+            && any(&self.product_types, state.text(TextField::ProductType))
+            && self.exact.iter().all(|(field, value)| state.text(*field) == Some(value.as_str()))
+            && self.created_min.is_none_or(|min| created >= min)
+            && self.created_max.is_none_or(|max| created <= max)
+            && (self.amount_min.is_none() && self.amount_max.is_none()
+                || state.amount().is_some_and(|a| {
+                    self.amount_min.is_none_or(|min| a >= min) && self.amount_max.is_none_or(|max| a <= max)
+                }))
+    }
+
+    /// The one low-cardinality dimension a counter row can answer, if the
+    /// filter is nothing but that (or nothing at all).
+    fn counter_dimension(&self) -> Option<(CountDim, Vec<Vec<u8>>)> {
+        let ranged = self.created_min.is_some()
+            || self.created_max.is_some()
+            || self.amount_min.is_some()
+            || self.amount_max.is_some();
+        if ranged || !self.exact.is_empty() {
+            return None;
+        }
+        let dims: Vec<(CountDim, Vec<Vec<u8>>)> = [
+            (CountDim::Status, self.statuses.iter().map(|s| keys::status_value(*s)).collect::<Vec<_>>()),
+            (CountDim::Currency, self.currencies.iter().map(|c| c.as_bytes().to_vec()).collect()),
+            (CountDim::Processor, self.processors.iter().map(|p| keys::text_value(p)).collect()),
+            (CountDim::PaymentMethodType, self.payment_method_types.iter().map(|p| keys::text_value(p)).collect()),
+            (CountDim::ProductType, self.product_types.iter().map(|p| keys::text_value(p)).collect()),
+        ]
+        .into_iter()
+        .filter(|(_, values)| !values.is_empty())
+        .collect();
+        match dims.len() {
+            0 => Some((CountDim::All, vec![Vec::new()])),
+            1 => dims.into_iter().next(),
+            _ => None,
+        }
+    }
+}
+
+/// How a scan finds its candidates: one index and the value prefixes to read.
+struct Plan {
+    index: Index,
+    values: Vec<Vec<u8>>,
+    /// Whether keys under each value are ordered by created_at (so the created
+    /// bounds narrow the range); false for the amount index, scanned by value.
+    created_ordered: bool,
+}
+
+fn plan(filter: &Filter, counts: &dyn Fn(CountDim, &[Vec<u8>]) -> Result<u64, StoreError>) -> Result<Plan, StoreError> {
+    if let Some((field, value)) = filter.exact.first() {
+        return Ok(Plan { index: Index::Text(*field), values: vec![keys::text_value(value)], created_ordered: true });
+    }
+    let mut best = Plan { index: Index::Created, values: vec![Vec::new()], created_ordered: true };
+    let mut best_count = counts(CountDim::All, &[Vec::new()])?;
+    let candidates = [
+        (CountDim::Status, Index::Status, filter.statuses.iter().map(|s| keys::status_value(*s)).collect::<Vec<_>>()),
+        (CountDim::Currency, Index::Currency, filter.currencies.iter().map(|c| c.as_bytes().to_vec()).collect()),
+        (
+            CountDim::Processor,
+            Index::Text(TextField::Processor),
+            filter.processors.iter().map(|p| keys::text_value(p)).collect(),
+        ),
+        (
+            CountDim::PaymentMethodType,
+            Index::Text(TextField::PaymentMethodType),
+            filter.payment_method_types.iter().map(|p| keys::text_value(p)).collect(),
+        ),
+        (
+            CountDim::ProductType,
+            Index::Text(TextField::ProductType),
+            filter.product_types.iter().map(|p| keys::text_value(p)).collect(),
+        ),
+    ];
+    for (dim, index, values) in candidates {
+        if values.is_empty() {
+            continue;
+        }
+        let n = counts(dim, &values)?;
+        if n < best_count {
+            best_count = n;
+            best = Plan { index, values, created_ordered: true };
+        }
+    }
+    Ok(best)
+}
+
+impl Store {
+    /// The exact number of refunds of `tenants` matching `filter`.
+    pub fn count(&self, tenants: &[TenantNo], filter: &Filter) -> Result<u64, StoreError> {
+        let txn = self.read()?;
+        count_in(&txn, tenants, filter)
+    }
+}
+
+/// Counts within a read transaction (so a page and its count share a snapshot).
+pub fn count_in(txn: &ReadTransaction, tenants: &[TenantNo], filter: &Filter) -> Result<u64, StoreError> {
+    if filter.amount_min.zip(filter.amount_max).is_some_and(|(min, max)| min > max)
+        || filter.created_min.zip(filter.created_max).is_some_and(|(min, max)| min > max)
+    {
+        return Ok(0);
+    }
+    let counts = txn.open_table(tables::COUNTS)?;
+    let mut total = 0;
+    for &tenant in tenants {
+        let counter = |dim: CountDim, values: &[Vec<u8>]| -> Result<u64, StoreError> {
+            let mut n = 0;
+            for value in values {
+                n += counts.get(keys::count_key(tenant, dim, value).as_slice())?.map_or(0, |v| v.value());
+            }
+            Ok(n)
+        };
+        if let Some((dim, values)) = filter.counter_dimension() {
+            total += counter(dim, &values)?;
+            continue;
+        }
+        let plan = plan(filter, &counter)?;
+        total += scan_count(txn, tenant, filter, &plan)?;
+    }
+    Ok(total)
+}
+
+fn scan_count(txn: &ReadTransaction, tenant: TenantNo, filter: &Filter, plan: &Plan) -> Result<u64, StoreError> {
+    let table = txn.open_table(plan.index.table().expect("planned indexes have tables"))?;
+    let refunds = txn.open_table(tables::REFUNDS)?;
+    let mut n = 0;
+    for value in &plan.values {
+        let prefix = keys::index_prefix(tenant, value);
+        let start = match (plan.created_ordered, filter.created_min) {
+            (true, Some(min)) => [prefix.as_slice(), &keys::time_bytes(min)].concat(),
+            _ => prefix.clone(),
+        };
+        for entry in table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
+            let (key, _) = entry?;
+            let key = key.value();
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let (created, refund_id) =
+                keys::split_index_key(key, prefix.len()).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
+            if plan.created_ordered && filter.created_max.is_some_and(|max| created > max) {
+                break;
+            }
+            let row = refunds
+                .get(keys::refund_key(tenant, refund_id).as_slice())?
+                .ok_or_else(|| StoreError::Corrupt(format!("index names a missing refund {refund_id}")))?;
+            if filter.matches(&decode_row_state(row.value())?) {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
