@@ -187,9 +187,10 @@ fn replay_bar(input: &Input) -> ProgressBar {
 fn summary_line(p: &ReplayProgress, elapsed: Duration) -> String {
     let new_lines = p.lines - p.resumed_lines;
     let rate = new_lines as f64 / elapsed.as_secs_f64().max(1e-9);
+    let peak = peak_rss_bytes().map(|b| format!("; peak RSS {} MiB", b >> 20)).unwrap_or_default();
     format!(
         "replayed {new_lines} lines in {:.1}s ({rate:.0} lines/s): {} applied, {} duplicate, {} conflicting duplicate, \
-         {} invalid ({} written to the dead-letter file), {} blank; {} lines already applied by an earlier run",
+         {} invalid ({} written to the dead-letter file), {} blank; {} lines already applied by an earlier run{peak}",
         elapsed.as_secs_f64(),
         p.applied,
         p.duplicate,
@@ -199,4 +200,12 @@ fn summary_line(p: &ReplayProgress, elapsed: Duration) -> String {
         p.blank,
         p.resumed_lines,
     )
+}
+
+/// The process's peak resident set size, where the OS reports it (Linux).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -368,7 +368,7 @@ fn optional_object(
     match refund.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(value @ Value::Object(_)) => {
-            let compact = value.to_string();
+            let compact = canonical_json(value);
             match max_bytes {
                 Some(max) if compact.len() > max => Err(InvalidEvent::schema(format!(
                     "refund.{key} is {} bytes serialized, more than the limit of {max}",
@@ -378,5 +378,57 @@ fn optional_object(
             }
         }
         Some(_) => Err(InvalidEvent::schema(format!("refund.{key} must be an object"))),
+    }
+}
+
+/// Compact JSON with every object's keys sorted: equal JSON values (which the
+/// contract treats as the same event) always give equal bytes, so the
+/// projection cannot depend on which of two equal events arrived first.
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::from(key.as_str()).to_string());
+                out.push(':');
+                write_canonical(value, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":[{"d":1,"c":2}],"x":"\u00e9"}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a":{"x":"é","y":[{"c":2,"d":1}]},"b":1}"#).unwrap();
+        assert_eq!(canonical_json(&a), r#"{"a":{"x":"é","y":[{"c":2,"d":1}]},"b":1}"#);
+        assert_eq!(canonical_json(&a), canonical_json(&b));
     }
 }

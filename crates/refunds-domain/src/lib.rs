@@ -14,7 +14,9 @@ pub mod render;
 pub mod state;
 pub mod time;
 
-pub use event::{EventType, InvalidEvent, InvalidReason, RefundEvent, RefundFields, TextField, validate};
+pub use event::{
+    EventType, InvalidEvent, InvalidReason, RefundEvent, RefundFields, TextField, canonical_json, validate,
+};
 pub use render::render_refund;
 pub use state::{RefundState, Version, merge};
 pub use time::Timestamp;

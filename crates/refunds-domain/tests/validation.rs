@@ -903,9 +903,9 @@ fn non_string_optional_strings_are_schema_violations() {
 // refund.initiated_by: optional object
 
 #[test]
-fn initiated_by_is_kept_as_compact_json() {
+fn initiated_by_is_kept_as_canonical_compact_json() {
     let raw = with_refund_field("initiated_by", json!({"type": "system", "id": "cron"}));
-    assert_eq!(accepted(&raw).fields.initiated_by.as_deref(), Some(r#"{"type":"system","id":"cron"}"#));
+    assert_eq!(accepted(&raw).fields.initiated_by.as_deref(), Some(r#"{"id":"cron","type":"system"}"#));
 }
 
 #[test]

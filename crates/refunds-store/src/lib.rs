@@ -138,7 +138,7 @@ impl Store {
                     });
                 }
             }
-            apply::create_tables(&txn).map_err(StoreError::from).map_err(|e| match e {
+            apply::create_tables(&txn).map_err(|e| match e {
                 StoreError::Storage(err) => OpenError::Storage(err),
                 other => OpenError::Storage(redb::Error::Corrupted(other.to_string())),
             })?;

@@ -91,7 +91,10 @@ struct Plan {
     created_ordered: bool,
 }
 
-fn plan(filter: &Filter, counts: &dyn Fn(CountDim, &[Vec<u8>]) -> Result<u64, StoreError>) -> Result<Plan, StoreError> {
+/// Sums the counter rows of one dimension's values.
+type Counter<'a> = dyn Fn(CountDim, &[Vec<u8>]) -> Result<u64, StoreError> + 'a;
+
+fn plan(filter: &Filter, counts: &Counter<'_>) -> Result<Plan, StoreError> {
     if let Some((field, value)) = filter.exact.first() {
         return Ok(Plan { index: Index::Text(*field), values: vec![keys::text_value(value)], created_ordered: true });
     }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Replay benchmark: generate a realistic stream, replay it into a fresh store
+# with durable commits, and print events/s, store size and peak RSS.
+#
+#   scripts/bench-replay.sh                 # 330,000 refunds (about 1M events)
+#   REFUNDS="100000 330000 1000000" scripts/bench-replay.sh   # RSS as the input grows
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --bins -q
+bin=target/release/refund-projector
+work=$(mktemp -d "${TMPDIR:-/tmp}/refund-bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem:/ {print $2}') GiB"
+for refunds in ${REFUNDS:-330000}; do
+  events="$work/events-$refunds.ndjson"
+  "$bin" generate --refunds "$refunds" --seed 1 > "$events"
+  lines=$(wc -l < "$events")
+  rm -f "$work/store.redb"
+  start=$(date +%s.%N)
+  summary=$("$bin" replay --input "$events" --db "$work/store.redb" 2>&1 | tail -n 1)
+  end=$(date +%s.%N)
+  seconds=$(awk -v a="$start" -v b="$end" 'BEGIN {print b - a}')
+  store_mib=$(( $(stat -c %s "$work/store.redb") / 1048576 ))
+  peak=$(echo "$summary" | sed -n 's/.*peak RSS \([0-9]*\) MiB.*/\1/p')
+  printf 'refunds %s: %s events in %.2f s = %.0f events/s durable; store %s MiB; peak RSS %s MiB; input %s MiB\n' \
+    "$refunds" "$lines" "$seconds" "$(awk -v n="$lines" -v s="$seconds" 'BEGIN {print n / s}')" "$store_mib" "$peak" \
+    "$(( $(stat -c %s "$events") / 1048576 ))"
+  rm -f "$events"
+done
