@@ -7,7 +7,7 @@
 
 use std::ops::Bound;
 
-use redb::ReadTransaction;
+use redb::{ReadOnlyTable, ReadTransaction};
 use refunds_domain::{EventType, RefundState, TextField, Timestamp};
 
 use crate::keys::{self, CountDim, Index, TenantNo};
@@ -86,9 +86,6 @@ impl Filter {
 struct Plan {
     index: Index,
     values: Vec<Vec<u8>>,
-    /// Whether keys under each value are ordered by created_at (so the created
-    /// bounds narrow the range); false for the amount index, scanned by value.
-    created_ordered: bool,
 }
 
 /// Sums the counter rows of one dimension's values.
@@ -96,9 +93,9 @@ type Counter<'a> = dyn Fn(CountDim, &[Vec<u8>]) -> Result<u64, StoreError> + 'a;
 
 fn plan(filter: &Filter, counts: &Counter<'_>) -> Result<Plan, StoreError> {
     if let Some((field, value)) = filter.exact.first() {
-        return Ok(Plan { index: Index::Text(*field), values: vec![keys::text_value(value)], created_ordered: true });
+        return Ok(Plan { index: Index::Text(*field), values: vec![keys::text_value(value)] });
     }
-    let mut best = Plan { index: Index::Created, values: vec![Vec::new()], created_ordered: true };
+    let mut best = Plan { index: Index::Created, values: vec![Vec::new()] };
     let mut best_count = counts(CountDim::All, &[Vec::new()])?;
     let candidates = [
         (CountDim::Status, Index::Status, filter.statuses.iter().map(|s| keys::status_value(*s)).collect::<Vec<_>>()),
@@ -126,7 +123,7 @@ fn plan(filter: &Filter, counts: &Counter<'_>) -> Result<Plan, StoreError> {
         let n = counts(dim, &values)?;
         if n < best_count {
             best_count = n;
-            best = Plan { index, values, created_ordered: true };
+            best = Plan { index, values };
         }
     }
     Ok(best)
@@ -172,29 +169,95 @@ fn scan_count(txn: &ReadTransaction, tenant: TenantNo, filter: &Filter, plan: &P
     let refunds = txn.open_table(tables::REFUNDS)?;
     let mut n = 0;
     for value in &plan.values {
-        let prefix = keys::index_prefix(tenant, value);
-        let start = match (plan.created_ordered, filter.created_min) {
-            (true, Some(min)) => [prefix.as_slice(), &keys::time_bytes(min)].concat(),
-            _ => prefix.clone(),
-        };
-        for entry in table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
-            let (key, _) = entry?;
-            let key = key.value();
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let (created, refund_id) =
-                keys::split_index_key(key, prefix.len()).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
-            if plan.created_ordered && filter.created_max.is_some_and(|max| created > max) {
-                break;
-            }
-            let row = refunds
-                .get(keys::refund_key(tenant, refund_id).as_slice())?
-                .ok_or_else(|| StoreError::Corrupt(format!("index names a missing refund {refund_id}")))?;
-            if filter.matches(&decode_row_state(row.value())?) {
-                n += 1;
-            }
-        }
+        for_each_with_value(
+            &table,
+            plan.index,
+            tenant,
+            value,
+            filter.created_min,
+            filter.created_max,
+            |_, refund_id| {
+                let row = refunds
+                    .get(keys::refund_key(tenant, refund_id).as_slice())?
+                    .ok_or_else(|| StoreError::Corrupt(format!("index names a missing refund {refund_id}")))?;
+                if filter.matches(&decode_row_state(row.value())?) {
+                    n += 1;
+                }
+                Ok(())
+            },
+        )?;
     }
     Ok(n)
+}
+
+/// Calls `f(created_at, refund id)` for every refund of `tenant` with `value`
+/// under `index` and created within the bounds, in (created_at, id) order.
+pub(crate) fn for_each_with_value(
+    table: &ReadOnlyTable<&'static [u8], ()>,
+    index: Index,
+    tenant: TenantNo,
+    value: &[u8],
+    created_min: Option<Timestamp>,
+    created_max: Option<Timestamp>,
+    mut f: impl FnMut(Timestamp, &str) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    if !index.windowed() {
+        let prefix = keys::index_prefix(tenant, value);
+        return scan_prefix(table, &prefix, created_min, created_max, &mut f);
+    }
+    // Skip scan over the windows that exist: one seek finds the next window
+    // holding any key of this tenant, a second reads the value within it.
+    let tenant_prefix = tenant.prefix();
+    let last = created_max.map_or(u32::MAX, keys::window_of);
+    let mut window = created_min.map_or(0, keys::window_of);
+    while window <= last {
+        let prefix = keys::windowed_prefix(tenant, window, value);
+        let mut range = table.range::<&[u8]>((Bound::Included(prefix.as_slice()), Bound::Unbounded))?;
+        let Some(entry) = range.next() else { break };
+        let (key, _) = entry?;
+        let key = key.value();
+        if !key.starts_with(&tenant_prefix) {
+            break;
+        }
+        let found: [u8; 4] = key[4..8].try_into().map_err(|_| StoreError::Corrupt("index key".into()))?;
+        let found = u32::from_be_bytes(found);
+        if found != window {
+            window = found;
+            continue;
+        }
+        if key.starts_with(&prefix) {
+            scan_prefix(table, &prefix, created_min, created_max, &mut f)?;
+        }
+        let Some(next) = window.checked_add(1) else { break };
+        window = next;
+    }
+    Ok(())
+}
+
+/// Every key starting with `prefix` (followed by created_at and id), within the bounds.
+fn scan_prefix(
+    table: &ReadOnlyTable<&'static [u8], ()>,
+    prefix: &[u8],
+    created_min: Option<Timestamp>,
+    created_max: Option<Timestamp>,
+    f: &mut impl FnMut(Timestamp, &str) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let start = match created_min {
+        Some(min) => [prefix, &keys::time_bytes(min)].concat(),
+        None => prefix.to_vec(),
+    };
+    for entry in table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
+        let (key, _) = entry?;
+        let key = key.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        let (created, refund_id) =
+            keys::split_index_key(key, prefix.len()).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
+        if created_max.is_some_and(|max| created > max) {
+            break;
+        }
+        f(created, refund_id)?;
+    }
+    Ok(())
 }

@@ -370,3 +370,47 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn exact_match_counts_span_every_created_window_and_respect_bounds() {
+    use refunds_domain::TextField;
+    let (_dir, mut store) = open();
+    let day = 86_400_000i64;
+    let start = 1_767_225_600_000i64; // 2026-01-01
+    let at = |k: i64| Timestamp::from_millis(start + k * 40 * day).unwrap();
+    // Windows are about 49.7 days: refunds 40 days apart fall in several of them,
+    // and other tenants' refunds sit between them in the key space.
+    let lines: Vec<String> = (0..8)
+        .flat_map(|k| {
+            let order = if k % 2 == 0 { "ORDER-1" } else { "ORDER-2" };
+            ["org_a", "org_b"].map(|t| {
+                event(
+                    t,
+                    &format!("ref_{k}"),
+                    &format!("evt_{t}_{k}"),
+                    "refund.queued",
+                    &at(k).to_string(),
+                    json!({"order_no": order, "store_id": "s1", "amount": 100 * (k + 1)}),
+                )
+            })
+        })
+        .collect();
+    store.apply_batch(&batch(&lines), Durability::None).unwrap();
+    let tenant_a: Vec<_> = store.tenants().into_iter().filter(|(t, _)| t == "org_a").map(|(_, n)| n).collect();
+    let count = |field: TextField, value: &str, min: Option<i64>, max: Option<i64>| {
+        let filter = refunds_store::Filter {
+            exact: vec![(field, value.to_owned())],
+            created_min: min.map(at),
+            created_max: max.map(at),
+            ..Default::default()
+        };
+        store.count(&tenant_a, &filter).unwrap()
+    };
+    assert_eq!(count(TextField::OrderNo, "ORDER-1", None, None), 4);
+    assert_eq!(count(TextField::OrderNo, "ORDER-1", Some(1), None), 3);
+    assert_eq!(count(TextField::OrderNo, "ORDER-1", Some(2), Some(4)), 2);
+    assert_eq!(count(TextField::OrderNo, "ORDER-2", Some(7), Some(7)), 1);
+    assert_eq!(count(TextField::StoreId, "s1", None, None), 8);
+    assert_eq!(count(TextField::OrderNo, "ORDER-3", None, None), 0);
+    assert_indexes_match_rows(&store);
+}
