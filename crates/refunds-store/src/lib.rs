@@ -19,7 +19,8 @@
 //!
 //! Tenant ids are interned to a 4-byte big-endian number (`names`), so every
 //! tenant-scoped key starts with a fixed `tenant` prefix. `refunds` is keyed
-//! `tenant | refund id` and holds the compact encoded state. Each secondary
+//! `tenant | refund id` and holds the compact encoded state followed by the
+//! audit sequences of the refund's events. Each secondary
 //! index (`by_created`, `by_status`, `by_currency`, `by_amount`, and one per
 //! exact-match text filter) is keyed `tenant | value | created_at | refund id`
 //! with an empty value: status is one byte (rank order), currency three,
@@ -27,8 +28,12 @@
 //! `created_at` is big-endian milliseconds with the sign bit flipped. The refund
 //! id comes last, unprefixed, so keys sort by (created_at, id) within a value
 //! and a filtered page in either direction is one range scan inside one
-//! tenant. `counts` holds exact refund counts per `tenant | dimension | value`
-//! for the low-cardinality filters. `event_ids` maps `tenant | event id` to the
+//! tenant. The indexes of nearly unique or spread values (amount, order_no,
+//! transaction_id, external_refund_id, store_id, reference_id) insert a
+//! created-at window after the tenant (`keys::window_of`, about 50 days), so
+//! that new refunds touch few pages; a value is then read window by window.
+//! `counts` holds exact refund counts per `tenant | dimension | value` for the
+//! low-cardinality filters. `event_ids` maps `tenant | event id` to the
 //! audit sequence of the applied event; `audit_log` is an append-only log by
 //! sequence, and each `refunds` row ends with the sequences of its refund's
 //! entries (`audit_orphans` keeps the rare repeat that names no refund).
