@@ -23,6 +23,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(tables::REFUNDS)?;
     txn.open_table(tables::COUNTS)?;
     txn.open_table(tables::EVENT_IDS)?;
+    txn.open_table(tables::EVENT_ID_COLLISIONS)?;
     txn.open_table(tables::AUDIT_LOG)?;
     txn.open_table(tables::AUDIT_ORPHANS)?;
     txn.open_table(tables::CHECKPOINTS)?;
@@ -90,6 +91,7 @@ impl Store {
             }
 
             let mut event_ids = txn.open_table(tables::EVENT_IDS)?;
+            let mut collisions = txn.open_table(tables::EVENT_ID_COLLISIONS)?;
             let mut audit_log = txn.open_table(tables::AUDIT_LOG)?;
             let mut audit_orphans = txn.open_table(tables::AUDIT_ORPHANS)?;
             let mut dead_letters = txn.open_table(tables::DEAD_LETTERS)?;
@@ -125,28 +127,36 @@ impl Store {
                         offset: *offset,
                     },
                 };
-                let event_key = keys::event_key(tenant, &event.event_id);
                 let seq = next_audit;
                 next_audit += 1;
-                // One B-tree operation on the common path: insert, and put the
-                // earlier value back on the rare repeat.
-                let previous = event_ids.insert(event_key.as_slice(), seq)?.map(|v| v.value());
-                if let Some(previous_seq) = previous {
-                    event_ids.insert(event_key.as_slice(), previous_seq)?;
+                // One B-tree operation on the common path: claim the id's slot,
+                // and put the holder back on the rare repeat.
+                let slot = keys::event_slot(tenant, &event.event_id);
+                let holder = event_ids.insert(slot, seq)?.map(|v| v.value());
+                let mut previous = None;
+                if let Some(holder_seq) = holder {
+                    event_ids.insert(slot, holder_seq)?;
+                    let payload = stored_payload(&audit_log, holder_seq)?;
+                    if payload.get("event_id").and_then(|v| v.as_str()) == Some(event.event_id.as_str()) {
+                        previous = Some(payload);
+                    } else {
+                        // Another id with the same 64-bit hash holds the slot.
+                        let key = keys::event_key(tenant, &event.event_id);
+                        let applied_under_id = collisions.get(key.as_slice())?.map(|v| v.value());
+                        match applied_under_id {
+                            Some(applied_seq) => previous = Some(stored_payload(&audit_log, applied_seq)?),
+                            None => {
+                                collisions.insert(key.as_slice(), seq)?;
+                            }
+                        }
+                    }
                 }
                 let outcome = match previous {
                     None => Outcome::Applied,
-                    Some(previous_seq) => {
-                        let stored = audit_log
-                            .get(previous_seq)?
-                            .ok_or_else(|| StoreError::Corrupt(format!("audit entry {previous_seq} is missing")))?;
-                        let stored = decode_entry(stored.value())
-                            .ok_or_else(|| StoreError::Corrupt(format!("audit entry {previous_seq}")))?;
-                        if same_json(stored.payload, &item.raw) {
-                            Outcome::Duplicate
-                        } else {
-                            Outcome::ConflictingDuplicate
-                        }
+                    Some(stored) => {
+                        let same =
+                            serde_json::from_slice::<serde_json::Value>(&item.raw).is_ok_and(|new| new == stored);
+                        if same { Outcome::Duplicate } else { Outcome::ConflictingDuplicate }
                     }
                 };
                 audit_log.insert(seq, encode_entry(outcome, item.received_at, source, &item.raw).as_slice())?;
@@ -302,6 +312,13 @@ impl Store {
     }
 }
 
+/// The parsed payload of the audit entry `seq`.
+fn stored_payload(audit_log: &redb::Table<'_, u64, &'static [u8]>, seq: u64) -> Result<serde_json::Value, StoreError> {
+    let stored = audit_log.get(seq)?.ok_or_else(|| StoreError::Corrupt(format!("audit entry {seq} is missing")))?;
+    let entry = decode_entry(stored.value()).ok_or_else(|| StoreError::Corrupt(format!("audit entry {seq}")))?;
+    serde_json::from_slice(entry.payload).map_err(|_| StoreError::Corrupt(format!("audit payload {seq}")))
+}
+
 /// A refund named by valid events of the batch.
 struct Touched<'b> {
     tenant: TenantNo,
@@ -310,15 +327,4 @@ struct Touched<'b> {
     applied: Vec<&'b RefundEvent>,
     /// Audit sequences of every event of the batch naming this refund.
     seqs: Vec<u64>,
-}
-
-/// Duplicates are equal as parsed JSON (key order and whitespace aside).
-fn same_json(a: &[u8], b: &[u8]) -> bool {
-    if a == b {
-        return true;
-    }
-    match (serde_json::from_slice::<serde_json::Value>(a), serde_json::from_slice::<serde_json::Value>(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
 }

@@ -35,7 +35,19 @@ pub fn refund_key(tenant: TenantNo, refund_id: &str) -> Vec<u8> {
     key
 }
 
-/// `tenant | event id`.
+/// `tenant | xxh3-64(event id)`: a fixed 12-byte identity slot, so the
+/// identity table stays small (more keys per page, fewer pages copied per
+/// write transaction). The slot names a candidate only: the applied event's id
+/// is read back from the audit log and compared, and the rare other id with
+/// the same hash goes to `EVENT_ID_COLLISIONS`, so two events never merge.
+pub fn event_slot(tenant: TenantNo, event_id: &str) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..4].copy_from_slice(&tenant.prefix());
+    key[4..].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(event_id.as_bytes()).to_be_bytes());
+    key
+}
+
+/// `tenant | event id`, for hash collisions.
 pub fn event_key(tenant: TenantNo, event_id: &str) -> Vec<u8> {
     refund_key(tenant, event_id)
 }

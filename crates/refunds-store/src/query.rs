@@ -54,6 +54,25 @@ impl Filter {
                 }))
     }
 
+    /// The same filter with each list's repeated values removed.
+    pub fn deduplicated(&self) -> Filter {
+        fn unique<T: Ord + Clone>(values: &[T]) -> Vec<T> {
+            let mut values = values.to_vec();
+            values.sort();
+            values.dedup();
+            values
+        }
+        Filter {
+            statuses: unique(&self.statuses),
+            currencies: unique(&self.currencies),
+            processors: unique(&self.processors),
+            payment_method_types: unique(&self.payment_method_types),
+            product_types: unique(&self.product_types),
+            exact: self.exact.clone(),
+            ..self.clone()
+        }
+    }
+
     /// The one low-cardinality dimension a counter row can answer, if the
     /// filter is nothing but that (or nothing at all).
     fn counter_dimension(&self) -> Option<(CountDim, Vec<Vec<u8>>)> {
@@ -139,6 +158,8 @@ impl Store {
 
 /// Counts within a read transaction (so a page and its count share a snapshot).
 pub fn count_in(txn: &ReadTransaction, tenants: &[TenantNo], filter: &Filter) -> Result<u64, StoreError> {
+    // A value listed twice must not be counted twice.
+    let filter = &filter.deduplicated();
     if filter.amount_min.zip(filter.amount_max).is_some_and(|(min, max)| min > max)
         || filter.created_min.zip(filter.created_max).is_some_and(|(min, max)| min > max)
     {

@@ -19,9 +19,12 @@ pub const REFUNDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refunds
 /// Exact counts of refunds: `tenant | dimension | value` -> count.
 pub const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("counts");
 
-/// Event identity: `tenant | event id` -> audit sequence number of the
-/// event that was applied under that id.
-pub const EVENT_IDS: TableDefinition<&[u8], u64> = TableDefinition::new("event_ids");
+/// Event identity: `tenant | xxh3-64(event id)` -> audit sequence of the
+/// applied event (see `keys::event_slot`).
+pub const EVENT_IDS: TableDefinition<[u8; 12], u64> = TableDefinition::new("event_ids");
+/// Event identity for the events whose slot in [`EVENT_IDS`] another event id
+/// already holds (a 64-bit hash collision): `tenant | event id` -> sequence.
+pub const EVENT_ID_COLLISIONS: TableDefinition<&[u8], u64> = TableDefinition::new("event_id_collisions");
 /// Every received valid event, in arrival order: sequence -> audit entry.
 pub const AUDIT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_log");
 /// Audit entries of conflicting repeats that name a refund no applied event

@@ -414,3 +414,30 @@ fn exact_match_counts_span_every_created_window_and_respect_bounds() {
     assert_eq!(count(TextField::OrderNo, "ORDER-3", None, None), 0);
     assert_indexes_match_rows(&store);
 }
+
+/// Two ids whose 64-bit hashes collide stay two events. Real collisions are
+/// out of reach, so the test plants one: it points evt_b's identity slot at
+/// evt_a's audit entry, as a collision would.
+#[test]
+fn an_event_id_whose_hash_slot_another_id_holds_is_still_its_own_event() {
+    use refunds_store::keys::event_slot;
+    let (_dir, mut store) = open();
+    let a = event("org_1", "ref_1", "evt_a", "refund.queued", "2026-01-01T00:00:00Z", json!({}));
+    store.apply_batch(&batch(std::slice::from_ref(&a)), Durability::None).unwrap();
+    let tenant = store.tenant_no("org_1").unwrap();
+    {
+        let txn = store.database().begin_write().unwrap();
+        {
+            let mut slots = txn.open_table(tables::EVENT_IDS).unwrap();
+            let holder = slots.get(event_slot(tenant, "evt_a")).unwrap().unwrap().value();
+            slots.insert(event_slot(tenant, "evt_b"), holder).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let b = event("org_1", "ref_2", "evt_b", "refund.queued", "2026-01-01T00:00:01Z", json!({}));
+    let first = store.apply_batch(&batch(std::slice::from_ref(&b)), Durability::None).unwrap();
+    assert_eq!(first.applied, 1, "evt_b is not a repeat of evt_a");
+    let again = store.apply_batch(&batch(&[b, a]), Durability::None).unwrap();
+    assert_eq!((again.applied, again.duplicate), (0, 2), "both ids are still recognized");
+    assert!(store.get_refund("org_1", "ref_2").unwrap().is_some());
+}
