@@ -1,6 +1,7 @@
 //! Black-box suites: each test runs the built `refund-projector` binary (or,
 //! for the schema, checks the published JSON Schema against the validator).
 
+mod api;
 mod helpers;
 mod replay;
 mod schema;

@@ -69,6 +69,24 @@ enum Command {
         #[arg(long, env = "REFUND_PROJECTOR_DB")]
         db: PathBuf,
     },
+    /// Serve the HTTP API over an existing store (no consumer).
+    ///
+    /// Prints `listening on http://ADDR` on stderr once it accepts requests;
+    /// SIGTERM or Ctrl-C stop it after the requests in flight.
+    Serve {
+        /// The store file.
+        #[arg(long, env = "REFUND_PROJECTOR_DB")]
+        db: PathBuf,
+        /// Address to listen on; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "REFUND_PROJECTOR_LISTEN")]
+        listen: String,
+        /// TOML file of API keys (`[[keys]]` with id, secret_sha256 or secret, tenant, scopes).
+        #[arg(long, env = "REFUND_PROJECTOR_API_KEYS")]
+        api_keys: PathBuf,
+        /// Secret that HS256 JWTs are signed with; without it JWTs are refused.
+        #[arg(long, env = "REFUND_PROJECTOR_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
+    },
     /// Print a realistic, seeded synthetic event stream (NDJSON) on stdout.
     Generate {
         /// Number of refunds (about three events each).
@@ -129,6 +147,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             out.flush().context("failed to write the export")?;
             Ok(())
         }
+        Command::Serve { db, listen, api_keys, jwt_secret } => {
+            run_serve(&db, &listen, &api_keys, jwt_secret.as_deref())
+        }
         Command::Generate { refunds, seed, dup_rate, shuffle_window, invalid_rate } => {
             anyhow::ensure!((0.0..=1.0).contains(&dup_rate), "--dup-rate must be between 0 and 1");
             anyhow::ensure!((0.0..=1.0).contains(&invalid_rate), "--invalid-rate must be between 0 and 1");
@@ -140,6 +161,52 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn run_serve(db: &Path, listen: &str, api_keys: &Path, jwt_secret: Option<&str>) -> anyhow::Result<()> {
+    let auth = refunds_api::Auth::load(api_keys, jwt_secret)?;
+    anyhow::ensure!(db.exists(), "the store {} does not exist; create it with replay or run", db.display());
+    let store = open_store(db)?;
+    let state = refunds_api::AppState {
+        store: std::sync::Arc::new(store),
+        auth: std::sync::Arc::new(auth),
+        db_path: std::sync::Arc::from(db),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("failed to listen on {listen}"))?;
+        let address = listener.local_addr().context("failed to read the listening address")?;
+        eprintln!("listening on http://{address}");
+        tracing::info!(%address, "serving the API");
+        axum::serve(listener, refunds_api::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("the server failed")
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
 }
 
 fn open_store(db: &Path) -> anyhow::Result<Store> {

@@ -1,0 +1,97 @@
+//! The one error type of the API and its JSON body
+//! `{"error": {"code", "message", "param"}}`. Every status is decided in
+//! [`ApiError::status`]; 5xx bodies never carry the cause.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    InvalidParameter { param: String, message: String },
+    UnknownParameter { param: String },
+    InvalidCursor { param: String, message: String },
+    Unauthorized { message: String },
+    Forbidden { message: String, param: Option<String> },
+    NotFound { message: String },
+    Unavailable { message: String },
+}
+
+impl ApiError {
+    pub fn invalid(param: &str, message: impl Into<String>) -> ApiError {
+        ApiError::InvalidParameter { param: param.to_owned(), message: message.into() }
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::Unauthorized { message: message.into() }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::Forbidden { message: message.into(), param: None }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::NotFound { message: message.into() }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidParameter { .. } | ApiError::UnknownParameter { .. } | ApiError::InvalidCursor { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidParameter { .. } => "invalid_parameter",
+            ApiError::UnknownParameter { .. } => "unknown_parameter",
+            ApiError::InvalidCursor { .. } => "invalid_cursor",
+            ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::Forbidden { .. } => "forbidden",
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::Unavailable { .. } => "unavailable",
+        }
+    }
+
+    fn message_and_param(&self) -> (String, Option<&str>) {
+        match self {
+            ApiError::InvalidParameter { param, message } | ApiError::InvalidCursor { param, message } => {
+                (message.clone(), Some(param))
+            }
+            ApiError::UnknownParameter { param } => (format!("unknown parameter {param}"), Some(param)),
+            ApiError::Forbidden { message, param } => (message.clone(), param.as_deref()),
+            ApiError::Unauthorized { message } | ApiError::NotFound { message } | ApiError::Unavailable { message } => {
+                (message.clone(), None)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (message, param) = self.message_and_param();
+        let mut error = json!({"code": self.code(), "message": message});
+        if let Some(param) = param {
+            error["param"] = json!(param);
+        }
+        let mut response = (self.status(), axum::Json(json!({ "error": error }))).into_response();
+        if let ApiError::Unauthorized { .. } = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"refund-projector\", Basic realm=\"refund-projector\""),
+            );
+        }
+        response
+    }
+}
+
+/// A store failure: logged once here with its cause, answered as an opaque 503.
+pub fn store_unavailable(err: &dyn std::fmt::Display) -> ApiError {
+    tracing::error!(error = %err, "store read failed");
+    ApiError::Unavailable { message: "the store is not available".to_owned() }
+}

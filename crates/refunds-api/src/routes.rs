@@ -1,0 +1,180 @@
+//! Routes and handlers.
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use refunds_domain::RefundState;
+use refunds_store::{AuditEntry, Store, source_json};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, store_unavailable};
+use crate::params::Params;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/refunds/{id}", get(get_refund))
+        .route("/v1/refunds/{id}/events", get(get_refund_events))
+        .route("/v1/status", get(status))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_route)
+        .with_state(state)
+}
+
+async fn no_route() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+/// `serve` opens the store before it listens, so it is ready once it answers.
+async fn readyz() -> Response {
+    axum::Json(json!({"status": "ready"})).into_response()
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let header = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let caller = state.auth.authenticate(header, now)?;
+    if !caller.read {
+        return Err(ApiError::forbidden("this key lacks the refunds:read scope"));
+    }
+    Ok(caller)
+}
+
+/// Runs a store read on the blocking pool.
+async fn read<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| store_unavailable(&e))?
+}
+
+/// The tenant a single-refund request is about: the caller's own, or for a
+/// `"*"` caller the one named by `tenant_id`/`owner_id`, or the only tenant
+/// holding that id. Never reveals another tenant's refund.
+fn resolve_tenant(store: &Store, caller: &Caller, params: &Params, refund_id: &str) -> Result<String, ApiError> {
+    let named = params.one_of(&["tenant_id", "owner_id"])?;
+    match (&caller.tenant, named) {
+        (Some(own), None) => Ok(own.clone()),
+        (Some(own), Some((_, tenant))) if tenant == own => Ok(own.clone()),
+        (Some(_), Some((param, _))) => {
+            Err(ApiError::Forbidden { message: "this key cannot read other tenants".into(), param: Some(param.into()) })
+        }
+        (None, Some((param, tenant))) => {
+            if !caller.admin {
+                return Err(ApiError::Forbidden {
+                    message: "filtering by tenant needs the admin scope".into(),
+                    param: Some(param.into()),
+                });
+            }
+            Ok(tenant.to_owned())
+        }
+        (None, None) => {
+            let mut holders = Vec::new();
+            for (tenant, _) in store.tenants() {
+                if store.get_refund(&tenant, refund_id).map_err(|e| store_unavailable(&e))?.is_some() {
+                    holders.push(tenant);
+                }
+            }
+            match holders.len() {
+                0 => Err(ApiError::not_found(format!("no refund {refund_id}"))),
+                1 => Ok(holders.remove(0)),
+                _ => Err(ApiError::invalid("tenant_id", "this refund id exists under several tenants; give tenant_id")),
+            }
+        }
+    }
+}
+
+fn find_refund(store: &Store, caller: &Caller, params: &Params, id: &str) -> Result<RefundState, ApiError> {
+    let tenant = resolve_tenant(store, caller, params, id)?;
+    store
+        .get_refund(&tenant, id)
+        .map_err(|e| store_unavailable(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("no refund {id}")))
+}
+
+async fn get_refund(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers)?;
+    let params = Params::parse(query.as_deref(), &["tenant_id", "owner_id"])?;
+    let body = read(&state, move |store| {
+        let refund = find_refund(store, &caller, &params, &id)?;
+        Ok(refunds_domain::render_refund(&refund))
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn get_refund_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers)?;
+    let params = Params::parse(query.as_deref(), &["tenant_id", "owner_id"])?;
+    let body = read(&state, move |store| {
+        let refund = find_refund(store, &caller, &params, &id)?;
+        let trail = store.audit_trail(&refund.tenant_id, &refund.id).map_err(|e| store_unavailable(&e))?;
+        let results: Vec<Value> = trail.iter().map(audit_json).collect();
+        Ok(json!({"object": "list", "refund_id": refund.id, "results": results}))
+    })
+    .await?;
+    Ok(axum::Json(body).into_response())
+}
+
+fn audit_json(entry: &AuditEntry) -> Value {
+    json!({
+        "event_id": entry.event_id,
+        "type": entry.event_type,
+        "occurred_at": entry.occurred_at.to_string(),
+        "received_at": entry.received_at.to_string(),
+        "outcome": entry.outcome.as_str(),
+        "source": source_json(&entry.source),
+        "payload": entry.payload,
+    })
+}
+
+async fn status(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers)?;
+    if !caller.admin {
+        return Err(ApiError::forbidden("/v1/status needs the admin scope"));
+    }
+    Params::parse(query.as_deref(), &[])?;
+    let path = state.db_path.clone();
+    let stats = read(&state, |store| store.stats().map_err(|e| store_unavailable(&e))).await?;
+    Ok((
+        StatusCode::OK,
+        axum::Json(json!({
+            "events_applied": stats.events_applied,
+            "events_duplicate": stats.events_duplicate,
+            "events_conflicting_duplicate": stats.events_conflicting_duplicate,
+            "events_invalid": stats.events_invalid,
+            "dead_letters_pending": stats.dead_letters_pending,
+            "refunds": stats.refunds,
+            "last_applied_at": stats.last_applied_at.map(|t| t.to_string()),
+            "store_bytes": Store::file_bytes(&path),
+            "partitions": [],
+        })),
+    )
+        .into_response())
+}
