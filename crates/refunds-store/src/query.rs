@@ -102,15 +102,15 @@ impl Filter {
 }
 
 /// How a scan finds its candidates: one index and the value prefixes to read.
-struct Plan {
-    index: Index,
-    values: Vec<Vec<u8>>,
+pub(crate) struct Plan {
+    pub(crate) index: Index,
+    pub(crate) values: Vec<Vec<u8>>,
 }
 
 /// Sums the counter rows of one dimension's values.
-type Counter<'a> = dyn Fn(CountDim, &[Vec<u8>]) -> Result<u64, StoreError> + 'a;
+pub(crate) type Counter<'a> = dyn Fn(CountDim, &[Vec<u8>]) -> Result<u64, StoreError> + 'a;
 
-fn plan(filter: &Filter, counts: &Counter<'_>) -> Result<Plan, StoreError> {
+pub(crate) fn plan(filter: &Filter, counts: &Counter<'_>) -> Result<Plan, StoreError> {
     if let Some((field, value)) = filter.exact.first() {
         return Ok(Plan { index: Index::Text(*field), values: vec![keys::text_value(value)] });
     }

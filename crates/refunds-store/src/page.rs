@@ -1,0 +1,245 @@
+//! Pages of refunds in (created_at, tenant_id, id) order, either direction,
+//! from a read snapshot.
+//!
+//! Per tenant, the planner's index yields candidates already in created
+//! order for each value (several values, such as `status=failed,cancelled`,
+//! are merged); windowed indexes, whose values match few refunds, are read
+//! whole and sorted. Tenants are merged by the full sort key. Candidates are
+//! checked against the whole filter on their row.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::ops::Bound;
+
+use redb::ReadTransaction;
+use refunds_domain::{RefundState, Timestamp};
+
+use crate::keys::{self, CountDim, TenantNo};
+use crate::query::{Filter, for_each_with_value, plan};
+use crate::read::decode_row_state;
+use crate::{StoreError, tables};
+
+/// The sort key of a refund: (created_at, tenant_id, id).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SortKey {
+    pub created_at: Timestamp,
+    pub tenant_id: String,
+    pub id: String,
+}
+
+impl SortKey {
+    pub fn of(state: &RefundState) -> SortKey {
+        SortKey { created_at: state.created_at(), tenant_id: state.tenant_id.clone(), id: state.id.clone() }
+    }
+}
+
+/// The order refunds are walked in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Ascending,
+    Descending,
+}
+
+pub struct PageRequest<'a> {
+    /// The tenants in scope, with their ids.
+    pub tenants: &'a [(String, TenantNo)],
+    pub filter: &'a Filter,
+    pub direction: Direction,
+    /// Start strictly beyond this key, in the walk's direction.
+    pub after: Option<&'a SortKey>,
+    /// Matches to skip first (offset pagination).
+    pub skip: u64,
+    /// Matches to return at most.
+    pub take: usize,
+}
+
+/// One candidate from one ordered stream: (created_at, tenant index, id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Candidate {
+    created_at: Timestamp,
+    tenant: usize,
+    id: String,
+}
+
+/// Returns up to `take` matching refunds in the walk's order.
+pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<RefundState>, StoreError> {
+    let filter = &request.filter.deduplicated();
+    if filter.amount_min.zip(filter.amount_max).is_some_and(|(min, max)| min > max)
+        || filter.created_min.zip(filter.created_max).is_some_and(|(min, max)| min > max)
+        || request.take == 0
+    {
+        return Ok(Vec::new());
+    }
+    let counts = txn.open_table(tables::COUNTS)?;
+    let refunds = txn.open_table(tables::REFUNDS)?;
+    let descending = request.direction == Direction::Descending;
+    // Tenants in sort-key order, so ties on created_at break by tenant id.
+    let mut tenants: Vec<&(String, TenantNo)> = request.tenants.iter().collect();
+    tenants.sort();
+
+    let mut streams: Vec<Box<dyn Iterator<Item = Result<Candidate, StoreError>>>> = Vec::new();
+    for (position, (_, tenant)) in tenants.iter().enumerate() {
+        let tenant = *tenant;
+        // Narrow the created range by the starting key where it is this tenant's.
+        let (mut min, mut max) = (filter.created_min, filter.created_max);
+        if let Some(after) = request.after {
+            match request.direction {
+                Direction::Ascending => min = Some(min.map_or(after.created_at, |m| m.max(after.created_at))),
+                Direction::Descending => max = Some(max.map_or(after.created_at, |m| m.min(after.created_at))),
+            }
+        }
+        let counter = |dim: CountDim, values: &[Vec<u8>]| -> Result<u64, StoreError> {
+            let mut n = 0;
+            for value in values {
+                n += counts.get(keys::count_key(tenant, dim, value).as_slice())?.map_or(0, |v| v.value());
+            }
+            Ok(n)
+        };
+        let plan = plan(filter, &counter)?;
+        let table = txn.open_table(plan.index.table().expect("planned indexes have tables"))?;
+        for value in &plan.values {
+            if plan.index.windowed() {
+                let mut found = Vec::new();
+                for_each_with_value(&table, plan.index, tenant, value, min, max, |created_at, id| {
+                    found.push(Candidate { created_at, tenant: position, id: id.to_owned() });
+                    Ok(())
+                })?;
+                found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+                if descending {
+                    found.reverse();
+                }
+                streams.push(Box::new(found.into_iter().map(Ok)));
+                continue;
+            }
+            let prefix = keys::index_prefix(tenant, value);
+            let lower = match min {
+                Some(t) => [prefix.as_slice(), &keys::time_bytes(t)].concat(),
+                None => prefix.clone(),
+            };
+            let upper = match max.and_then(|t| Timestamp::from_millis(t.millis() + 1)) {
+                Some(t) => [prefix.as_slice(), &keys::time_bytes(t)].concat(),
+                None => prefix_end(&prefix),
+            };
+            let range = table.range::<&[u8]>((Bound::Included(lower.as_slice()), Bound::Excluded(upper.as_slice())))?;
+            let prefix_len = prefix.len();
+            let entries = range.map(move |entry| {
+                let (key, _) = entry?;
+                let (created_at, id) = keys::split_index_key(key.value(), prefix_len)
+                    .ok_or_else(|| StoreError::Corrupt("index key".into()))?;
+                Ok(Candidate { created_at, tenant: position, id: id.to_owned() })
+            });
+            if descending {
+                streams.push(Box::new(entries.rev()));
+            } else {
+                streams.push(Box::new(entries));
+            }
+        }
+    }
+
+    let mut merge = Merge::new(streams, descending)?;
+    let mut skipped = 0;
+    let mut out = Vec::with_capacity(request.take.min(1024));
+    while let Some(candidate) = merge.next()? {
+        let tenant_id = &tenants[candidate.tenant].0;
+        if let Some(after) = request.after {
+            let key = (candidate.created_at, tenant_id.as_str(), candidate.id.as_str());
+            let bound = (after.created_at, after.tenant_id.as_str(), after.id.as_str());
+            let beyond = if descending { key < bound } else { key > bound };
+            if !beyond {
+                continue;
+            }
+        }
+        let tenant = tenants[candidate.tenant].1;
+        let row = refunds
+            .get(keys::refund_key(tenant, &candidate.id).as_slice())?
+            .ok_or_else(|| StoreError::Corrupt(format!("index names a missing refund {}", candidate.id)))?;
+        let state = decode_row_state(row.value())?;
+        if !filter.matches(&state) {
+            continue;
+        }
+        if skipped < request.skip {
+            skipped += 1;
+            continue;
+        }
+        out.push(state);
+        if out.len() == request.take {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+/// K-way merge of ordered candidate streams by (created_at, tenant, id).
+struct Merge {
+    streams: Vec<Box<dyn Iterator<Item = Result<Candidate, StoreError>>>>,
+    heap: BinaryHeap<HeapItem>,
+}
+
+struct HeapItem {
+    candidate: Candidate,
+    stream: usize,
+    descending: bool,
+}
+
+impl HeapItem {
+    fn key(&self) -> (Timestamp, usize, &str) {
+        (self.candidate.created_at, self.candidate.tenant, &self.candidate.id)
+    }
+}
+
+impl PartialEq for HeapItem {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for HeapItem {}
+
+impl PartialOrd for HeapItem {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for HeapItem {
+    /// BinaryHeap pops the greatest: the smallest key when ascending.
+    fn cmp(&self, other: &Self) -> Ordering {
+        let order = self.key().cmp(&other.key());
+        if self.descending { order } else { order.reverse() }
+    }
+}
+
+impl Merge {
+    fn new(
+        mut streams: Vec<Box<dyn Iterator<Item = Result<Candidate, StoreError>>>>,
+        descending: bool,
+    ) -> Result<Merge, StoreError> {
+        let mut heap = BinaryHeap::with_capacity(streams.len());
+        for (stream, iter) in streams.iter_mut().enumerate() {
+            if let Some(candidate) = iter.next().transpose()? {
+                heap.push(HeapItem { candidate, stream, descending });
+            }
+        }
+        Ok(Merge { streams, heap })
+    }
+
+    fn next(&mut self) -> Result<Option<Candidate>, StoreError> {
+        let Some(top) = self.heap.pop() else { return Ok(None) };
+        if let Some(candidate) = self.streams[top.stream].next().transpose()? {
+            self.heap.push(HeapItem { candidate, stream: top.stream, descending: top.descending });
+        }
+        Ok(Some(top.candidate))
+    }
+}
