@@ -37,13 +37,13 @@ tenant = "TENANT_A"
 scopes = []
 "#;
 
-struct Server {
+pub struct Server {
     child: Child,
     base: String,
 }
 
 impl Server {
-    fn start(db: &Path, keys: &Path) -> Server {
+    pub fn start(db: &Path, keys: &Path) -> Server {
         let mut child = command()
             .args([
                 "serve",
@@ -70,7 +70,7 @@ impl Server {
         Server { child, base }
     }
 
-    fn get(&self, path: &str, auth: Option<&str>) -> (u16, Value, Option<String>) {
+    pub fn get(&self, path: &str, auth: Option<&str>) -> (u16, Value, Option<String>) {
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let mut request = agent.get(format!("{}{path}", self.base));
         if let Some(auth) = auth {
@@ -93,18 +93,18 @@ impl Drop for Server {
 }
 
 /// A replayed store with two tenants of interest and the keys file.
-struct Fixture {
+pub struct Fixture {
     _dir: tempfile::TempDir,
-    db: PathBuf,
-    keys: PathBuf,
-    events: PathBuf,
-    /// Exported refunds by (tenant, id).
-    refunds: Vec<Value>,
-    tenant_a: String,
-    tenant_b: String,
+    pub db: PathBuf,
+    pub keys: PathBuf,
+    pub events: PathBuf,
+    /// Exported refunds, ordered by (tenant, id).
+    pub refunds: Vec<Value>,
+    pub tenant_a: String,
+    pub tenant_b: String,
 }
 
-fn fixture() -> Fixture {
+pub fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.ndjson");
     generate(&events, 400, 21, Some((0.1, 50, 0.0)));

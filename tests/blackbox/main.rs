@@ -3,5 +3,6 @@
 
 mod api;
 mod helpers;
+mod list;
 mod replay;
 mod schema;

@@ -8,8 +8,10 @@
 
 mod auth;
 mod error;
+mod list;
 mod params;
 mod routes;
+mod time_param;
 
 use std::sync::Arc;
 

@@ -6,7 +6,7 @@ use crate::error::ApiError;
 
 /// The parameters of one request, checked against the names an endpoint knows.
 #[derive(Debug, Default)]
-pub struct Params(BTreeMap<String, String>);
+pub struct Params(BTreeMap<String, String>, Vec<(String, String)>);
 
 impl Params {
     /// Parses `query`, refusing names not in `known` (case-sensitive, so
@@ -27,7 +27,13 @@ impl Params {
             }
             params.insert(name, value);
         }
-        Ok(Params(params))
+        let raw = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        Ok(Params(params, raw))
+    }
+
+    /// Every (name, value) pair, for rebuilding links.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.1
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {

@@ -18,6 +18,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/refunds", get(list_refunds))
         .route("/v1/refunds/{id}", get(get_refund))
         .route("/v1/refunds/{id}/events", get(get_refund_events))
         .route("/v1/status", get(status))
@@ -102,6 +103,21 @@ fn find_refund(store: &Store, caller: &Caller, params: &Params, id: &str) -> Res
         .get_refund(&tenant, id)
         .map_err(|e| store_unavailable(&e))?
         .ok_or_else(|| ApiError::not_found(format!("no refund {id}")))
+}
+
+async fn list_refunds(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers)?;
+    let params = Params::parse(query.as_deref(), crate::list::KNOWN)?;
+    let body = read(&state, move |store| {
+        let request = crate::list::parse(store, &caller, &params, params.pairs())?;
+        crate::list::execute(store, &request)
+    })
+    .await?;
+    Ok(axum::Json(body).into_response())
 }
 
 async fn get_refund(

@@ -119,6 +119,9 @@ pub struct Store {
     /// Interned names known to be committed: `kind:name` -> number.
     names: HashMap<String, u32>,
     names_by_number: HashMap<u32, String>,
+    /// Key of the HMAC that makes list cursors tamper-evident; generated once
+    /// per store and kept in it, so cursors survive restarts.
+    cursor_key: [u8; 32],
 }
 
 impl Store {
@@ -145,6 +148,13 @@ impl Store {
                     });
                 }
             }
+            if meta.get("cursor_key").map_err(redb::Error::from)?.is_none() {
+                let mut key = [0u8; 32];
+                getrandom::fill(&mut key).map_err(|e| {
+                    OpenError::Storage(redb::Error::Corrupted(format!("no randomness for the cursor key: {e}")))
+                })?;
+                meta.insert("cursor_key", key.as_slice()).map_err(redb::Error::from)?;
+            }
             apply::create_tables(&txn).map_err(|e| match e {
                 StoreError::Storage(err) => OpenError::Storage(err),
                 other => OpenError::Storage(redb::Error::Corrupted(other.to_string())),
@@ -163,7 +173,19 @@ impl Store {
                 names_by_number.insert(number.value(), name.value().to_owned());
             }
         }
-        Ok(Store { db, names, names_by_number })
+        let cursor_key = {
+            let read = db.begin_read().map_err(redb::Error::from)?;
+            let meta = read.open_table(tables::META).map_err(redb::Error::from)?;
+            let stored = meta.get("cursor_key").map_err(redb::Error::from)?;
+            let bytes = stored.map(|v| v.value().to_vec()).unwrap_or_default();
+            <[u8; 32]>::try_from(bytes.as_slice())
+                .map_err(|_| OpenError::Storage(redb::Error::Corrupted("cursor key".to_owned())))?
+        };
+        Ok(Store { db, names, names_by_number, cursor_key })
+    }
+
+    pub fn cursor_key(&self) -> &[u8; 32] {
+        &self.cursor_key
     }
 
     /// The redb database, for read transactions of the query layer.

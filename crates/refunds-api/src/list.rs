@@ -1,0 +1,401 @@
+//! `GET /v1/refunds`: filters, ordering and the three pagination styles.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use refunds_domain::{EventType, RefundState, TextField, Timestamp};
+use refunds_store::{Direction, Filter, PageRequest, SortKey, Store, TenantNo, count_in, page_in};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, store_unavailable};
+use crate::params::Params;
+use crate::time_param::{Bound, parse_time};
+
+pub const KNOWN: &[&str] = &[
+    "status",
+    "state",
+    "currency",
+    "currency_code",
+    "processor",
+    "payment_method_type",
+    "product_type",
+    "order_no",
+    "transaction_id",
+    "payment_id",
+    "external_refund_id",
+    "store_id",
+    "reference_id",
+    "tenant_id",
+    "owner_id",
+    "created_after",
+    "created_before",
+    "created_at_min",
+    "created_at_max",
+    "from",
+    "to",
+    "create_time_start",
+    "create_time_end",
+    "created[gte]",
+    "created[lte]",
+    "amount_min",
+    "amount_max",
+    "minimum_amount",
+    "maximum_amount",
+    "ordering",
+    "order",
+    "limit",
+    "page_size",
+    "offset",
+    "page",
+    "cursor",
+    "starting_after",
+    "ending_before",
+];
+
+const PAGINATION: &[&str] = &["limit", "page_size", "offset", "page", "cursor", "starting_after", "ending_before"];
+const MAX_OFFSET: u64 = 1_000_000;
+const STATUSES: &str = "queued, processing, completed, failed, cancelled";
+
+/// Where a page starts.
+#[derive(Debug, Clone)]
+enum Start {
+    Offset(u64),
+    /// Strictly after this key in the ordering (`cursor` next, `starting_after`).
+    After(SortKey),
+    /// Strictly before this key in the ordering (`cursor` previous, `ending_before`).
+    Before(SortKey),
+}
+
+pub struct ListRequest {
+    filter: Filter,
+    descending: bool,
+    limit: usize,
+    start: Start,
+    tenants: Vec<(String, TenantNo)>,
+    /// The request's own non-pagination parameters, for next/previous links.
+    link_params: Vec<(String, String)>,
+    fingerprint: String,
+}
+
+/// Parses and authorizes a list request against the store's tenants.
+pub fn parse(
+    store: &Store,
+    caller: &Caller,
+    params: &Params,
+    raw: &[(String, String)],
+) -> Result<ListRequest, ApiError> {
+    let mut filter = Filter::default();
+    if let Some((name, value)) = params.one_of(&["status", "state"])? {
+        filter.statuses = list(name, value)?
+            .into_iter()
+            .map(|s| {
+                status(&s).ok_or_else(|| ApiError::invalid(name, format!("{name} must be a comma list of {STATUSES}")))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some((name, value)) = params.one_of(&["currency", "currency_code"])? {
+        filter.currencies = list(name, value)?.into_iter().map(|c| c.to_ascii_uppercase()).collect();
+    }
+    if let Some(value) = params.get("processor") {
+        filter.processors = list("processor", value)?.into_iter().map(|p| p.to_lowercase()).collect();
+    }
+    if let Some(value) = params.get("payment_method_type") {
+        filter.payment_method_types = list("payment_method_type", value)?;
+    }
+    if let Some(value) = params.get("product_type") {
+        filter.product_types = list("product_type", value)?;
+    }
+    for (field, names) in [
+        (TextField::OrderNo, &["order_no"][..]),
+        (TextField::TransactionId, &["transaction_id", "payment_id"][..]),
+        (TextField::ExternalRefundId, &["external_refund_id"][..]),
+        (TextField::StoreId, &["store_id"][..]),
+        (TextField::ReferenceId, &["reference_id"][..]),
+    ] {
+        if let Some((_, value)) = params.one_of(names)? {
+            filter.exact.push((field, value.to_owned()));
+        }
+    }
+    let lower = ["created_after", "created_at_min", "from", "create_time_start", "created[gte]"];
+    if let Some((name, value)) = params.one_of(&lower)? {
+        filter.created_min = Some(time(name, value, Bound::Lower)?);
+    }
+    let upper = ["created_before", "created_at_max", "to", "create_time_end", "created[lte]"];
+    if let Some((name, value)) = params.one_of(&upper)? {
+        filter.created_max = Some(time(name, value, Bound::Upper)?);
+    }
+    if let Some((name, value)) = params.one_of(&["amount_min", "minimum_amount"])? {
+        filter.amount_min = Some(amount(name, value)?);
+    }
+    if let Some((name, value)) = params.one_of(&["amount_max", "maximum_amount"])? {
+        filter.amount_max = Some(amount(name, value)?);
+    }
+    let descending = match params.one_of(&["ordering", "order"])? {
+        None | Some(("ordering", "-created")) | Some(("order", "reverse_chronological")) => true,
+        Some(("ordering", "created")) | Some(("order", "chronological")) => false,
+        Some((name, _)) => {
+            let allowed =
+                if name == "order" { "chronological or reverse_chronological" } else { "created or -created" };
+            return Err(ApiError::invalid(name, format!("{name} must be {allowed}")));
+        }
+    };
+    let limit = match params.one_of(&["limit", "page_size"])? {
+        None => 20,
+        Some((name, value)) => match value.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => return Err(ApiError::invalid(name, format!("{name} must be between 1 and 100"))),
+        },
+    };
+    let tenants = tenant_scope(store, caller, params)?;
+    let fingerprint = fingerprint(&filter, descending, &tenants);
+
+    let keyset: Vec<&str> =
+        ["cursor", "starting_after", "ending_before"].into_iter().filter(|n| params.get(n).is_some()).collect();
+    let offsets: Vec<&str> = ["offset", "page"].into_iter().filter(|n| params.get(n).is_some()).collect();
+    if keyset.len() + usize::from(!offsets.is_empty()) > 1 || offsets.len() > 1 {
+        let name = keyset.iter().chain(&offsets).nth(1).copied().unwrap_or("offset");
+        return Err(ApiError::invalid(
+            name,
+            "pagination styles cannot be mixed: give one of offset, page, cursor, starting_after, ending_before",
+        ));
+    }
+    let start = if let Some(value) = params.get("cursor") {
+        decode_cursor(store.cursor_key(), value, &fingerprint)?
+    } else if let Some(value) = params.get("starting_after") {
+        Start::After(position_of(store, &tenants, "starting_after", value)?)
+    } else if let Some(value) = params.get("ending_before") {
+        Start::Before(position_of(store, &tenants, "ending_before", value)?)
+    } else if let Some(value) = params.get("page") {
+        let page: u64 = value
+            .parse()
+            .ok()
+            .filter(|&p| p >= 1)
+            .ok_or_else(|| ApiError::invalid("page", "page must be an integer >= 1"))?;
+        let offset = (page - 1).saturating_mul(limit as u64);
+        if offset > MAX_OFFSET {
+            return Err(ApiError::invalid("page", format!("page reaches past offset {MAX_OFFSET}")));
+        }
+        Start::Offset(offset)
+    } else {
+        let offset = match params.get("offset") {
+            None => 0,
+            Some(value) => value.parse::<u64>().ok().filter(|&o| o <= MAX_OFFSET).ok_or_else(|| {
+                ApiError::invalid("offset", format!("offset must be an integer between 0 and {MAX_OFFSET}"))
+            })?,
+        };
+        Start::Offset(offset)
+    };
+    let link_params = raw.iter().filter(|(name, _)| !PAGINATION.contains(&name.as_str())).cloned().collect();
+    Ok(ListRequest { filter, descending, limit, start, tenants, link_params, fingerprint })
+}
+
+fn list(name: &str, value: &str) -> Result<Vec<String>, ApiError> {
+    let items: Vec<String> = value.split(',').map(|s| s.trim().to_owned()).collect();
+    if items.iter().any(String::is_empty) {
+        return Err(ApiError::invalid(name, format!("{name} has an empty item")));
+    }
+    Ok(items)
+}
+
+fn status(value: &str) -> Option<EventType> {
+    Some(match value.to_lowercase().as_str() {
+        "queued" | "pending" | "refund_queued" => EventType::Queued,
+        "processing" => EventType::Processing,
+        "completed" | "succeeded" | "successful" | "refunded" => EventType::Completed,
+        "failed" => EventType::Failed,
+        "cancelled" | "canceled" => EventType::Cancelled,
+        _ => return None,
+    })
+}
+
+fn time(name: &str, value: &str, bound: Bound) -> Result<Timestamp, ApiError> {
+    parse_time(value, bound).ok_or_else(|| {
+        ApiError::invalid(
+            name,
+            format!("{name} must be RFC 3339, YYYY-MM-DD, UNIX seconds, DD/MM/YYYY HH:MM or DD/MM/YYYY"),
+        )
+    })
+}
+
+fn amount(name: &str, value: &str) -> Result<u64, ApiError> {
+    value.parse().map_err(|_| ApiError::invalid(name, format!("{name} must be a non-negative integer (minor units)")))
+}
+
+/// The tenants a caller may list: its own, or for `"*"` keys every tenant
+/// or (admin only) the one named by `tenant_id`/`owner_id`.
+fn tenant_scope(store: &Store, caller: &Caller, params: &Params) -> Result<Vec<(String, TenantNo)>, ApiError> {
+    let named = params.one_of(&["tenant_id", "owner_id"])?;
+    let wanted = match (&caller.tenant, named) {
+        (Some(own), None) => Some(own.clone()),
+        (Some(own), Some((_, tenant))) if tenant == own => Some(own.clone()),
+        (Some(_), Some((param, _))) => {
+            return Err(ApiError::Forbidden {
+                message: "this key cannot read other tenants".into(),
+                param: Some(param.into()),
+            });
+        }
+        (None, Some((_, tenant))) if caller.admin => Some(tenant.to_owned()),
+        (None, Some((param, _))) => {
+            return Err(ApiError::Forbidden {
+                message: "filtering by tenant needs the admin scope".into(),
+                param: Some(param.into()),
+            });
+        }
+        (None, None) => None,
+    };
+    Ok(match wanted {
+        Some(tenant) => store.tenant_no(&tenant).map(|n| vec![(tenant, n)]).unwrap_or_default(),
+        None => store.tenants(),
+    })
+}
+
+/// The sort key of the refund a `starting_after`/`ending_before` names.
+fn position_of(store: &Store, tenants: &[(String, TenantNo)], name: &str, id: &str) -> Result<SortKey, ApiError> {
+    let mut found = Vec::new();
+    for (tenant, _) in tenants {
+        if let Some(refund) = store.get_refund(tenant, id).map_err(|e| store_unavailable(&e))? {
+            found.push(SortKey::of(&refund));
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(ApiError::invalid(name, format!("{name} names no refund you can see"))),
+        _ => Err(ApiError::invalid(name, format!("{name} names a refund id held by several tenants; give tenant_id"))),
+    }
+}
+
+/// What a cursor is bound to: the normalized filter, the ordering and the scope.
+fn fingerprint(filter: &Filter, descending: bool, tenants: &[(String, TenantNo)]) -> String {
+    let filter = filter.deduplicated();
+    let scope: Vec<&str> = tenants.iter().map(|(t, _)| t.as_str()).collect();
+    let text = format!("{filter:?}|{descending}|{scope:?}");
+    hex::encode(&crate::auth::sha256(text.as_bytes())[..16])
+}
+
+fn encode_cursor(key: &[u8; 32], start: &Start, fingerprint: &str) -> String {
+    let (direction, position) = match start {
+        Start::After(k) => ("a", k),
+        Start::Before(k) => ("b", k),
+        Start::Offset(_) => unreachable!("offsets are not cursors"),
+    };
+    let body =
+        json!([1, direction, position.created_at.millis(), position.tenant_id, position.id, fingerprint]).to_string();
+    let body = URL_SAFE_NO_PAD.encode(body);
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(body.as_bytes());
+    format!("{body}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
+fn decode_cursor(key: &[u8; 32], cursor: &str, fingerprint: &str) -> Result<Start, ApiError> {
+    let invalid = |message: &str| ApiError::InvalidCursor { param: "cursor".into(), message: message.into() };
+    let (body, tag) = cursor.split_once('.').ok_or_else(|| invalid("the cursor is malformed"))?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(body.as_bytes());
+    let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| invalid("the cursor is malformed"))?;
+    mac.verify_slice(&tag).map_err(|_| invalid("the cursor was altered or comes from another store"))?;
+    let fields: Value = URL_SAFE_NO_PAD
+        .decode(body)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| invalid("the cursor is malformed"))?;
+    let (Some(direction), Some(ms), Some(tenant_id), Some(id), Some(bound_to)) =
+        (fields[1].as_str(), fields[2].as_i64(), fields[3].as_str(), fields[4].as_str(), fields[5].as_str())
+    else {
+        return Err(invalid("the cursor is malformed"));
+    };
+    if bound_to != fingerprint {
+        return Err(invalid("the cursor belongs to other filters or another ordering"));
+    }
+    let created_at = Timestamp::from_millis(ms).ok_or_else(|| invalid("the cursor is malformed"))?;
+    let key = SortKey { created_at, tenant_id: tenant_id.to_owned(), id: id.to_owned() };
+    Ok(if direction == "b" { Start::Before(key) } else { Start::After(key) })
+}
+
+/// Runs the request on one read snapshot and renders the response body.
+pub fn execute(store: &Store, request: &ListRequest) -> Result<Value, ApiError> {
+    let unavailable = |e: refunds_store::StoreError| store_unavailable(&e);
+    let txn = store.read().map_err(unavailable)?;
+    let tenant_nos: Vec<TenantNo> = request.tenants.iter().map(|(_, n)| *n).collect();
+    let count = count_in(&txn, &tenant_nos, &request.filter).map_err(unavailable)?;
+    let (forward, backward) = match request.descending {
+        true => (Direction::Descending, Direction::Ascending),
+        false => (Direction::Ascending, Direction::Descending),
+    };
+    let page = |direction, after: Option<&SortKey>, skip, take| {
+        page_in(&txn, &PageRequest { tenants: &request.tenants, filter: &request.filter, direction, after, skip, take })
+            .map_err(unavailable)
+    };
+    let limit = request.limit;
+    let (results, has_more, offset, previous_exists, next_exists): (Vec<RefundState>, bool, Option<u64>, bool, bool) =
+        match &request.start {
+            Start::Offset(offset) => {
+                let results = page(forward, None, *offset, limit)?;
+                let has_more = offset + (results.len() as u64) < count;
+                (results, has_more, Some(*offset), *offset > 0, has_more)
+            }
+            Start::After(key) => {
+                let mut results = page(forward, Some(key), 0, limit + 1)?;
+                let has_more = results.len() > limit;
+                results.truncate(limit);
+                let previous = match results.first() {
+                    Some(first) => !page(backward, Some(&SortKey::of(first)), 0, 1)?.is_empty(),
+                    None => count > 0,
+                };
+                (results, has_more, None, previous, has_more)
+            }
+            Start::Before(key) => {
+                let mut results = page(backward, Some(key), 0, limit + 1)?;
+                let has_more = results.len() > limit;
+                results.truncate(limit);
+                results.reverse();
+                let next = match results.last() {
+                    Some(last) => !page(forward, Some(&SortKey::of(last)), 0, 1)?.is_empty(),
+                    None => count > 0,
+                };
+                (results, has_more, None, has_more, next)
+            }
+        };
+    let cursor_after =
+        results.last().map(|r| encode_cursor(store.cursor_key(), &Start::After(SortKey::of(r)), &request.fingerprint));
+    let cursor_before = results
+        .first()
+        .map(|r| encode_cursor(store.cursor_key(), &Start::Before(SortKey::of(r)), &request.fingerprint));
+    let next_cursor = next_exists.then(|| cursor_after.clone()).flatten();
+    let previous_cursor = previous_exists.then(|| cursor_before.clone()).flatten();
+    let (next, previous) = match offset {
+        Some(offset) => (
+            next_exists.then(|| link(request, &[("offset", (offset + limit as u64).to_string())])),
+            previous_exists.then(|| link(request, &[("offset", offset.saturating_sub(limit as u64).to_string())])),
+        ),
+        None => (
+            next_cursor.as_ref().map(|c| link(request, &[("cursor", c.clone())])),
+            previous_cursor.as_ref().map(|c| link(request, &[("cursor", c.clone())])),
+        ),
+    };
+    let rendered: Vec<Value> = results
+        .iter()
+        .map(|r| serde_json::from_str(&refunds_domain::render_refund(r)).expect("the rendering is JSON"))
+        .collect();
+    Ok(json!({
+        "object": "list",
+        "count": count,
+        "limit": limit,
+        "offset": offset,
+        "ordering": if request.descending { "-created" } else { "created" },
+        "has_more": has_more,
+        "next": next,
+        "previous": previous,
+        "next_cursor": next_cursor,
+        "previous_cursor": previous_cursor,
+        "results": rendered,
+    }))
+}
+
+fn link(request: &ListRequest, page: &[(&str, String)]) -> String {
+    let mut pairs = request.link_params.clone();
+    pairs.push(("limit".to_owned(), request.limit.to_string()));
+    pairs.extend(page.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    format!("/v1/refunds?{}", serde_urlencoded::to_string(&pairs).expect("pairs of strings encode"))
+}
