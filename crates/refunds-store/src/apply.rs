@@ -48,6 +48,11 @@ impl Interner<'_, '_> {
         if let Some(&n) = self.known.get(&name).or_else(|| self.fresh.get(&name)) {
             return Ok(n);
         }
+        // Committed by a batch whose names are not published to the cache yet.
+        if let Some(n) = self.names.get(name.as_str())?.map(|v| v.value()) {
+            self.fresh.insert(name, n);
+            return Ok(n);
+        }
         let next = match self.by_number.last()? {
             Some((n, _)) => n.value() + 1,
             None => 1,
@@ -63,14 +68,15 @@ impl Store {
     /// Applies a batch in one write transaction, with the given durability.
     /// `Durability::None` commits are atomic but survive a crash only once a
     /// later `Immediate` commit lands.
-    pub fn apply_batch(&mut self, batch: &Batch, durability: Durability) -> Result<BatchSummary, StoreError> {
+    pub fn apply_batch(&self, batch: &Batch, durability: Durability) -> Result<BatchSummary, StoreError> {
         let mut txn = self.db.begin_write()?;
+        let known = self.names();
         txn.set_durability(durability)?;
         let mut summary = BatchSummary::default();
         let fresh_names;
         {
             let mut interner = Interner {
-                known: &self.names,
+                known: &known.by_name,
                 fresh: HashMap::new(),
                 names: txn.open_table(tables::NAMES)?,
                 by_number: txn.open_table(tables::NAMES_BY_NUMBER)?,
@@ -290,16 +296,20 @@ impl Store {
             }
             fresh_names = interner.fresh;
         }
+        drop(known);
         txn.commit()?;
-        for (name, number) in fresh_names {
-            self.names_by_number.insert(number, name.clone());
-            self.names.insert(name, number);
+        if !fresh_names.is_empty() {
+            let mut names = self.names.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (name, number) in fresh_names {
+                names.by_number.insert(number, name.clone());
+                names.by_name.insert(name, number);
+            }
         }
         Ok(summary)
     }
 
     /// Removes dead letters from the outbox once their destination has them.
-    pub fn mark_dead_letters_sent(&mut self, sequences: &[u64]) -> Result<(), StoreError> {
+    pub fn mark_dead_letters_sent(&self, sequences: &[u64]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         {
             let mut pending = txn.open_table(tables::DEAD_LETTERS_PENDING)?;

@@ -50,6 +50,7 @@ pub mod tables;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::RwLock;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
@@ -116,9 +117,9 @@ impl Default for StoreParams {
 
 pub struct Store {
     db: Database,
-    /// Interned names known to be committed: `kind:name` -> number.
-    names: HashMap<String, u32>,
-    names_by_number: HashMap<u32, String>,
+    /// Interned names known to be committed. Behind a lock so that one
+    /// `Store` can be shared by a writer and concurrent readers.
+    names: RwLock<Names>,
     /// Key of the HMAC that makes list cursors tamper-evident; generated once
     /// per store and kept in it, so cursors survive restarts.
     cursor_key: [u8; 32],
@@ -181,7 +182,7 @@ impl Store {
             <[u8; 32]>::try_from(bytes.as_slice())
                 .map_err(|_| OpenError::Storage(redb::Error::Corrupted("cursor key".to_owned())))?
         };
-        Ok(Store { db, names, names_by_number, cursor_key })
+        Ok(Store { db, names: RwLock::new(Names { by_name: names, by_number: names_by_number }), cursor_key })
     }
 
     pub fn cursor_key(&self) -> &[u8; 32] {
@@ -195,13 +196,14 @@ impl Store {
 
     /// The tenant number of a tenant id, if the store has seen that tenant.
     pub fn tenant_no(&self, tenant_id: &str) -> Option<TenantNo> {
-        self.names.get(&tenant_name(tenant_id)).copied().map(TenantNo)
+        self.names().by_name.get(&tenant_name(tenant_id)).copied().map(TenantNo)
     }
 
     /// Every tenant, sorted by tenant id.
     pub fn tenants(&self) -> Vec<(String, TenantNo)> {
-        let mut tenants: Vec<(String, TenantNo)> = self
-            .names
+        let names = self.names();
+        let mut tenants: Vec<(String, TenantNo)> = names
+            .by_name
             .iter()
             .filter_map(|(name, &n)| name.strip_prefix(TENANT_KIND).map(|t| (t.to_owned(), TenantNo(n))))
             .collect();
@@ -209,9 +211,22 @@ impl Store {
         tenants
     }
 
-    fn name_of(&self, number: u32) -> Option<&str> {
-        self.names_by_number.get(&number).map(|n| n.split_once(':').map_or(n.as_str(), |(_, rest)| rest))
+    fn name_of(&self, number: u32) -> Option<String> {
+        self.names().by_number.get(&number).map(|n| n.split_once(':').map_or(n.as_str(), |(_, rest)| rest).to_owned())
     }
+
+    fn names(&self) -> std::sync::RwLockReadGuard<'_, Names> {
+        // A panic while holding the lock cannot leave the maps half-updated
+        // (each insert is whole), so a poisoned lock is still usable.
+        self.names.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Interned names: `kind:name` <-> number.
+#[derive(Debug, Default)]
+struct Names {
+    by_name: HashMap<String, u32>,
+    by_number: HashMap<u32, String>,
 }
 
 const TENANT_KIND: &str = "tenant:";

@@ -158,11 +158,12 @@ impl Store {
 
     fn source_pos(&self, source: StoredSource) -> Result<SourcePos, StoreError> {
         Ok(match source {
-            StoredSource::File { name, line } => {
-                SourcePos::File { path: Arc::from(self.name_of(name).ok_or_else(|| corrupt("source name"))?), line }
-            }
+            StoredSource::File { name, line } => SourcePos::File {
+                path: Arc::from(self.name_of(name).ok_or_else(|| corrupt("source name"))?.as_str()),
+                line,
+            },
             StoredSource::Kafka { name, partition, offset } => SourcePos::Kafka {
-                topic: Arc::from(self.name_of(name).ok_or_else(|| corrupt("source name"))?),
+                topic: Arc::from(self.name_of(name).ok_or_else(|| corrupt("source name"))?.as_str()),
                 partition,
                 offset,
             },

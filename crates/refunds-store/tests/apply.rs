@@ -90,7 +90,7 @@ fn assert_indexes_match_rows(store: &Store) {
 
 #[test]
 fn a_repeated_event_is_a_duplicate_and_changes_nothing() {
-    let (_dir, mut store) = open();
+    let (_dir, store) = open();
     let queued = event("org_1", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({}));
     // Same JSON, other key order and spacing.
     let reordered: serde_json::Value = serde_json::from_str(&queued).unwrap();
@@ -110,7 +110,7 @@ fn a_repeated_event_is_a_duplicate_and_changes_nothing() {
 
 #[test]
 fn a_repeated_event_id_with_other_content_is_a_conflicting_duplicate_in_the_audit_trail() {
-    let (_dir, mut store) = open();
+    let (_dir, store) = open();
     let a = event("org_1", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({"order_no": "A"}));
     let b = event("org_1", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({"order_no": "B"}));
     let summary = store.apply_batch(&batch(&[a, b]), Durability::None).unwrap();
@@ -126,7 +126,7 @@ fn a_repeated_event_id_with_other_content_is_a_conflicting_duplicate_in_the_audi
 
 #[test]
 fn tenants_never_shadow_each_other_with_equal_event_ids() {
-    let (_dir, mut store) = open();
+    let (_dir, store) = open();
     let a = event("org_a", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({}));
     let b = event("org_b", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({}));
     let summary = store.apply_batch(&batch(&[a, b]), Durability::None).unwrap();
@@ -138,7 +138,7 @@ fn tenants_never_shadow_each_other_with_equal_event_ids() {
 
 #[test]
 fn audit_trail_is_ordered_by_occurred_at_then_event_id_then_arrival() {
-    let (_dir, mut store) = open();
+    let (_dir, store) = open();
     let lines = [
         event("org_1", "ref_1", "evt_c", "refund.completed", "2026-01-01T00:00:02Z", json!({})),
         event("org_1", "ref_1", "evt_b", "refund.processing", "2026-01-01T00:00:01Z", json!({})),
@@ -162,7 +162,7 @@ fn audit_trail_is_ordered_by_occurred_at_then_event_id_then_arrival() {
 
 #[test]
 fn invalid_items_land_in_the_dead_letter_outbox_until_marked_sent() {
-    let (_dir, mut store) = open();
+    let (_dir, store) = open();
     let summary = store.apply_batch(&batch(&["{not json".to_owned()]), Durability::None).unwrap();
     assert_eq!(summary.invalid, 1);
     let pending = store.pending_dead_letters(10).unwrap();
@@ -177,7 +177,7 @@ fn invalid_items_land_in_the_dead_letter_outbox_until_marked_sent() {
 
 #[test]
 fn a_batch_overlapping_the_checkpoint_is_refused_and_changes_nothing() {
-    let (_dir, mut store) = open();
+    let (_dir, store) = open();
     let delta = |from, to| CheckpointDelta { source: "file:x".into(), from, to, state: vec![], restart: false };
     let mut first = batch(&[event("org_1", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({}))]);
     first.checkpoints = vec![delta(0, 1)];
@@ -195,12 +195,12 @@ fn reopening_the_store_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
     let before = {
-        let mut store = Store::open(&path, &StoreParams::default()).unwrap();
+        let store = Store::open(&path, &StoreParams::default()).unwrap();
         let lines = [event("org_1", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({}))];
         store.apply_batch(&batch(&lines), Durability::Immediate).unwrap();
         export(&store)
     };
-    let mut store = Store::open(&path, &StoreParams::default()).unwrap();
+    let store = Store::open(&path, &StoreParams::default()).unwrap();
     assert_eq!(export(&store), before);
     // Interned names survive: a new event of the same tenant lands in the same tenant.
     let lines = [event("org_1", "ref_2", "evt_2", "refund.queued", "2026-01-01T00:00:01Z", json!({}))];
@@ -263,7 +263,7 @@ proptest! {
         seed in any::<u64>(),
         cuts in proptest::collection::vec(1..10usize, 1..8),
     ) {
-        let (_dir_a, mut a) = open();
+        let (_dir_a, a) = open();
         for chunk in events.chunks(7) {
             a.apply_batch(&batch(chunk), Durability::None).unwrap();
         }
@@ -274,7 +274,7 @@ proptest! {
             rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             shuffled.swap(i, (rng >> 33) as usize % (i + 1));
         }
-        let (_dir_b, mut b) = open();
+        let (_dir_b, b) = open();
         let mut rest: &[String] = &shuffled;
         let mut cut = cuts.iter().cycle();
         while !rest.is_empty() {
@@ -329,7 +329,7 @@ proptest! {
         filters in proptest::collection::vec(arb_filter(), 1..12),
         order_no_of in proptest::collection::vec(any::<bool>(), 60),
     ) {
-        let (_dir, mut store) = open();
+        let (_dir, store) = open();
         // Give some refunds an order number so the exact-match plan is used.
         let events: Vec<String> = events
             .iter()
@@ -374,7 +374,7 @@ proptest! {
 #[test]
 fn exact_match_counts_span_every_created_window_and_respect_bounds() {
     use refunds_domain::TextField;
-    let (_dir, mut store) = open();
+    let (_dir, store) = open();
     let day = 86_400_000i64;
     let start = 1_767_225_600_000i64; // 2026-01-01
     let at = |k: i64| Timestamp::from_millis(start + k * 40 * day).unwrap();
@@ -421,7 +421,7 @@ fn exact_match_counts_span_every_created_window_and_respect_bounds() {
 #[test]
 fn an_event_id_whose_hash_slot_another_id_holds_is_still_its_own_event() {
     use refunds_store::keys::event_slot;
-    let (_dir, mut store) = open();
+    let (_dir, store) = open();
     let a = event("org_1", "ref_1", "evt_a", "refund.queued", "2026-01-01T00:00:00Z", json!({}));
     store.apply_batch(&batch(std::slice::from_ref(&a)), Durability::None).unwrap();
     let tenant = store.tenant_no("org_1").unwrap();
@@ -457,7 +457,7 @@ proptest! {
         page_size in 1..5usize,
     ) {
         use refunds_store::{Direction, PageRequest, SortKey, page_in};
-        let (_dir, mut store) = open();
+        let (_dir, store) = open();
         store.apply_batch(&batch(&events), Durability::None).unwrap();
         let mut tenants = store.tenants();
         if one_tenant {
