@@ -81,7 +81,44 @@ impl Server {
         let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
         let body = response.into_body().read_to_string().unwrap();
         let json = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: body is not JSON: {body}"));
+        conforms_to_openapi(path, status, &json);
         (status, json, challenge)
+    }
+}
+
+/// Every response the tests receive must match `schemas/openapi.json`.
+fn conforms_to_openapi(path: &str, status: u16, body: &Value) {
+    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        let text = std::fs::read_to_string(crate::helpers::repo_root().join("schemas/openapi.json")).unwrap();
+        serde_json::from_str(&text).expect("the OpenAPI document is JSON")
+    });
+    let route = path.split('?').next().unwrap();
+    let template = match route.split('/').collect::<Vec<_>>()[..] {
+        ["", "v1", "refunds"] => "/v1/refunds",
+        ["", "v1", "refunds", _] => "/v1/refunds/{id}",
+        ["", "v1", "refunds", _, "events"] => "/v1/refunds/{id}/events",
+        _ => route,
+    };
+    let schema =
+        match doc["paths"][template]["get"]["responses"][status.to_string()]["content"]["application/json"]["schema"]
+            .clone()
+        {
+            Value::Null if status >= 400 => serde_json::json!({"$ref": "#/components/schemas/ErrorResponse"}),
+            Value::Null => panic!("the OpenAPI document has no {status} response for GET {template}"),
+            schema => schema,
+        };
+    // Validate against the schema with the document's components in reach.
+    let mut root = serde_json::json!({"components": doc["components"].clone()});
+    for (key, value) in schema.as_object().unwrap() {
+        root[key] = value.clone();
+    }
+    let validator = jsonschema::validator_for(&root).expect("the response schema compiles");
+    if let Some(error) = validator.iter_errors(body).next() {
+        panic!(
+            "GET {path} -> {status} does not match the OpenAPI document: {error} at {}\n{body}",
+            error.instance_path()
+        );
     }
 }
 
@@ -256,6 +293,47 @@ fn errors_are_json_with_the_contracts_codes() {
     assert_eq!((status, &body["error"]["param"]), (400, &Value::from("owner_id")));
     let (status, body, _) = server.get("/v2/nothing", admin);
     assert_eq!((status, &body["error"]["code"]), (404, &Value::from("not_found")));
+}
+
+#[test]
+fn openapi_json_is_served_and_documents_every_route() {
+    let f = fixture();
+    let server = Server::start(&f.db, &f.keys);
+    let (status, served, _) = server.get("/openapi.json", None);
+    assert_eq!(status, 200);
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::helpers::repo_root().join("schemas/openapi.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(served, file);
+    assert_eq!(served["openapi"], "3.1.0");
+    let mut paths: Vec<&str> = served["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "/healthz",
+            "/openapi.json",
+            "/readyz",
+            "/v1/refunds",
+            "/v1/refunds/{id}",
+            "/v1/refunds/{id}/events",
+            "/v1/status"
+        ]
+    );
+    // Every list parameter the server knows is documented, and no other.
+    let documented: Vec<&str> = served["paths"]["/v1/refunds"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for name in &documented {
+        let (status, body, _) = server.get(&format!("/v1/refunds?{name}=zzz"), Some("Api-Key secret-ops"));
+        assert_ne!(body["error"]["code"], "unknown_parameter", "{name} is documented but unknown ({status})");
+    }
+    let (_, body, _) = server.get("/v1/refunds?undocumented=1", Some("Api-Key secret-ops"));
+    assert_eq!(body["error"]["code"], "unknown_parameter");
 }
 
 #[test]

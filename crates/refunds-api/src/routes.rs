@@ -22,9 +22,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/refunds/{id}", get(get_refund))
         .route("/v1/refunds/{id}/events", get(get_refund_events))
         .route("/v1/status", get(status))
+        .route("/openapi.json", get(openapi))
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .with_state(state)
+}
+
+/// The OpenAPI 3.1 document of this API, kept in `schemas/openapi.json`; the
+/// black-box suite validates every response it receives against it.
+pub const OPENAPI: &str = include_str!("../../../schemas/openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn no_route() -> ApiError {
