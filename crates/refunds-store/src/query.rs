@@ -73,6 +73,35 @@ impl Filter {
         }
     }
 
+    /// Whether `index`'s keys (value and created_at) answer every predicate.
+    pub(crate) fn answered_by_keys(&self, index: Index) -> bool {
+        let no_amount = self.amount_min.is_none() && self.amount_max.is_none();
+        let lists = [
+            (Index::Status, !self.statuses.is_empty()),
+            (Index::Currency, !self.currencies.is_empty()),
+            (Index::Text(TextField::Processor), !self.processors.is_empty()),
+            (Index::Text(TextField::PaymentMethodType), !self.payment_method_types.is_empty()),
+            (Index::Text(TextField::ProductType), !self.product_types.is_empty()),
+        ];
+        let others_unused = lists.iter().all(|(i, used)| *i == index || !used);
+        let exact_ok = match index {
+            Index::Text(field) if self.exact.len() == 1 => self.exact[0].0 == field,
+            _ => self.exact.is_empty(),
+        };
+        no_amount && others_unused && exact_ok && index != Index::Amount
+    }
+
+    /// Whether the filter is amount bounds, optionally with created bounds, and nothing else.
+    pub(crate) fn only_amount_and_created(&self) -> bool {
+        (self.amount_min.is_some() || self.amount_max.is_some())
+            && self.statuses.is_empty()
+            && self.currencies.is_empty()
+            && self.processors.is_empty()
+            && self.payment_method_types.is_empty()
+            && self.product_types.is_empty()
+            && self.exact.is_empty()
+    }
+
     /// The one low-cardinality dimension a counter row can answer, if the
     /// filter is nothing but that (or nothing at all).
     fn counter_dimension(&self) -> Option<(CountDim, Vec<Vec<u8>>)> {
@@ -186,6 +215,11 @@ pub fn count_in(txn: &ReadTransaction, tenants: &[TenantNo], filter: &Filter) ->
 }
 
 fn scan_count(txn: &ReadTransaction, tenant: TenantNo, filter: &Filter, plan: &Plan) -> Result<u64, StoreError> {
+    let index_only = filter.answered_by_keys(plan.index);
+    if !index_only && filter.only_amount_and_created() {
+        let table = txn.open_table(Index::Amount.table().expect("the amount index has a table"))?;
+        return count_amount_range(&table, tenant, filter);
+    }
     let table = txn.open_table(plan.index.table().expect("planned indexes have tables"))?;
     let refunds = txn.open_table(tables::REFUNDS)?;
     let mut n = 0;
@@ -198,6 +232,11 @@ fn scan_count(txn: &ReadTransaction, tenant: TenantNo, filter: &Filter, plan: &P
             filter.created_min,
             filter.created_max,
             |_, refund_id| {
+                // Keys alone answer the filter when it asks nothing beyond them.
+                if index_only {
+                    n += 1;
+                    return Ok(());
+                }
                 let row = refunds
                     .get(keys::refund_key(tenant, refund_id).as_slice())?
                     .ok_or_else(|| StoreError::Corrupt(format!("index names a missing refund {refund_id}")))?;
@@ -207,6 +246,53 @@ fn scan_count(txn: &ReadTransaction, tenant: TenantNo, filter: &Filter, plan: &P
                 Ok(())
             },
         )?;
+    }
+    Ok(n)
+}
+
+/// Counts the refunds with an amount in the filter's bounds (and created in
+/// its bounds) from the amount index's keys: one range per created window.
+fn count_amount_range(
+    table: &ReadOnlyTable<&'static [u8], ()>,
+    tenant: TenantNo,
+    filter: &Filter,
+) -> Result<u64, StoreError> {
+    let (min, max) = (filter.amount_min.unwrap_or(0), filter.amount_max.unwrap_or(u64::MAX));
+    let tenant_prefix = tenant.prefix();
+    let last = filter.created_max.map_or(u32::MAX, keys::window_of);
+    let mut window = filter.created_min.map_or(0, keys::window_of);
+    let mut n = 0;
+    while window <= last {
+        let start = keys::windowed_prefix(tenant, window, &keys::amount_value(min));
+        let mut entries = table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))?.peekable();
+        let Some(first) = entries.peek() else { break };
+        let first = first.as_ref().map_err(|e| StoreError::Corrupt(e.to_string()))?.0.value().to_vec();
+        if !first.starts_with(&tenant_prefix) {
+            break;
+        }
+        let found = u32::from_be_bytes(first[4..8].try_into().map_err(|_| StoreError::Corrupt("index key".into()))?);
+        if found != window {
+            window = found;
+            continue;
+        }
+        for entry in entries {
+            let (key, _) = entry?;
+            let key = key.value();
+            if key.get(..8) != Some(&start[..8]) {
+                break;
+            }
+            let amount =
+                u64::from_be_bytes(key[8..16].try_into().map_err(|_| StoreError::Corrupt("index key".into()))?);
+            if amount > max {
+                break;
+            }
+            let (created, _) = keys::split_index_key(key, 16).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
+            if filter.created_min.is_none_or(|m| created >= m) && filter.created_max.is_none_or(|m| created <= m) {
+                n += 1;
+            }
+        }
+        let Some(next) = window.checked_add(1) else { break };
+        window = next;
     }
     Ok(n)
 }

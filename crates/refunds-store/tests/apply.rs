@@ -412,6 +412,20 @@ fn exact_match_counts_span_every_created_window_and_respect_bounds() {
     assert_eq!(count(TextField::OrderNo, "ORDER-2", Some(7), Some(7)), 1);
     assert_eq!(count(TextField::StoreId, "s1", None, None), 8);
     assert_eq!(count(TextField::OrderNo, "ORDER-3", None, None), 0);
+    // Amount ranges are counted from the windowed amount index's keys.
+    let amounts = |min: u64, max: u64, from: Option<i64>| {
+        let filter = refunds_store::Filter {
+            amount_min: Some(min),
+            amount_max: Some(max),
+            created_min: from.map(at),
+            ..Default::default()
+        };
+        store.count(&tenant_a, &filter).unwrap()
+    };
+    assert_eq!(amounts(300, 600, None), 4);
+    assert_eq!(amounts(300, 600, Some(3)), 3);
+    assert_eq!(amounts(0, u64::MAX, None), 8);
+    assert_eq!(amounts(801, 5000, None), 0);
     assert_indexes_match_rows(&store);
 }
 

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# API load benchmark: a store of about 1M events (generate --refunds 330000),
+# `serve` on loopback, and wrk (Debian's package) against the query shapes of
+# issue 3, at 8 and 64 connections. Prints requests/s and p50/p99 per shape.
+#
+#   scripts/bench-api.sh                  # 330,000 refunds
+#   REFUNDS=3300000 scripts/bench-api.sh  # the 10x store
+#   DURATION=10s scripts/bench-api.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }
+cargo build --release --bins -q
+bin=$PWD/target/release/refund-projector
+refunds=${REFUNDS:-330000}
+duration=${DURATION:-5s}
+work=$(mktemp -d "${TMPDIR:-/tmp}/refund-api-bench.XXXXXX")
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+
+"$bin" generate --refunds "$refunds" --seed 1 > "$work/events.ndjson"
+"$bin" replay --input "$work/events.ndjson" --db "$work/store.redb" 2>&1 | tail -n 1
+rm -f "$work/events.ndjson"
+cat > "$work/keys.toml" <<TOML
+[[keys]]
+id = "bench"
+secret = "bench"
+tenant = "*"
+scopes = ["admin"]
+TOML
+"$bin" serve --db "$work/store.redb" --listen 127.0.0.1:0 --api-keys "$work/keys.toml" 2> "$work/serve.log" &
+server=$!
+for _ in $(seq 100); do grep -q "listening on" "$work/serve.log" && break; sleep 0.1; done
+base=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$work/serve.log")
+auth="Authorization: Api-Key bench"
+
+# The biggest tenant, one of its order numbers, its newest month.
+big=$(curl -s -H "$auth" "$base/v1/refunds?limit=100" | python3 -c 'import json,sys,collections; r=json.load(sys.stdin)["results"]; print(collections.Counter(x["tenant_id"] for x in r).most_common(1)[0][0])')
+sample=$(curl -s -H "$auth" "$base/v1/refunds?tenant_id=$big&limit=1")
+order_no=$(echo "$sample" | python3 -c 'import json,sys; print(json.load(sys.stdin)["results"][0]["order_no"])')
+newest=$(echo "$sample" | python3 -c 'import json,sys; print(json.load(sys.stdin)["results"][0]["created_at"][:10])')
+month_ago=$(python3 -c "import datetime; print((datetime.date.fromisoformat('$newest') - datetime.timedelta(days=30)).isoformat())")
+
+declare -A shapes=(
+  [Q1_newest]="/v1/refunds?tenant_id=$big&limit=20"
+  [Q2_status]="/v1/refunds?tenant_id=$big&status=completed&limit=20"
+  [Q3_currency_30d_status]="/v1/refunds?tenant_id=$big&currency=USD&created_after=$month_ago&created_before=$newest&status=completed&limit=20"
+  [Q4_order_no]="/v1/refunds?tenant_id=$big&order_no=$order_no&limit=20"
+  [Q5_offset_10000]="/v1/refunds?tenant_id=$big&offset=10000&limit=20"
+  [Q6_amount_range]="/v1/refunds?tenant_id=$big&amount_min=1000&amount_max=5000&limit=20"
+)
+
+# The cursor walk: 200 consecutive cursor pages, requested round-robin.
+paths="$work/cursor_paths.txt"
+cursor=$(curl -s -H "$auth" "$base/v1/refunds?tenant_id=$big&limit=20" | python3 -c 'import json,sys; print(json.load(sys.stdin)["next_cursor"])')
+path="/v1/refunds?tenant_id=$big&limit=20&cursor=$cursor"
+for _ in $(seq 200); do
+  echo "$path" >> "$paths"
+  next=$(curl -s -H "$auth" "$base$path" | python3 -c 'import json,sys; print(json.load(sys.stdin)["next"] or "")')
+  [ -n "$next" ] || break
+  path=$next
+done
+cat > "$work/walk.lua" <<LUA
+local paths = {}
+for line in io.lines("$paths") do paths[#paths + 1] = line end
+local i = 0
+request = function()
+  i = i % #paths + 1
+  return wrk.format("GET", paths[i], {["Authorization"] = "Api-Key bench"})
+end
+LUA
+cat > "$work/report.lua" <<'LUA'
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %.0f %.2f %.2f %d %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.errors.status, summary.requests))
+end
+LUA
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); store: $refunds refunds; wrk -t2 -d$duration"
+printf '%-24s %5s %10s %9s %9s %8s\n' shape conns req/s p50_ms p99_ms non2xx
+run() {
+  local name=$1 connections=$2 script=$3 url=$4
+  local line
+  line=$(wrk -t2 -c"$connections" -d"$duration" -H "$auth" -s "$script" "$url" | grep '^RESULT')
+  read -r _ rps p50 p99 errors _ <<< "$line"
+  printf '%-24s %5s %10s %9s %9s %8s\n' "$name" "$connections" "$rps" "$p50" "$p99" "$errors"
+}
+cat "$work/report.lua" >> "$work/walk.lua"
+for connections in 8 64; do
+  for name in $(echo "${!shapes[@]}" | tr ' ' '\n' | sort); do
+    run "$name" "$connections" "$work/report.lua" "$base${shapes[$name]}"
+  done
+  run cursor_walk "$connections" "$work/walk.lua" "$base/"
+done
