@@ -291,6 +291,10 @@ fn errors_are_json_with_the_contracts_codes() {
     assert_eq!((status, &body["error"]["code"]), (400, &Value::from("invalid_parameter")));
     let (status, body, _) = server.get(&format!("/v1/refunds/{id}?tenant_id=a&owner_id=a"), admin);
     assert_eq!((status, &body["error"]["param"]), (400, &Value::from("owner_id")));
+    let (status, body, _) = server.get("/v1/refunds/%FF%FE", admin);
+    assert_eq!((status, &body["error"]["code"]), (404, &Value::from("not_found")), "an id that is not UTF-8");
+    let (status, _, _) = server.get("/v1/refunds?status=%FF", admin);
+    assert_eq!(status, 400, "a query that is not UTF-8");
     let (status, body, _) = server.get("/v2/nothing", admin);
     assert_eq!((status, &body["error"]["code"]), (404, &Value::from("not_found")));
 }

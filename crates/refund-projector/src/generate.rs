@@ -36,6 +36,7 @@ use std::io::{self, Write};
 use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use refunds_domain::Timestamp;
 use serde_json::{Map, Value, json};
 
 /// Default probability of a duplicate after each valid event.
@@ -191,20 +192,6 @@ fn random_ts_format(rng: &mut ChaCha8Rng) -> TsFormat {
     format
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 fn push_digits(buf: &mut String, value: i64, width: u32) {
     let mut div = 10i64.pow(width - 1);
     let value = value.rem_euclid(10i64.pow(width));
@@ -219,25 +206,15 @@ fn push_digits(buf: &mut String, value: i64, width: u32) {
 /// the format has no fraction.
 fn push_timestamp(buf: &mut String, ms: i64, format: TsFormat) {
     let offset = i64::from(format.offset_minutes.unwrap_or(0));
-    let local = ms + offset * MINUTE;
-    let secs = local.div_euclid(SECOND);
-    let millis = local.rem_euclid(SECOND);
-    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    push_digits(buf, year, 4);
-    buf.push('-');
-    push_digits(buf, month, 2);
-    buf.push('-');
-    push_digits(buf, day, 2);
+    // The domain's rendering, `YYYY-MM-DDTHH:MM:SS.sssZ`, of the local time.
+    let local =
+        Timestamp::from_millis(ms + offset * MINUTE).expect("generated times are within years 0000-9999").to_string();
+    buf.push_str(&local[..10]);
     buf.push(if format.lower { 't' } else { 'T' });
-    push_digits(buf, sod / 3_600, 2);
-    buf.push(':');
-    push_digits(buf, sod / 60 % 60, 2);
-    buf.push(':');
-    push_digits(buf, sod % 60, 2);
+    buf.push_str(&local[11..19]);
     if format.frac_digits >= 3 {
         buf.push('.');
-        push_digits(buf, millis, 3);
+        buf.push_str(&local[20..23]);
         if format.frac_digits == 6 {
             push_digits(buf, i64::from(format.micros), 3);
         }

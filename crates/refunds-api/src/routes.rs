@@ -1,6 +1,7 @@
 //! Routes and handlers.
 
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -131,11 +132,13 @@ async fn list_refunds(
 
 async fn get_refund(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers)?;
+    // An id that is not valid UTF-8 once decoded names no refund.
+    let Path(id) = id.map_err(|_| ApiError::not_found("no such refund"))?;
     let params = Params::parse(query.as_deref(), &["tenant_id", "owner_id"])?;
     let body = read(&state, move |store| {
         let refund = find_refund(store, &caller, &params, &id)?;
@@ -147,11 +150,13 @@ async fn get_refund(
 
 async fn get_refund_events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers)?;
+    // An id that is not valid UTF-8 once decoded names no refund.
+    let Path(id) = id.map_err(|_| ApiError::not_found("no such refund"))?;
     let params = Params::parse(query.as_deref(), &["tenant_id", "owner_id"])?;
     let body = read(&state, move |store| {
         let refund = find_refund(store, &caller, &params, &id)?;
