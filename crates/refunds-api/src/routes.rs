@@ -127,7 +127,7 @@ async fn list_refunds(
         crate::list::execute(store, &request)
     })
     .await?;
-    Ok(axum::Json(body).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn get_refund(

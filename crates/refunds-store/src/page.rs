@@ -59,6 +59,8 @@ struct Candidate {
     created_at: Timestamp,
     tenant: usize,
     id: String,
+    /// The index key alone proves the match (no row check needed).
+    keys_suffice: bool,
 }
 
 /// Returns up to `take` matching refunds in the walk's order.
@@ -96,12 +98,13 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
             Ok(n)
         };
         let plan = plan(filter, &counter)?;
+        let keys_suffice = filter.answered_by_keys(plan.index);
         let table = txn.open_table(plan.index.table().expect("planned indexes have tables"))?;
         for value in &plan.values {
             if plan.index.windowed() {
                 let mut found = Vec::new();
                 for_each_with_value(&table, plan.index, tenant, value, min, max, |created_at, id| {
-                    found.push(Candidate { created_at, tenant: position, id: id.to_owned() });
+                    found.push(Candidate { created_at, tenant: position, id: id.to_owned(), keys_suffice });
                     Ok(())
                 })?;
                 found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
@@ -126,7 +129,7 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
                 let (key, _) = entry?;
                 let (created_at, id) = keys::split_index_key(key.value(), prefix_len)
                     .ok_or_else(|| StoreError::Corrupt("index key".into()))?;
-                Ok(Candidate { created_at, tenant: position, id: id.to_owned() })
+                Ok(Candidate { created_at, tenant: position, id: id.to_owned(), keys_suffice })
             });
             if descending {
                 streams.push(Box::new(entries.rev()));
@@ -149,12 +152,17 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
                 continue;
             }
         }
+        // Offsets skip on keys alone when the keys prove the match.
+        if candidate.keys_suffice && skipped < request.skip {
+            skipped += 1;
+            continue;
+        }
         let tenant = tenants[candidate.tenant].1;
         let row = refunds
             .get(keys::refund_key(tenant, &candidate.id).as_slice())?
             .ok_or_else(|| StoreError::Corrupt(format!("index names a missing refund {}", candidate.id)))?;
         let state = decode_row_state(row.value())?;
-        if !filter.matches(&state) {
+        if !candidate.keys_suffice && !filter.matches(&state) {
             continue;
         }
         if skipped < request.skip {
