@@ -44,6 +44,10 @@ pub struct Server {
 
 impl Server {
     pub fn start(db: &Path, keys: &Path) -> Server {
+        Server::start_with(db, keys, &[])
+    }
+
+    pub fn start_with(db: &Path, keys: &Path, extra: &[&str]) -> Server {
         let mut child = command()
             .args([
                 "serve",
@@ -54,6 +58,7 @@ impl Server {
                 "--api-keys",
                 keys.to_str().unwrap(),
             ])
+            .args(extra)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -182,6 +187,54 @@ fn a_refund_is_served_as_exported_to_every_accepted_credential_form() {
         assert_eq!(status, 200, "{auth}: {body}");
         assert_eq!(&body, refund, "{auth}");
     }
+}
+
+fn jwt(claims: &Value, secret: &[u8]) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use hmac::{Hmac, Mac};
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(format!("{header}.{payload}").as_bytes());
+    format!("Bearer {header}.{payload}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
+#[test]
+fn jwts_signed_with_the_configured_secret_carry_tenant_and_scope() {
+    let f = fixture();
+    let server = Server::start_with(&f.db, &f.keys, &["--jwt-secret", "jwt-test-secret"]);
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let own = first_of(&f.refunds, &f.tenant_a);
+    let foreign = first_of(&f.refunds, &f.tenant_b)["id"].as_str().unwrap().to_owned();
+    let tenant_token = jwt(
+        &serde_json::json!({"sub": "u1", "tenant_id": f.tenant_a, "scope": "refunds:read", "exp": exp}),
+        b"jwt-test-secret",
+    );
+    let (status, body, _) = server.get(&format!("/v1/refunds/{}", own["id"].as_str().unwrap()), Some(&tenant_token));
+    assert_eq!((status, &body), (200, own));
+    assert_eq!(
+        server.get(&format!("/v1/refunds/{foreign}"), Some(&tenant_token)).0,
+        404,
+        "a tenant JWT sees only its tenant"
+    );
+    let (status, body, _) = server.get("/v1/refunds?limit=1", Some(&tenant_token));
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["count"].as_u64().unwrap(),
+        f.refunds.iter().filter(|r| r["tenant_id"] == f.tenant_a.as_str()).count() as u64
+    );
+    assert_eq!(server.get("/v1/status", Some(&tenant_token)).0, 403);
+    let admin_token =
+        jwt(&serde_json::json!({"tenant_id": "*", "scope": "refunds:read admin", "exp": exp}), b"jwt-test-secret");
+    assert_eq!(server.get("/v1/status", Some(&admin_token)).0, 200);
+    let expired = jwt(&serde_json::json!({"tenant_id": "*", "scope": "admin", "exp": exp - 3600}), b"jwt-test-secret");
+    assert_eq!(server.get("/v1/status", Some(&expired)).0, 401);
+    let forged = jwt(&serde_json::json!({"tenant_id": "*", "scope": "admin", "exp": exp}), b"guess");
+    assert_eq!(server.get("/v1/status", Some(&forged)).0, 401);
+    // Without --jwt-secret, no JWT is accepted (one process owns a store at a time).
+    drop(server);
+    let plain = Server::start(&f.db, &f.keys);
+    assert_eq!(plain.get("/v1/status", Some(&admin_token)).0, 401);
 }
 
 #[test]
