@@ -130,16 +130,27 @@ async fn list_refunds(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// What both single-refund routes start with: the caller, the parameters
+/// and the id (an id that is not valid UTF-8 once decoded names no refund).
+fn single_refund_request(
+    state: &AppState,
+    id: Result<Path<String>, PathRejection>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(Caller, Params, String), ApiError> {
+    let caller = authenticate(state, headers)?;
+    let params = Params::parse(query, &["tenant_id", "owner_id"])?;
+    let Path(id) = id.map_err(|_| ApiError::not_found("no such refund"))?;
+    Ok((caller, params, id))
+}
+
 async fn get_refund(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers)?;
-    // An id that is not valid UTF-8 once decoded names no refund.
-    let Path(id) = id.map_err(|_| ApiError::not_found("no such refund"))?;
-    let params = Params::parse(query.as_deref(), &["tenant_id", "owner_id"])?;
+    let (caller, params, id) = single_refund_request(&state, id, query.as_deref(), &headers)?;
     let body = read(&state, move |store| {
         let refund = find_refund(store, &caller, &params, &id)?;
         Ok(refunds_domain::render_refund(&refund))
@@ -154,10 +165,7 @@ async fn get_refund_events(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers)?;
-    // An id that is not valid UTF-8 once decoded names no refund.
-    let Path(id) = id.map_err(|_| ApiError::not_found("no such refund"))?;
-    let params = Params::parse(query.as_deref(), &["tenant_id", "owner_id"])?;
+    let (caller, params, id) = single_refund_request(&state, id, query.as_deref(), &headers)?;
     let body = read(&state, move |store| {
         let refund = find_refund(store, &caller, &params, &id)?;
         let trail = store.audit_trail(&refund.tenant_id, &refund.id).map_err(|e| store_unavailable(&e))?;
