@@ -63,6 +63,11 @@ fn a_tenant_lists_exactly_its_refunds_newest_first_with_an_exact_count() {
     assert_eq!(body["previous"], Value::Null);
     // Offset links walk the whole list, and so do cursors.
     assert_eq!(follow(&server, "/v1/refunds?limit=7".into(), Some("Api-Key secret-a"), "next"), expected);
+    // Oldest first is the exact reverse, ties on created_at included.
+    let mut oldest_first =
+        follow(&server, "/v1/refunds?limit=7&ordering=created".into(), Some("Api-Key secret-a"), "next");
+    oldest_first.reverse();
+    assert_eq!(oldest_first, expected);
     let first = server.get("/v1/refunds?limit=7", Some("Api-Key secret-a")).1;
     let cursor = first["next_cursor"].as_str().unwrap();
     let mut walked = ids(&first);
@@ -120,6 +125,11 @@ fn filters_and_their_aliases_select_the_same_refunds_as_the_definition() {
     assert_eq!(count(&format!("created_after={day}&created_before={day}")), on_day);
     let (y, m, d) = (&day[..4], &day[5..7], &day[8..10]);
     assert_eq!(count(&format!("from={d}/{m}/{y}&to={d}/{m}/{y}")), on_day);
+    assert_eq!(
+        count(&format!("from={d}/{m}/{y}%2000:00&to={d}/{m}/{y}%2023:59")),
+        on_day,
+        "DD/MM/YYYY HH:MM covers its minute"
+    );
     assert_eq!(count(&format!("created[gte]={day}T00:00:00Z&created[lte]={day}T23:59:59Z")), on_day);
     assert_eq!(count(&format!("tenant_id={}", f.tenant_a)), tenant_refunds(&f, &f.tenant_a).len() as u64);
 }

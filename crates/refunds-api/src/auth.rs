@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
+use crate::params::Params;
 
 /// JWT `exp` leeway, in seconds.
 const JWT_LEEWAY_SECONDS: i64 = 60;
@@ -157,6 +158,29 @@ impl Auth {
         let read = admin || scope.split(' ').any(|s| s == "refunds:read");
         let name = claims.get("sub").and_then(|v| v.as_str()).unwrap_or("jwt").to_owned();
         Ok(Caller { name, tenant: (tenant != "*").then(|| tenant.to_owned()), read, admin })
+    }
+}
+
+impl Caller {
+    /// The tenant a request is confined to: the caller's own, or for a `"*"`
+    /// caller the one named by `tenant_id`/`owner_id` (admin only), or `None`
+    /// for every tenant. Naming another tenant than one's own is a 403.
+    pub fn requested_tenant(&self, params: &Params) -> Result<Option<String>, ApiError> {
+        let named = params.one_of(&["tenant_id", "owner_id"])?;
+        match (&self.tenant, named) {
+            (Some(own), None) => Ok(Some(own.clone())),
+            (Some(own), Some((_, tenant))) if tenant == own => Ok(Some(own.clone())),
+            (Some(_), Some((param, _))) => Err(ApiError::Forbidden {
+                message: "this key cannot read other tenants".into(),
+                param: Some(param.into()),
+            }),
+            (None, Some((_, tenant))) if self.admin => Ok(Some(tenant.to_owned())),
+            (None, Some((param, _))) => Err(ApiError::Forbidden {
+                message: "filtering by tenant needs the admin scope".into(),
+                param: Some(param.into()),
+            }),
+            (None, None) => Ok(None),
+        }
     }
 }
 

@@ -226,26 +226,7 @@ fn amount(name: &str, value: &str) -> Result<u64, ApiError> {
 /// The tenants a caller may list: its own, or for `"*"` keys every tenant
 /// or (admin only) the one named by `tenant_id`/`owner_id`.
 fn tenant_scope(store: &Store, caller: &Caller, params: &Params) -> Result<Vec<(String, TenantNo)>, ApiError> {
-    let named = params.one_of(&["tenant_id", "owner_id"])?;
-    let wanted = match (&caller.tenant, named) {
-        (Some(own), None) => Some(own.clone()),
-        (Some(own), Some((_, tenant))) if tenant == own => Some(own.clone()),
-        (Some(_), Some((param, _))) => {
-            return Err(ApiError::Forbidden {
-                message: "this key cannot read other tenants".into(),
-                param: Some(param.into()),
-            });
-        }
-        (None, Some((_, tenant))) if caller.admin => Some(tenant.to_owned()),
-        (None, Some((param, _))) => {
-            return Err(ApiError::Forbidden {
-                message: "filtering by tenant needs the admin scope".into(),
-                param: Some(param.into()),
-            });
-        }
-        (None, None) => None,
-    };
-    Ok(match wanted {
+    Ok(match caller.requested_tenant(params)? {
         Some(tenant) => store.tenant_no(&tenant).map(|n| vec![(tenant, n)]).unwrap_or_default(),
         None => store.tenants(),
     })

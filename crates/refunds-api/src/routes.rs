@@ -71,39 +71,23 @@ async fn read<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| store_unavailable(&e))?
 }
 
-/// The tenant a single-refund request is about: the caller's own, or for a
-/// `"*"` caller the one named by `tenant_id`/`owner_id`, or the only tenant
-/// holding that id. Never reveals another tenant's refund.
+/// The tenant a single-refund request is about: the requested tenant, or for
+/// a `"*"` caller naming none, the only tenant holding that id. Never reveals
+/// another tenant's refund.
 fn resolve_tenant(store: &Store, caller: &Caller, params: &Params, refund_id: &str) -> Result<String, ApiError> {
-    let named = params.one_of(&["tenant_id", "owner_id"])?;
-    match (&caller.tenant, named) {
-        (Some(own), None) => Ok(own.clone()),
-        (Some(own), Some((_, tenant))) if tenant == own => Ok(own.clone()),
-        (Some(_), Some((param, _))) => {
-            Err(ApiError::Forbidden { message: "this key cannot read other tenants".into(), param: Some(param.into()) })
+    if let Some(tenant) = caller.requested_tenant(params)? {
+        return Ok(tenant);
+    }
+    let mut holders = Vec::new();
+    for (tenant, _) in store.tenants() {
+        if store.get_refund(&tenant, refund_id).map_err(|e| store_unavailable(&e))?.is_some() {
+            holders.push(tenant);
         }
-        (None, Some((param, tenant))) => {
-            if !caller.admin {
-                return Err(ApiError::Forbidden {
-                    message: "filtering by tenant needs the admin scope".into(),
-                    param: Some(param.into()),
-                });
-            }
-            Ok(tenant.to_owned())
-        }
-        (None, None) => {
-            let mut holders = Vec::new();
-            for (tenant, _) in store.tenants() {
-                if store.get_refund(&tenant, refund_id).map_err(|e| store_unavailable(&e))?.is_some() {
-                    holders.push(tenant);
-                }
-            }
-            match holders.len() {
-                0 => Err(ApiError::not_found(format!("no refund {refund_id}"))),
-                1 => Ok(holders.remove(0)),
-                _ => Err(ApiError::invalid("tenant_id", "this refund id exists under several tenants; give tenant_id")),
-            }
-        }
+    }
+    match holders.len() {
+        0 => Err(ApiError::not_found(format!("no refund {refund_id}"))),
+        1 => Ok(holders.remove(0)),
+        _ => Err(ApiError::invalid("tenant_id", "this refund id exists under several tenants; give tenant_id")),
     }
 }
 

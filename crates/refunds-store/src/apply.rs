@@ -14,7 +14,7 @@ use crate::audit::{Outcome, StoredSource, decode_entry, encode_entry};
 use crate::batch::{Batch, BatchSummary, Checkpoint, ItemKind, SourcePos};
 use crate::keys::{self, CountDim, Index, TenantNo};
 use crate::read::{dead_letter_document, stat_names};
-use crate::{FILE_KIND, Store, StoreError, TOPIC_KIND, row, tables, tenant_name};
+use crate::{FILE_KIND, Store, StoreError, TENANT_KIND, TOPIC_KIND, row, tables};
 
 pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(tables::NAMES)?;
@@ -36,14 +36,26 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
 }
 
 /// Names interned inside a transaction, published to the cache after commit.
-struct Interner<'a, 't> {
+struct Interner<'a, 't, 'b> {
     known: &'a HashMap<String, u32>,
     fresh: HashMap<String, u32>,
+    /// (kind, name) of this batch already looked up: spares building the
+    /// `kind:name` key for every event.
+    in_batch: HashMap<(&'static str, &'b str), u32>,
     names: Table<'t, &'static str, u32>,
     by_number: Table<'t, u32, &'static str>,
 }
 
-impl Interner<'_, '_> {
+impl<'b> Interner<'_, '_, 'b> {
+    fn intern_in_batch(&mut self, kind: &'static str, name: &'b str) -> Result<u32, StoreError> {
+        if let Some(&n) = self.in_batch.get(&(kind, name)) {
+            return Ok(n);
+        }
+        let n = self.intern(format!("{kind}{name}"))?;
+        self.in_batch.insert((kind, name), n);
+        Ok(n)
+    }
+
     fn intern(&mut self, name: String) -> Result<u32, StoreError> {
         if let Some(&n) = self.known.get(&name).or_else(|| self.fresh.get(&name)) {
             return Ok(n);
@@ -78,6 +90,7 @@ impl Store {
             let mut interner = Interner {
                 known: &known.by_name,
                 fresh: HashMap::new(),
+                in_batch: HashMap::new(),
                 names: txn.open_table(tables::NAMES)?,
                 by_number: txn.open_table(tables::NAMES_BY_NUMBER)?,
             };
@@ -122,13 +135,13 @@ impl Store {
                     }
                     ItemKind::Valid(event) => event,
                 };
-                let tenant = TenantNo(interner.intern(tenant_name(&event.tenant_id))?);
+                let tenant = TenantNo(interner.intern_in_batch(TENANT_KIND, &event.tenant_id)?);
                 let source = match &item.source {
                     SourcePos::File { path, line } => {
-                        StoredSource::File { name: interner.intern(format!("{FILE_KIND}{path}"))?, line: *line }
+                        StoredSource::File { name: interner.intern_in_batch(FILE_KIND, path)?, line: *line }
                     }
                     SourcePos::Kafka { topic, partition, offset } => StoredSource::Kafka {
-                        name: interner.intern(format!("{TOPIC_KIND}{topic}"))?,
+                        name: interner.intern_in_batch(TOPIC_KIND, topic)?,
                         partition: *partition,
                         offset: *offset,
                     },

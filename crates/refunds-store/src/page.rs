@@ -66,10 +66,7 @@ struct Candidate {
 /// Returns up to `take` matching refunds in the walk's order.
 pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<RefundState>, StoreError> {
     let filter = &request.filter.deduplicated();
-    if filter.amount_min.zip(filter.amount_max).is_some_and(|(min, max)| min > max)
-        || filter.created_min.zip(filter.created_max).is_some_and(|(min, max)| min > max)
-        || request.take == 0
-    {
+    if !filter.can_match() || request.take == 0 {
         return Ok(Vec::new());
     }
     let counts = txn.open_table(tables::COUNTS)?;

@@ -54,6 +54,13 @@ impl Filter {
                 }))
     }
 
+    /// False when a range is inverted (`amount_min > amount_max`, or the
+    /// created bounds), which the contract answers with an empty list.
+    pub fn can_match(&self) -> bool {
+        self.amount_min.zip(self.amount_max).is_none_or(|(min, max)| min <= max)
+            && self.created_min.zip(self.created_max).is_none_or(|(min, max)| min <= max)
+    }
+
     /// The same filter with each list's repeated values removed.
     pub fn deduplicated(&self) -> Filter {
         fn unique<T: Ord + Clone>(values: &[T]) -> Vec<T> {
@@ -189,9 +196,7 @@ impl Store {
 pub fn count_in(txn: &ReadTransaction, tenants: &[TenantNo], filter: &Filter) -> Result<u64, StoreError> {
     // A value listed twice must not be counted twice.
     let filter = &filter.deduplicated();
-    if filter.amount_min.zip(filter.amount_max).is_some_and(|(min, max)| min > max)
-        || filter.created_min.zip(filter.created_max).is_some_and(|(min, max)| min > max)
-    {
+    if !filter.can_match() {
         return Ok(0);
     }
     let counts = txn.open_table(tables::COUNTS)?;
@@ -257,27 +262,14 @@ fn count_amount_range(
     tenant: TenantNo,
     filter: &Filter,
 ) -> Result<u64, StoreError> {
-    let (min, max) = (filter.amount_min.unwrap_or(0), filter.amount_max.unwrap_or(u64::MAX));
-    let tenant_prefix = tenant.prefix();
-    let last = filter.created_max.map_or(u32::MAX, keys::window_of);
-    let mut window = filter.created_min.map_or(0, keys::window_of);
+    let (min, max) = (keys::amount_value(filter.amount_min.unwrap_or(0)), filter.amount_max.unwrap_or(u64::MAX));
     let mut n = 0;
-    while window <= last {
-        let start = keys::windowed_prefix(tenant, window, &keys::amount_value(min));
-        let mut entries = table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))?.peekable();
-        let Some(first) = entries.peek() else { break };
-        let first = first.as_ref().map_err(|e| StoreError::Corrupt(e.to_string()))?.0.value().to_vec();
-        if !first.starts_with(&tenant_prefix) {
-            break;
-        }
-        let found = u32::from_be_bytes(first[4..8].try_into().map_err(|_| StoreError::Corrupt("index key".into()))?);
-        if found != window {
-            window = found;
-            continue;
-        }
-        for entry in entries {
+    for_each_window(table, tenant, filter.created_min, filter.created_max, &min, |window| {
+        let start = keys::windowed_prefix(tenant, window, &min);
+        for entry in table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
             let (key, _) = entry?;
             let key = key.value();
+            // `tenant | window` is the first 8 bytes; the amount the next 8.
             if key.get(..8) != Some(&start[..8]) {
                 break;
             }
@@ -291,9 +283,8 @@ fn count_amount_range(
                 n += 1;
             }
         }
-        let Some(next) = window.checked_add(1) else { break };
-        window = next;
-    }
+        Ok(())
+    })?;
     Ok(n)
 }
 
@@ -312,14 +303,28 @@ pub(crate) fn for_each_with_value(
         let prefix = keys::index_prefix(tenant, value);
         return scan_prefix(table, &prefix, created_min, created_max, &mut f);
     }
-    // Skip scan over the windows that exist: one seek finds the next window
-    // holding any key of this tenant, a second reads the value within it.
+    for_each_window(table, tenant, created_min, created_max, value, |window| {
+        scan_prefix(table, &keys::windowed_prefix(tenant, window, value), created_min, created_max, &mut f)
+    })
+}
+
+/// Calls `f(window)` for each created window of `tenant`, within the created
+/// bounds, that holds a key at or after `tenant | window | seek`: a skip scan,
+/// one seek per window that exists, however many windows lie between.
+fn for_each_window(
+    table: &ReadOnlyTable<&'static [u8], ()>,
+    tenant: TenantNo,
+    created_min: Option<Timestamp>,
+    created_max: Option<Timestamp>,
+    seek: &[u8],
+    mut f: impl FnMut(u32) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let tenant_prefix = tenant.prefix();
     let last = created_max.map_or(u32::MAX, keys::window_of);
     let mut window = created_min.map_or(0, keys::window_of);
     while window <= last {
-        let prefix = keys::windowed_prefix(tenant, window, value);
-        let mut range = table.range::<&[u8]>((Bound::Included(prefix.as_slice()), Bound::Unbounded))?;
+        let start = keys::windowed_prefix(tenant, window, seek);
+        let mut range = table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))?;
         let Some(entry) = range.next() else { break };
         let (key, _) = entry?;
         let key = key.value();
@@ -329,12 +334,11 @@ pub(crate) fn for_each_with_value(
         let found: [u8; 4] = key[4..8].try_into().map_err(|_| StoreError::Corrupt("index key".into()))?;
         let found = u32::from_be_bytes(found);
         if found != window {
+            // No key of this window lies at or after `seek`: go to the next one that has keys.
             window = found;
             continue;
         }
-        if key.starts_with(&prefix) {
-            scan_prefix(table, &prefix, created_min, created_max, &mut f)?;
-        }
+        f(window)?;
         let Some(next) = window.checked_add(1) else { break };
         window = next;
     }
