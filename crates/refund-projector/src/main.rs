@@ -1,7 +1,11 @@
 //! `refund-projector`: the command line. Each subcommand builds typed params
 //! for the library crates and reports errors once, here.
 
+mod config;
+mod demo;
 mod generate;
+mod service;
+mod telemetry;
 
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
@@ -10,33 +14,139 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use refunds_ingest::file_source::{Input, ReplayParams, ReplayProgress, replay};
+use refunds_ingest::kafka_source::KafkaParams;
 use refunds_store::{Store, StoreParams};
+use telemetry::LogFormat;
 
 /// Projects refund lifecycle events into a redb store and serves list queries.
 ///
 /// Every flag can also be set through an environment variable
-/// `REFUND_PROJECTOR_<FLAG>` (for example `REFUND_PROJECTOR_DB`).
+/// `REFUND_PROJECTOR_<FLAG>` (for example `REFUND_PROJECTOR_DB`) or in a TOML
+/// `--config` file (`db = "refunds.redb"`, librdkafka settings in a `[kafka]`
+/// table); a flag beats the environment, which beats the file.
 #[derive(Debug, Parser)]
 #[command(name = "refund-projector", version, about, long_about)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "REFUND_PROJECTOR_LOG_FORMAT")]
     log_format: LogFormat,
+    /// TOML file of settings: flag names as keys, `[kafka]` for librdkafka.
+    #[arg(long, global = true, env = "REFUND_PROJECTOR_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+/// What `run` and `demo` share: the API's credentials.
+#[derive(Debug, clap::Args)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "REFUND_PROJECTOR_BROKERS")]
+    brokers: String,
+    /// Topic of refund events.
+    #[arg(long, default_value = "refund-events", env = "REFUND_PROJECTOR_TOPIC")]
+    topic: String,
+    /// Consumer group. Instances with different groups each build the whole
+    /// projection; instances sharing one split the partitions (each store
+    /// then holds only its partitions' refunds).
+    #[arg(long, default_value = "refund-projector", env = "REFUND_PROJECTOR_GROUP_ID")]
+    group_id: String,
+    /// Dead-letter topic [default: <topic>.dlq].
+    #[arg(long, env = "REFUND_PROJECTOR_DLQ_TOPIC")]
+    dlq_topic: Option<String>,
+    /// A librdkafka setting for the consumer and the dead-letter producer
+    /// (SASL, TLS, ...), as key=value; repeatable.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    kafka_options: Vec<(String, String)>,
+    /// Most events per write transaction.
+    #[arg(long, default_value_t = 20_000, env = "REFUND_PROJECTOR_BATCH_EVENTS")]
+    batch_events: usize,
+    /// A batch is committed at most this many milliseconds after its first message.
+    #[arg(long, default_value_t = 100, env = "REFUND_PROJECTOR_BATCH_WAIT_MS")]
+    batch_wait_ms: u64,
+    /// Milliseconds between durable (fsynced) commits. Kafka offsets and dead
+    /// letters leave the process only after a durable commit.
+    #[arg(long, default_value_t = 1_000, env = "REFUND_PROJECTOR_DURABLE_EVERY_MS")]
+    durable_every_ms: u64,
+    /// `/readyz` is 503 while the total lag is above this many events.
+    #[arg(long, default_value_t = 1_000, env = "REFUND_PROJECTOR_READY_MAX_LAG")]
+    ready_max_lag: i64,
+}
+
+impl KafkaArgs {
+    fn params(&self) -> KafkaParams {
+        let mut params = KafkaParams::new(&self.brokers, &self.topic, &self.group_id);
+        if let Some(dlq) = &self.dlq_topic {
+            params.dlq_topic = dlq.clone();
+        }
+        params.options = self.kafka_options.clone();
+        params.batch_events = self.batch_events.max(1);
+        params.batch_wait = Duration::from_millis(self.batch_wait_ms);
+        params.durable_every = Duration::from_millis(self.durable_every_ms);
+        params
+    }
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole system in one process with nothing installed: an in-process
+    /// Kafka cluster, a producer of realistic events, the consumer, the store
+    /// and the API. Prints the address, a demo key and ready curl lines.
+    Demo {
+        /// The store file [default: a temporary directory, removed at exit].
+        #[arg(long, env = "REFUND_PROJECTOR_DB")]
+        db: Option<PathBuf>,
+        /// Address to listen on; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "REFUND_PROJECTOR_LISTEN")]
+        listen: String,
+        /// Events per second the demo producer writes.
+        #[arg(long, default_value_t = 500, env = "REFUND_PROJECTOR_RATE")]
+        rate: u32,
+        /// Refunds the producer generates before it stops (about three events each).
+        #[arg(long, default_value_t = 1_000_000, env = "REFUND_PROJECTOR_REFUNDS")]
+        refunds: u64,
+        /// Seed of the generated events.
+        #[arg(long, default_value_t = 1, env = "REFUND_PROJECTOR_SEED")]
+        seed: u64,
+        /// Partitions of the demo topic.
+        #[arg(long, default_value_t = 3, env = "REFUND_PROJECTOR_PARTITIONS")]
+        partitions: i32,
+        /// Secret that HS256 JWTs are signed with; without it JWTs are refused.
+        #[arg(long, env = "REFUND_PROJECTOR_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
+    },
+    /// Consume a Kafka topic into the store and serve the API.
+    ///
+    /// Each event takes effect exactly once: a batch and the next offset of
+    /// every partition in it commit in one store transaction, and partitions
+    /// resume from the store's offsets. SIGTERM or Ctrl-C finish the batch,
+    /// make it durable, leave the group and exit.
+    Run {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// The store file (created if missing).
+        #[arg(long, env = "REFUND_PROJECTOR_DB")]
+        db: PathBuf,
+        /// Address to listen on; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "REFUND_PROJECTOR_LISTEN")]
+        listen: String,
+        /// TOML file of API keys (`[[keys]]` with id, secret_sha256 or secret, tenant, scopes).
+        #[arg(long, env = "REFUND_PROJECTOR_API_KEYS")]
+        api_keys: PathBuf,
+        /// Secret that HS256 JWTs are signed with; without it JWTs are refused.
+        #[arg(long, env = "REFUND_PROJECTOR_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
+    },
     /// Apply an NDJSON event file (or `-` for stdin) to the store.
     ///
     /// Invalid lines go to the dead-letter file. Re-running the same input
@@ -109,8 +219,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let args = match config::args_with_config(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
+    telemetry::init_tracing(cli.log_format);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -120,18 +237,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Demo { db, listen, rate, refunds, seed, partitions, jwt_secret } => {
+            demo::run_demo(demo::DemoParams { db, listen, rate, refunds, seed, partitions, jwt_secret })
+        }
+        Command::Run { kafka, db, listen, api_keys, jwt_secret } => {
+            let auth = refunds_api::Auth::load(&api_keys, jwt_secret.as_deref())?;
+            let params = kafka.params();
+            params.check_options()?;
+            let service = service::ServiceParams {
+                db: &db,
+                listen: &listen,
+                auth,
+                kafka: params,
+                ready_max_lag: kafka.ready_max_lag,
+            };
+            service::run_service(service, |_| {})
+        }
         Command::Replay { input, db, dlq, batch_events, durable_every_ms } => {
             let mut params = ReplayParams::new(Input::from_arg(&input));
             params.dlq = dlq;
@@ -167,11 +290,8 @@ fn run_serve(db: &Path, listen: &str, api_keys: &Path, jwt_secret: Option<&str>)
     let auth = refunds_api::Auth::load(api_keys, jwt_secret)?;
     anyhow::ensure!(db.exists(), "the store {} does not exist; create it with replay or run", db.display());
     let store = open_store(db)?;
-    let state = refunds_api::AppState {
-        store: std::sync::Arc::new(store),
-        auth: std::sync::Arc::new(auth),
-        db_path: std::sync::Arc::from(db),
-    };
+    let mut state = refunds_api::AppState::new(std::sync::Arc::new(store), std::sync::Arc::new(auth), db);
+    state.metrics = telemetry::metrics_renderer();
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     runtime.block_on(async move {
         let listener =
@@ -187,7 +307,7 @@ fn run_serve(db: &Path, listen: &str, api_keys: &Path, jwt_secret: Option<&str>)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -209,7 +329,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-fn open_store(db: &Path) -> anyhow::Result<Store> {
+pub(crate) fn open_store(db: &Path) -> anyhow::Result<Store> {
     Store::open(db, &StoreParams::default()).with_context(|| format!("failed to open the store {}", db.display()))
 }
 

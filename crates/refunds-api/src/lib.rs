@@ -27,4 +27,37 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// The store file, for `store_bytes`.
     pub db_path: Arc<std::path::Path>,
+    /// The consumer feeding the store, when there is one (`run`, `demo`):
+    /// readiness, per-partition figures and freshness come from it.
+    pub ingest: Option<Arc<dyn IngestProbe>>,
+    /// Renders `/metrics`; without it `/metrics` is an empty exposition.
+    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+impl AppState {
+    /// The API over a store with no consumer (`serve`).
+    pub fn new(store: Arc<Store>, auth: Arc<Auth>, db_path: &std::path::Path) -> AppState {
+        AppState { store, auth, db_path: Arc::from(db_path), ingest: None, metrics: None }
+    }
+}
+
+/// One partition's progress, as `/v1/status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset to apply: every message below it is in the store.
+    pub applied_offset: i64,
+    pub high_watermark: Option<i64>,
+    pub lag: Option<i64>,
+}
+
+/// What the API asks of the consumer feeding the store.
+pub trait IngestProbe: Send + Sync {
+    /// The partitions assigned to this instance.
+    fn partitions(&self) -> Vec<PartitionLag>;
+    /// Why the instance is not ready to serve, or `None` when it is.
+    fn not_ready_reason(&self) -> Option<String>;
+    /// Total lag in events over the assigned partitions, when known.
+    fn total_lag(&self) -> Option<i64>;
 }

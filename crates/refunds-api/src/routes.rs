@@ -24,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/refunds/{id}/events", get(get_refund_events))
         .route("/v1/status", get(status))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .with_state(state)
@@ -45,9 +46,37 @@ async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
-/// `serve` opens the store before it listens, so it is ready once it answers.
-async fn readyz() -> Response {
-    axum::Json(json!({"status": "ready"})).into_response()
+/// `serve` opens the store before it listens, so it is ready once it
+/// answers; with a consumer, once partitions are assigned and the lag is
+/// under the configured bound.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let reason = state.ingest.as_ref().and_then(|ingest| ingest.not_ready_reason());
+    match reason {
+        None => axum::Json(json!({"status": "ready"})).into_response(),
+        Some(reason) => ApiError::Unavailable { message: reason }.into_response(),
+    }
+}
+
+/// Prometheus text exposition.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.as_ref().map(|render| render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+/// Freshness of what a list shows: the arrival time of the newest applied
+/// event, and (with a consumer) the events not yet applied.
+fn freshness_headers(state: &AppState, last_applied_at: Option<refunds_domain::Timestamp>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    if let Some(at) = last_applied_at {
+        if let Ok(value) = header::HeaderValue::from_str(&at.to_string()) {
+            headers.insert("x-last-applied-at", value);
+        }
+    }
+    if let Some(lag) = state.ingest.as_ref().and_then(|ingest| ingest.total_lag()) {
+        headers.insert("x-consumer-lag", header::HeaderValue::from(lag));
+    }
+    headers
 }
 
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
@@ -106,12 +135,13 @@ async fn list_refunds(
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers)?;
     let params = Params::parse(query.as_deref(), crate::list::KNOWN)?;
-    let body = read(&state, move |store| {
+    let (body, last_applied_at) = read(&state, move |store| {
         let request = crate::list::parse(store, &caller, &params, params.pairs())?;
-        crate::list::execute(store, &request)
+        let body = crate::list::execute(store, &request)?;
+        Ok((body, store.last_applied_at()))
     })
     .await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok((freshness_headers(&state, last_applied_at), body).into_response())
 }
 
 /// What both single-refund routes start with: the caller, the parameters
@@ -184,6 +214,22 @@ async fn status(
     Params::parse(query.as_deref(), &[])?;
     let path = state.db_path.clone();
     let stats = read(&state, |store| store.stats().map_err(|e| store_unavailable(&e))).await?;
+    let partitions: Vec<Value> = state
+        .ingest
+        .as_ref()
+        .map(|ingest| ingest.partitions())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            json!({
+                "topic": p.topic,
+                "partition": p.partition,
+                "applied_offset": p.applied_offset,
+                "high_watermark": p.high_watermark,
+                "lag": p.lag,
+            })
+        })
+        .collect();
     Ok((
         StatusCode::OK,
         axum::Json(json!({
@@ -195,7 +241,7 @@ async fn status(
             "refunds": stats.refunds,
             "last_applied_at": stats.last_applied_at.map(|t| t.to_string()),
             "store_bytes": Store::file_bytes(&path),
-            "partitions": [],
+            "partitions": partitions,
         })),
     )
         .into_response())

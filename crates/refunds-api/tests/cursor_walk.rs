@@ -31,7 +31,13 @@ fn queued(tenant: &str, id: &str, second: i64) -> Item {
     })
     .to_string();
     let kind = ItemKind::Valid(Box::new(validate(raw.as_bytes()).unwrap()));
-    Item { source: SourcePos::File { path: Arc::from("test"), line: 1 }, received_at: at, raw: raw.into_bytes(), kind }
+    Item {
+        source: SourcePos::File { path: Arc::from("test"), line: 1 },
+        received_at: at,
+        raw: raw.into_bytes(),
+        key: None,
+        kind,
+    }
 }
 
 async fn get(app: &axum::Router, uri: &str) -> Value {
@@ -50,11 +56,11 @@ async fn a_cursor_walk_sees_every_unchanged_refund_once_while_refunds_are_insert
     let original: Vec<Item> =
         (0..60).map(|i| queued(if i % 3 == 0 { "org_b" } else { "org_a" }, &format!("ref_{i:03}"), i / 4)).collect();
     store.apply_batch(&Batch { items: original, checkpoints: vec![] }, Durability::None).unwrap();
-    let state = AppState {
-        store: store.clone(),
-        auth: Arc::new(Auth::from_toml(KEYS, None).unwrap()),
-        db_path: Arc::from(dir.path().join("store.redb").as_path()),
-    };
+    let state = AppState::new(
+        store.clone(),
+        Arc::new(Auth::from_toml(KEYS, None).unwrap()),
+        dir.path().join("store.redb").as_path(),
+    );
     let app = router(state);
 
     for ordering in ["-created", "created"] {

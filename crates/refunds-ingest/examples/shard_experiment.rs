@@ -37,7 +37,13 @@ fn main() {
                 ItemKind::Invalid(_) => 0,
             };
             let source = SourcePos::File { path: path.clone(), line: i as u64 + 1 };
-            parts[shard].push(Item { source, received_at: Timestamp::from_millis(0).unwrap(), raw: line, kind });
+            parts[shard].push(Item {
+                source,
+                received_at: Timestamp::from_millis(0).unwrap(),
+                raw: line,
+                key: None,
+                kind,
+            });
             n += 1;
             if n == 20_000 {
                 tx.send(std::mem::replace(&mut parts, (0..shards).map(|_| Vec::new()).collect())).unwrap();

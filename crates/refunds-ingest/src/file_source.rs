@@ -22,11 +22,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use refunds_domain::{Timestamp, validate};
+use refunds_domain::validate;
 use refunds_store::{Batch, BatchSummary, CheckpointDelta, Durability, Item, ItemKind, SourcePos, Store, StoreError};
 use xxhash_rust::xxh3::Xxh3;
+
+use crate::now;
 
 /// Where `replay` reads from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,6 +329,7 @@ fn read_lines(
                 source: SourcePos::File { path: params.path.clone(), line: position.lines },
                 received_at,
                 raw: text.to_vec(),
+                key: None,
                 kind,
             });
         }
@@ -347,12 +350,6 @@ fn read_lines(
             return Ok(());
         }
     }
-}
-
-fn now() -> Timestamp {
-    let ms =
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Timestamp::from_millis(ms).unwrap_or(Timestamp::MIN)
 }
 
 /// The `--dlq` NDJSON file: `{"reason", "message", "line", "raw"}` per line.

@@ -86,6 +86,7 @@ impl Store {
         txn.set_durability(durability)?;
         let mut summary = BatchSummary::default();
         let fresh_names;
+        let mut newest_applied = None;
         {
             let mut interner = Interner {
                 known: &known.by_name,
@@ -126,7 +127,7 @@ impl Store {
             for item in &batch.items {
                 let event = match &item.kind {
                     ItemKind::Invalid(invalid) => {
-                        let doc = dead_letter_document(invalid, &item.source, item.received_at, &item.raw);
+                        let doc = dead_letter_document(invalid, item);
                         dead_letters.insert(next_dead_letter, doc.as_slice())?;
                         pending.insert(next_dead_letter, ())?;
                         next_dead_letter += 1;
@@ -301,6 +302,7 @@ impl Store {
             }
             if let Some(at) = last_applied_at {
                 stats.insert(stat_names::LAST_APPLIED_AT, at.millis() as u64)?;
+                newest_applied = Some(at);
             }
 
             for delta in &batch.checkpoints {
@@ -311,6 +313,9 @@ impl Store {
         }
         drop(known);
         txn.commit()?;
+        if let Some(at) = newest_applied {
+            self.last_applied_ms.fetch_max(at.millis(), std::sync::atomic::Ordering::Relaxed);
+        }
         if !fresh_names.is_empty() {
             let mut names = self.names.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             for (name, number) in fresh_names {

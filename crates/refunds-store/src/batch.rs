@@ -26,6 +26,9 @@ pub struct Item {
     pub received_at: Timestamp,
     /// The message as received.
     pub raw: Vec<u8>,
+    /// The message key, for sources that have one (Kafka); a dead letter
+    /// keeps it so that it can be produced with the same key.
+    pub key: Option<Vec<u8>>,
     pub kind: ItemKind,
 }
 

@@ -123,6 +123,9 @@ pub struct Store {
     /// Key of the HMAC that makes list cursors tamper-evident; generated once
     /// per store and kept in it, so cursors survive restarts.
     cursor_key: [u8; 32],
+    /// Arrival time (ms) of the newest applied event, `i64::MIN` for none:
+    /// the freshness every list response reports, without a table read.
+    last_applied_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Store {
@@ -182,7 +185,26 @@ impl Store {
             <[u8; 32]>::try_from(bytes.as_slice())
                 .map_err(|_| OpenError::Storage(redb::Error::Corrupted("cursor key".to_owned())))?
         };
-        Ok(Store { db, names: RwLock::new(Names { by_name: names, by_number: names_by_number }), cursor_key })
+        let store = Store {
+            db,
+            names: RwLock::new(Names { by_name: names, by_number: names_by_number }),
+            cursor_key,
+            last_applied_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+        };
+        if let Some(at) =
+            store.stats().map_err(|e| OpenError::Storage(redb::Error::Corrupted(e.to_string())))?.last_applied_at
+        {
+            store.last_applied_ms.store(at.millis(), std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(store)
+    }
+
+    /// Arrival time of the newest applied event, as of the last commit.
+    pub fn last_applied_at(&self) -> Option<refunds_domain::Timestamp> {
+        match self.last_applied_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            i64::MIN => None,
+            ms => refunds_domain::Timestamp::from_millis(ms),
+        }
     }
 
     pub fn cursor_key(&self) -> &[u8; 32] {

@@ -9,7 +9,7 @@ use refunds_domain::{InvalidEvent, RefundState, Timestamp, render_refund};
 use serde_json::json;
 
 use crate::audit::{AuditEntry, StoredSource, decode_entry};
-use crate::batch::{Checkpoint, SourcePos};
+use crate::batch::{Checkpoint, Item, SourcePos};
 use crate::keys::{self, TenantNo};
 use crate::{Store, StoreError, row, tables};
 
@@ -43,19 +43,17 @@ pub struct DeadLetter {
     pub document: serde_json::Value,
 }
 
-pub(crate) fn dead_letter_document(
-    invalid: &InvalidEvent,
-    source: &SourcePos,
-    received_at: Timestamp,
-    raw: &[u8],
-) -> Vec<u8> {
-    let doc = json!({
+pub(crate) fn dead_letter_document(invalid: &InvalidEvent, item: &Item) -> Vec<u8> {
+    let mut doc = json!({
         "reason": invalid.reason.as_str(),
         "message": invalid.message,
-        "raw": String::from_utf8_lossy(raw),
-        "source": source_json(source),
-        "received_at": received_at.to_string(),
+        "raw": String::from_utf8_lossy(&item.raw),
+        "source": source_json(&item.source),
+        "received_at": item.received_at.to_string(),
     });
+    if let Some(key) = &item.key {
+        doc["key"] = json!(String::from_utf8_lossy(key));
+    }
     serde_json::to_vec(&doc).expect("a JSON value always serializes")
 }
 
@@ -195,6 +193,31 @@ impl Store {
             return Ok(None);
         };
         Checkpoint::decode(value.value()).map(Some).ok_or_else(|| corrupt(format!("checkpoint of {source}")))
+    }
+
+    /// Every checkpoint whose source name starts with `prefix`, by name.
+    pub fn checkpoints_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Checkpoint)>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(tables::CHECKPOINTS)?;
+        let mut out = Vec::new();
+        for row in table.range(prefix..)? {
+            let (name, value) = row?;
+            let name = name.value();
+            if !name.starts_with(prefix) {
+                break;
+            }
+            let checkpoint =
+                Checkpoint::decode(value.value()).ok_or_else(|| corrupt(format!("checkpoint of {name}")))?;
+            out.push((name.to_owned(), checkpoint));
+        }
+        Ok(out)
+    }
+
+    /// The sequence of the newest dead letter recorded (0 when none).
+    pub fn last_dead_letter_sequence(&self) -> Result<u64, StoreError> {
+        let txn = self.read()?;
+        let letters = txn.open_table(tables::DEAD_LETTERS)?;
+        Ok(letters.last()?.map_or(0, |(k, _)| k.value()))
     }
 
     /// Dead letters still in the outbox, oldest first.

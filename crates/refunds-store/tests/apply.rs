@@ -38,6 +38,7 @@ fn item(line: u64, raw: &str) -> Item {
         source: SourcePos::File { path: Arc::from("events.ndjson"), line },
         received_at: Timestamp::from_millis(1_000).unwrap(),
         raw: raw.as_bytes().to_vec(),
+        key: None,
         kind,
     }
 }

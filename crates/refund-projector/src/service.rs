@@ -1,0 +1,132 @@
+//! `run` (and the consuming half of `demo`): the Kafka consumer and the API
+//! in one process, over one store, stopped together by SIGTERM or Ctrl-C.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use refunds_api::{AppState, Auth, IngestProbe, PartitionLag};
+use refunds_ingest::kafka_source::{IngestStatus, KafkaParams, Shutdown, consume};
+
+/// The consumer's status, as the API asks for it.
+struct Probe {
+    status: Arc<IngestStatus>,
+    ready_max_lag: i64,
+}
+
+impl IngestProbe for Probe {
+    fn partitions(&self) -> Vec<PartitionLag> {
+        self.status
+            .partitions()
+            .into_iter()
+            .map(|p| PartitionLag {
+                topic: p.topic,
+                partition: p.partition,
+                applied_offset: p.applied_offset,
+                high_watermark: p.high_watermark,
+                lag: p.lag,
+            })
+            .collect()
+    }
+
+    fn not_ready_reason(&self) -> Option<String> {
+        self.status.not_ready_reason(self.ready_max_lag)
+    }
+
+    fn total_lag(&self) -> Option<i64> {
+        self.status.total_lag()
+    }
+}
+
+pub struct ServiceParams<'a> {
+    pub db: &'a Path,
+    pub listen: &'a str,
+    pub auth: Auth,
+    pub kafka: KafkaParams,
+    pub ready_max_lag: i64,
+}
+
+/// What a caller of [`run_service`] may do once the API listens (the demo
+/// prints its banner and starts its producer there).
+pub struct Started<'a> {
+    pub address: std::net::SocketAddr,
+    pub status: &'a Arc<IngestStatus>,
+    pub shutdown: &'a Shutdown,
+}
+
+/// Consumes and serves until SIGTERM or Ctrl-C, then stops the consumer
+/// (finishing or abandoning its batch atomically, making the last commit
+/// durable, leaving the group) and the server.
+pub fn run_service(params: ServiceParams<'_>, on_started: impl FnOnce(Started<'_>)) -> anyhow::Result<()> {
+    let store = Arc::new(crate::open_store(params.db)?);
+    let status = Arc::new(IngestStatus::new(&params.kafka.topic));
+    let shutdown = Shutdown::new();
+    let mut state = AppState::new(store.clone(), Arc::new(params.auth), params.db);
+    state.ingest = Some(Arc::new(Probe { status: status.clone(), ready_max_lag: params.ready_max_lag }));
+    state.metrics = crate::telemetry::metrics_renderer();
+
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(params.listen))
+        .with_context(|| format!("failed to listen on {}", params.listen))?;
+    let address = listener.local_addr().context("failed to read the listening address")?;
+
+    let consumer = {
+        let store = store.clone();
+        let status = status.clone();
+        let shutdown = shutdown.clone();
+        let kafka = params.kafka.clone();
+        thread::Builder::new()
+            .name("kafka-poll".to_owned())
+            .spawn(move || {
+                let result = consume(store, &kafka, status, shutdown.clone());
+                // However it ends, the server goes with it.
+                shutdown.trigger();
+                result
+            })
+            .context("failed to start the consumer")?
+    };
+
+    eprintln!("listening on http://{address}");
+    tracing::info!(%address, topic = %params.kafka.topic, group = %params.kafka.group_id, "consuming and serving");
+    on_started(Started { address, status: &status, shutdown: &shutdown });
+
+    let server_shutdown = shutdown.clone();
+    let served = runtime.block_on(async move {
+        axum::serve(listener, refunds_api::router(state))
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    () = crate::shutdown_signal() => {}
+                    () = wait_for(server_shutdown.clone()) => {}
+                }
+                server_shutdown.trigger();
+            })
+            .await
+    });
+    shutdown.trigger();
+    let stopping = Instant::now();
+    let report = consumer.join().map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let report = report.context("the consumer failed")?;
+    tracing::info!(
+        applied = report.applied,
+        duplicate = report.duplicate,
+        invalid = report.invalid,
+        skipped = report.skipped,
+        dead_letters_sent = report.dead_letters_sent,
+        stop_ms = stopping.elapsed().as_millis() as u64,
+        "stopped"
+    );
+    served.context("the server failed")?;
+    Ok(())
+}
+
+/// Resolves once `shutdown` is triggered from elsewhere (the consumer
+/// failing to start, say).
+async fn wait_for(shutdown: Shutdown) {
+    while !shutdown.is_triggered() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,947 @@
+//! Consuming a Kafka topic into the store, with an exactly-once effect.
+//!
+//! Three threads:
+//!
+//! - the **poll thread** owns the consumer group membership: it polls
+//!   messages, validates them (off the writer's thread) and cuts batches by
+//!   size and deadline;
+//! - the **writer thread** applies each batch in ONE write transaction that
+//!   also records, per partition, the next offset to consume
+//!   (`kafka:<topic>:<partition>` checkpoints). Commits are atomic; one per
+//!   `durable_every` (and the last) is durable. After a durable commit it
+//!   commits the same offsets to Kafka (only so that lag tools see progress)
+//!   and tells the dead-letter thread how far the outbox is durable;
+//! - the **dead-letter thread** produces the outbox's dead letters to
+//!   `<topic>.dlq` and marks them sent once the broker acknowledges them.
+//!
+//! The store, not Kafka, holds the truth about positions: on assignment every
+//! partition is positioned at the store's checkpoint (or the beginning of the
+//! partition when the store has none), and the writer drops any message below
+//! the checkpoint it holds, so redeliveries, rebalances and crashes (which roll
+//! the store back to its last durable commit together with its offsets) never
+//! apply an event twice or skip one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use refunds_domain::validate;
+use refunds_store::{Batch, CheckpointDelta, Durability, Item, ItemKind, SourcePos, Store};
+
+use crate::now;
+
+/// How to consume.
+#[derive(Debug, Clone)]
+pub struct KafkaParams {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    pub topic: String,
+    pub group_id: String,
+    /// Where dead letters are produced (`<topic>.dlq` by default).
+    pub dlq_topic: String,
+    /// Most events per write transaction.
+    pub batch_events: usize,
+    /// A batch is cut at most this long after its first message.
+    pub batch_wait: Duration,
+    /// How often a commit is made durable.
+    pub durable_every: Duration,
+    /// Extra librdkafka settings for the consumer and the producer (SASL,
+    /// TLS, timeouts, ...). They override the defaults set here, except the
+    /// ones the guarantee rests on (`enable.auto.commit`,
+    /// `enable.auto.offset.store`), which are refused.
+    pub options: Vec<(String, String)>,
+}
+
+impl KafkaParams {
+    pub fn new(brokers: &str, topic: &str, group_id: &str) -> KafkaParams {
+        KafkaParams {
+            brokers: brokers.to_owned(),
+            topic: topic.to_owned(),
+            group_id: group_id.to_owned(),
+            dlq_topic: format!("{topic}.dlq"),
+            batch_events: 20_000,
+            batch_wait: Duration::from_millis(100),
+            durable_every: Duration::from_secs(1),
+            options: Vec::new(),
+        }
+    }
+
+    /// The settings the guarantee rests on cannot be overridden.
+    pub fn check_options(&self) -> Result<(), IngestError> {
+        for (key, _) in &self.options {
+            if PINNED_CONSUMER_OPTIONS.contains(&key.as_str()) {
+                return Err(IngestError::Config(format!(
+                    "kafka option {key} cannot be set: the store, not Kafka, keeps the consumer's offsets"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+const PINNED_CONSUMER_OPTIONS: &[&str] = &["enable.auto.commit", "enable.auto.offset.store", "group.id"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("invalid Kafka configuration: {0}")]
+    Config(String),
+    #[error("failed to create the Kafka client: {0}")]
+    Client(#[source] KafkaError),
+    #[error("the store failed: {0}")]
+    Store(#[from] refunds_store::StoreError),
+    #[error("failed to start a thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// The checkpoint name of one partition.
+pub fn checkpoint_name(topic: &str, partition: i32) -> String {
+    format!("kafka:{topic}:{partition}")
+}
+
+// ---------------------------------------------------------------------------
+// Status shared with the API
+
+/// Live figures of the consumer, read by `/v1/status`, `/readyz` and the
+/// list responses' freshness headers.
+#[derive(Debug, Default)]
+pub struct IngestStatus {
+    inner: Mutex<StatusInner>,
+}
+
+#[derive(Debug, Default)]
+struct StatusInner {
+    topic: String,
+    /// Partitions assigned to this instance now.
+    assigned: Vec<i32>,
+    /// Next offset to apply, per partition, as the store holds it.
+    applied: BTreeMap<i32, i64>,
+    /// Last known high watermark and low watermark, per partition.
+    high_watermarks: BTreeMap<i32, i64>,
+    low_watermarks: BTreeMap<i32, i64>,
+    /// Whether the first assignment has happened and been positioned.
+    assigned_once: bool,
+    /// Set after a failed store write, cleared by the next success.
+    store_error: Option<String>,
+}
+
+/// One partition's progress, as `/v1/status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionFigures {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset to apply (Kafka's committed-offset convention): every
+    /// message below it is in the store.
+    pub applied_offset: i64,
+    pub high_watermark: Option<i64>,
+    /// `high_watermark - max(applied_offset, low watermark)`.
+    pub lag: Option<i64>,
+}
+
+impl IngestStatus {
+    pub fn new(topic: &str) -> IngestStatus {
+        IngestStatus { inner: Mutex::new(StatusInner { topic: topic.to_owned(), ..StatusInner::default() }) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatusInner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The assigned partitions' figures, by partition.
+    pub fn partitions(&self) -> Vec<PartitionFigures> {
+        let inner = self.lock();
+        inner
+            .assigned
+            .iter()
+            .map(|&partition| {
+                let applied_offset = inner.applied.get(&partition).copied().unwrap_or(0);
+                let high_watermark = inner.high_watermarks.get(&partition).copied();
+                let low = inner.low_watermarks.get(&partition).copied().unwrap_or(0);
+                let lag = high_watermark.map(|hw| (hw - applied_offset.max(low)).max(0));
+                PartitionFigures { topic: inner.topic.clone(), partition, applied_offset, high_watermark, lag }
+            })
+            .collect()
+    }
+
+    /// Total lag over the assigned partitions; `None` until partitions are
+    /// assigned and every high watermark is known.
+    pub fn total_lag(&self) -> Option<i64> {
+        if !self.lock().assigned_once {
+            return None;
+        }
+        let partitions = self.partitions();
+        if partitions.is_empty() {
+            return None;
+        }
+        partitions.iter().map(|p| p.lag).sum()
+    }
+
+    /// Why the consumer is not ready, or `None` when it is: partitions are
+    /// assigned, the store writes, and the lag is at most `max_lag`.
+    pub fn not_ready_reason(&self, max_lag: i64) -> Option<String> {
+        if let Some(err) = &self.lock().store_error {
+            return Some(format!("the store cannot write: {err}"));
+        }
+        match self.total_lag() {
+            None => Some("waiting for partitions to be assigned and their high watermarks".to_owned()),
+            Some(lag) if lag > max_lag => Some(format!("lag {lag} is above {max_lag}")),
+            Some(_) => None,
+        }
+    }
+
+    fn set_applied(&self, offsets: &HashMap<i32, i64>) {
+        let mut inner = self.lock();
+        for (&partition, &offset) in offsets {
+            inner.applied.insert(partition, offset);
+        }
+        inner.store_error = None;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The consumer context: positions partitions at the store's checkpoints.
+
+struct ConsumeContext {
+    store: Arc<Store>,
+    topic: String,
+    status: Arc<IngestStatus>,
+}
+
+impl ClientContext for ConsumeContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let mut inner = self.status.lock();
+        for (&partition, figures) in &topic.partitions {
+            // librdkafka reports the internal "UA" partition as -1, and -1
+            // offsets for partitions it has not fetched yet.
+            if partition < 0 || figures.hi_offset < 0 {
+                continue;
+            }
+            inner.high_watermarks.insert(partition, figures.hi_offset);
+            inner.low_watermarks.insert(partition, figures.lo_offset.max(0));
+        }
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(facility = fac, "librdkafka: {log_message}")
+            }
+            L::Warning => tracing::warn!(facility = fac, "librdkafka: {log_message}"),
+            L::Notice | L::Info => tracing::info!(facility = fac, "librdkafka: {log_message}"),
+            L::Debug => tracing::debug!(facility = fac, "librdkafka: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, "kafka: {reason}");
+    }
+}
+
+impl ConsumerContext for ConsumeContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), rdkafka::consumer::RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut assigned = Vec::new();
+                for element in tpl.elements() {
+                    assigned.push((element.topic().to_owned(), element.partition()));
+                }
+                let mut applied = HashMap::new();
+                for (topic, partition) in &assigned {
+                    let offset = match self.store.checkpoint(&checkpoint_name(topic, *partition)) {
+                        Ok(Some(checkpoint)) => {
+                            let next = i64::try_from(checkpoint.position).unwrap_or(i64::MAX);
+                            applied.insert(*partition, next);
+                            Offset::Offset(next)
+                        }
+                        Ok(None) => Offset::Beginning,
+                        Err(error) => {
+                            // Without the stored position the partition could
+                            // only be read from the beginning: harmless (the
+                            // writer drops what it has), so do that.
+                            tracing::error!(%error, partition, "cannot read the stored offset; reading from the beginning");
+                            Offset::Beginning
+                        }
+                    };
+                    if let Err(error) = tpl.set_partition_offset(topic, *partition, offset) {
+                        tracing::error!(%error, partition, "cannot position the partition");
+                    }
+                }
+                let result = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                if let Err(error) = result {
+                    tracing::error!(%error, "assignment failed");
+                }
+                let partitions: Vec<i32> = assigned.iter().map(|(_, p)| *p).collect();
+                tracing::info!(?partitions, "partitions assigned; positioned at the store's offsets");
+                let mut inner = self.status.lock();
+                for (partition, offset) in applied {
+                    inner.applied.insert(partition, offset);
+                }
+                if cooperative {
+                    inner.assigned.extend(partitions);
+                } else {
+                    inner.assigned = partitions;
+                }
+                inner.assigned.sort_unstable();
+                inner.assigned.dedup();
+                inner.assigned_once = true;
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(partitions = ?revoked, "partitions revoked");
+                let result = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(error) = result {
+                    tracing::error!(%error, "unassignment failed");
+                }
+                let mut inner = self.status.lock();
+                inner.assigned.retain(|p| !revoked.contains(p));
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance failed");
+                let _ = consumer.unassign();
+                self.status.lock().assigned.clear();
+            }
+        }
+    }
+}
+
+type Consumer_ = BaseConsumer<ConsumeContext>;
+
+fn consumer_config(params: &KafkaParams) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &params.brokers)
+        .set("group.id", &params.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "1000")
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.max.messages.kbytes", "262144")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        // Messages up to the contract's 256 KiB limit and beyond (a larger
+        // one is dead-lettered as too_large, so it must still be fetched).
+        .set("fetch.message.max.bytes", "4194304")
+        .set("max.partition.fetch.bytes", "4194304");
+    for (key, value) in &params.options {
+        config.set(key, value);
+    }
+    config
+}
+
+fn producer_config(params: &KafkaParams) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &params.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .set("message.max.bytes", "8388608")
+        .set("linger.ms", "5");
+    for (key, value) in &params.options {
+        // Consumer-only settings would make the producer refuse to start.
+        if !is_consumer_only(key) {
+            config.set(key, value);
+        }
+    }
+    config
+}
+
+fn is_consumer_only(key: &str) -> bool {
+    key.starts_with("fetch.")
+        || key.starts_with("auto.")
+        || key.starts_with("session.")
+        || key.starts_with("heartbeat.")
+        || key.starts_with("group.")
+        || key.starts_with("partition.assignment")
+        || key.starts_with("max.poll")
+        || key.starts_with("queued.")
+        || key.starts_with("max.partition")
+        || key == "isolation.level"
+        || key == "enable.partition.eof"
+}
+
+// ---------------------------------------------------------------------------
+// Running
+
+/// Asks a running [`consume`] to stop: the current batch is finished (or
+/// abandoned when the store cannot write), the last commit made durable, the
+/// group left.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        Shutdown::default()
+    }
+
+    pub fn trigger(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Totals of one [`consume`] run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    pub messages: u64,
+    pub applied: u64,
+    pub duplicate: u64,
+    pub conflicting_duplicate: u64,
+    pub invalid: u64,
+    /// Messages below the store's checkpoint, dropped (redeliveries).
+    pub skipped: u64,
+    pub dead_letters_sent: u64,
+}
+
+/// Consumes until `shutdown` is triggered. Blocks the calling thread, which
+/// becomes the poll thread.
+pub fn consume(
+    store: Arc<Store>,
+    params: &KafkaParams,
+    status: Arc<IngestStatus>,
+    shutdown: Shutdown,
+) -> Result<IngestReport, IngestError> {
+    params.check_options()?;
+    let context = ConsumeContext { store: store.clone(), topic: params.topic.clone(), status: status.clone() };
+    let consumer: Arc<Consumer_> =
+        Arc::new(consumer_config(params).create_with_context(context).map_err(IngestError::Client)?);
+    consumer.subscribe(&[params.topic.as_str()]).map_err(IngestError::Client)?;
+    let dead_letters = DeadLetterSender::start(store.clone(), params)?;
+
+    let (tx, rx) = sync_channel::<PolledBatch>(1);
+    let writer = {
+        let store = store.clone();
+        let consumer = consumer.clone();
+        let params = params.clone();
+        let status = status.clone();
+        let outbox = dead_letters.handle();
+        let shutdown = shutdown.clone();
+        thread::Builder::new()
+            .name("kafka-writer".to_owned())
+            .spawn(move || write_batches(&store, &consumer, &params, &status, &outbox, &rx, &shutdown))?
+    };
+    let mut messages = 0u64;
+    while !shutdown.is_triggered() {
+        let batch = poll_batch(&consumer, params, &shutdown);
+        if batch.items.is_empty() {
+            continue;
+        }
+        messages += batch.items.len() as u64;
+        if !send_batch(&tx, batch, &shutdown, &writer) {
+            break;
+        }
+    }
+    drop(tx);
+    let written = writer.join().unwrap_or_else(|_| {
+        tracing::error!("the writer thread panicked");
+        WriterReport::default()
+    });
+    let sent = dead_letters.stop();
+    // Dropping the consumer closes it: it leaves the group.
+    drop(consumer);
+    tracing::info!(messages, applied = written.applied, "consumer stopped");
+    Ok(IngestReport {
+        messages,
+        applied: written.applied,
+        duplicate: written.duplicate,
+        conflicting_duplicate: written.conflicting_duplicate,
+        invalid: written.invalid,
+        skipped: written.skipped,
+        dead_letters_sent: sent,
+    })
+}
+
+/// Hands a batch to the writer, waiting while it is busy; gives up (and
+/// abandons the batch) on shutdown or when the writer is gone.
+fn send_batch(
+    tx: &SyncSender<PolledBatch>,
+    mut batch: PolledBatch,
+    shutdown: &Shutdown,
+    writer: &thread::JoinHandle<WriterReport>,
+) -> bool {
+    loop {
+        match tx.try_send(batch) {
+            Ok(()) => return true,
+            Err(TrySendError::Disconnected(_)) => return false,
+            Err(TrySendError::Full(back)) => {
+                if writer.is_finished() {
+                    return false;
+                }
+                // On shutdown the batch in hand is still handed over: the
+                // writer finishes it and makes it durable.
+                batch = back;
+                thread::sleep(Duration::from_millis(if shutdown.is_triggered() { 1 } else { 2 }));
+            }
+        }
+    }
+}
+
+struct PolledBatch {
+    items: Vec<Item>,
+    started: Instant,
+}
+
+/// Polls until the batch is full, its deadline passes, or shutdown.
+fn poll_batch(consumer: &Consumer_, params: &KafkaParams, shutdown: &Shutdown) -> PolledBatch {
+    let mut items = Vec::new();
+    let started = Instant::now();
+    let mut first_at: Option<Instant> = None;
+    let topic: Arc<str> = Arc::from(params.topic.as_str());
+    while items.len() < params.batch_events && !shutdown.is_triggered() {
+        let wait = match first_at {
+            Some(first) => match params.batch_wait.checked_sub(first.elapsed()) {
+                Some(left) => left,
+                None => break,
+            },
+            None => Duration::from_millis(100),
+        };
+        let Some(result) = consumer.poll(wait) else {
+            if first_at.is_none() {
+                break;
+            }
+            continue;
+        };
+        let message = match result {
+            Ok(message) => message,
+            Err(error) => {
+                // Transport errors while a broker is away: librdkafka
+                // reconnects by itself; keep polling.
+                tracing::warn!(%error, "poll failed");
+                continue;
+            }
+        };
+        first_at.get_or_insert_with(Instant::now);
+        let raw = message.payload().unwrap_or_default().to_vec();
+        let kind = match validate(&raw) {
+            Ok(event) => ItemKind::Valid(Box::new(event)),
+            Err(invalid) => ItemKind::Invalid(invalid),
+        };
+        let topic = if *topic == *message.topic() { topic.clone() } else { Arc::from(message.topic()) };
+        items.push(Item {
+            source: SourcePos::Kafka { topic, partition: message.partition(), offset: message.offset() },
+            received_at: now(),
+            raw,
+            key: message.key().map(<[u8]>::to_vec),
+            kind,
+        });
+    }
+    PolledBatch { items, started }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct WriterReport {
+    applied: u64,
+    duplicate: u64,
+    conflicting_duplicate: u64,
+    invalid: u64,
+    skipped: u64,
+}
+
+/// Runs on the writer thread.
+fn write_batches(
+    store: &Store,
+    consumer: &Consumer_,
+    params: &KafkaParams,
+    status: &IngestStatus,
+    outbox: &OutboxHandle,
+    rx: &Receiver<PolledBatch>,
+    shutdown: &Shutdown,
+) -> WriterReport {
+    let mut report = WriterReport::default();
+    // The next offset to apply per partition: what the store holds.
+    let mut applied: HashMap<i32, i64> = HashMap::new();
+    let prefix = format!("kafka:{}:", params.topic);
+    match store.checkpoints_with_prefix(&prefix) {
+        Ok(checkpoints) => {
+            for (name, checkpoint) in checkpoints {
+                if let Some(partition) = name.strip_prefix(&prefix).and_then(|p| p.parse::<i32>().ok()) {
+                    applied.insert(partition, i64::try_from(checkpoint.position).unwrap_or(i64::MAX));
+                }
+            }
+        }
+        Err(error) => tracing::error!(%error, "cannot read the stored offsets"),
+    }
+    status.set_applied(&applied);
+    let mut last_durable = Instant::now();
+    let mut undurable = false;
+    loop {
+        let polled = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(polled) => Some(polled),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let Some(polled) = polled else {
+            // Idle: make the last commits durable so offsets and dead letters
+            // go out without waiting for more traffic.
+            if undurable && last_durable.elapsed() >= params.durable_every {
+                if commit_durable(store, consumer, params, status, outbox, &applied, shutdown) {
+                    last_durable = Instant::now();
+                    undurable = false;
+                }
+            }
+            continue;
+        };
+        let (batch, advanced, skipped) = store_batch(polled.items, &applied, &params.topic);
+        report.skipped += skipped;
+        if batch.items.is_empty() {
+            continue;
+        }
+        let durable = last_durable.elapsed() >= params.durable_every;
+        let durability = if durable { Durability::Immediate } else { Durability::None };
+        let span = tracing::info_span!("batch", events = batch.items.len(), durable).entered();
+        let Some(summary) = apply_with_retry(store, &batch, durability, status, shutdown) else {
+            // Shutdown while the store could not write: the batch is
+            // abandoned whole; its offsets were not recorded.
+            break;
+        };
+        drop(span);
+        tracing::debug!(
+            applied = summary.applied,
+            duplicate = summary.duplicate,
+            invalid = summary.invalid,
+            elapsed_ms = polled.started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+        report.applied += summary.applied;
+        report.duplicate += summary.duplicate;
+        report.conflicting_duplicate += summary.conflicting_duplicate;
+        report.invalid += summary.invalid;
+        applied.extend(advanced);
+        status.set_applied(&applied);
+        if durable {
+            last_durable = Instant::now();
+            undurable = false;
+            after_durable(store, consumer, params, outbox, &applied);
+        } else {
+            undurable = true;
+        }
+    }
+    if undurable {
+        commit_durable(store, consumer, params, status, outbox, &applied, shutdown);
+    }
+    report
+}
+
+/// Drops messages the store already holds and builds the store batch with
+/// one checkpoint per partition. Returns the batch, the new next offsets and
+/// how many messages were dropped.
+fn store_batch(items: Vec<Item>, applied: &HashMap<i32, i64>, topic: &str) -> (Batch, HashMap<i32, i64>, u64) {
+    let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    let mut kept = Vec::with_capacity(items.len());
+    let mut skipped = 0;
+    for item in items {
+        let SourcePos::Kafka { partition, offset, .. } = item.source else {
+            continue;
+        };
+        let next = applied.get(&partition).copied().unwrap_or(0);
+        let seen = ranges.get(&partition).map(|r| r.1);
+        if offset < next || seen.is_some_and(|last| offset <= last) {
+            skipped += 1;
+            continue;
+        }
+        let range = ranges.entry(partition).or_insert((offset, offset));
+        range.1 = offset;
+        kept.push(item);
+    }
+    let mut checkpoints = Vec::with_capacity(ranges.len());
+    let mut advanced = HashMap::new();
+    for (partition, (first, last)) in ranges {
+        let from = applied.get(&partition).copied().unwrap_or(first).min(first);
+        checkpoints.push(CheckpointDelta {
+            source: checkpoint_name(topic, partition),
+            from: u64::try_from(from).unwrap_or(0),
+            to: u64::try_from(last + 1).unwrap_or(0),
+            state: Vec::new(),
+            restart: false,
+        });
+        advanced.insert(partition, last + 1);
+    }
+    (Batch { items: kept, checkpoints }, advanced, skipped)
+}
+
+/// Applies a batch, retrying with backoff while the store cannot write.
+/// Returns `None` when shutdown comes first.
+fn apply_with_retry(
+    store: &Store,
+    batch: &Batch,
+    durability: Durability,
+    status: &IngestStatus,
+    shutdown: &Shutdown,
+) -> Option<refunds_store::BatchSummary> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store.apply_batch(batch, durability) {
+            Ok(summary) => return Some(summary),
+            Err(error) => {
+                tracing::error!(%error, retry_in_ms = backoff.as_millis() as u64, "store write failed; offsets stay where they are");
+                status.lock().store_error = Some(error.to_string());
+                let until = Instant::now() + backoff;
+                while Instant::now() < until {
+                    if shutdown.is_triggered() {
+                        return None;
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// An empty durable commit: makes every earlier atomic commit durable.
+fn commit_durable(
+    store: &Store,
+    consumer: &Consumer_,
+    params: &KafkaParams,
+    status: &IngestStatus,
+    outbox: &OutboxHandle,
+    applied: &HashMap<i32, i64>,
+    shutdown: &Shutdown,
+) -> bool {
+    if apply_with_retry(store, &Batch::default(), Durability::Immediate, status, shutdown).is_none() {
+        return false;
+    }
+    after_durable(store, consumer, params, outbox, applied);
+    true
+}
+
+/// What may leave the process once a commit is durable: Kafka offsets (for
+/// lag tools) and the dead letters recorded so far.
+fn after_durable(
+    store: &Store,
+    consumer: &Consumer_,
+    params: &KafkaParams,
+    outbox: &OutboxHandle,
+    applied: &HashMap<i32, i64>,
+) {
+    match store.last_dead_letter_sequence() {
+        Ok(seq) => outbox.durable_up_to(seq),
+        Err(error) => tracing::error!(%error, "cannot read the dead-letter outbox"),
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (&partition, &offset) in applied {
+        if tpl.add_partition_offset(&params.topic, partition, Offset::Offset(offset)).is_err() {
+            continue;
+        }
+    }
+    if tpl.count() > 0 {
+        if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
+            // Partitions no longer assigned, or a broker away: the store has
+            // the offsets; Kafka's copy only feeds lag tools.
+            tracing::debug!(%error, "offset commit to Kafka failed");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Dead letters: the outbox, produced to the DLQ topic.
+
+struct DeliveryContext {
+    delivered: Mutex<Vec<u64>>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<u64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sequence: Box<u64>) {
+        match result {
+            Ok(_) => self.delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(*sequence),
+            Err((error, _)) => tracing::warn!(%error, sequence = *sequence, "dead letter not delivered; will retry"),
+        }
+    }
+}
+
+/// Tells the dead-letter thread how far the outbox is durable.
+#[derive(Clone)]
+pub(crate) struct OutboxHandle(Arc<(AtomicU64, Mutex<bool>, Condvar)>);
+
+impl OutboxHandle {
+    fn durable_up_to(&self, sequence: u64) {
+        self.0.0.fetch_max(sequence, Ordering::SeqCst);
+        let (_, flag, wake) = &*self.0;
+        *flag.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        wake.notify_one();
+    }
+
+    fn wait(&self, timeout: Duration) {
+        let (_, flag, wake) = &*self.0;
+        let guard = flag.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mut guard, _) =
+            wake.wait_timeout_while(guard, timeout, |woken| !*woken).unwrap_or_else(std::sync::PoisonError::into_inner);
+        *guard = false;
+    }
+}
+
+struct DeadLetterSender {
+    handle: OutboxHandle,
+    thread: thread::JoinHandle<u64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl DeadLetterSender {
+    fn start(store: Arc<Store>, params: &KafkaParams) -> Result<DeadLetterSender, IngestError> {
+        let producer: BaseProducer<DeliveryContext> = producer_config(params)
+            .create_with_context(DeliveryContext { delivered: Mutex::new(Vec::new()) })
+            .map_err(IngestError::Client)?;
+        // What the store holds at open is durable (a crash rolls back to the
+        // last durable commit).
+        let handle = OutboxHandle(Arc::new((
+            AtomicU64::new(store.last_dead_letter_sequence()?),
+            Mutex::new(true),
+            Condvar::new(),
+        )));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let handle = handle.clone();
+            let stop = stop.clone();
+            let topic = params.dlq_topic.clone();
+            thread::Builder::new()
+                .name("kafka-dead-letters".to_owned())
+                .spawn(move || send_dead_letters(&store, &producer, &topic, &handle, &stop))?
+        };
+        Ok(DeadLetterSender { handle, thread, stop })
+    }
+
+    fn handle(&self) -> OutboxHandle {
+        self.handle.clone()
+    }
+
+    /// Sends what is durable (bounded in time), then stops.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.durable_up_to(0);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+fn send_dead_letters(
+    store: &Store,
+    producer: &BaseProducer<DeliveryContext>,
+    topic: &str,
+    handle: &OutboxHandle,
+    stop: &AtomicBool,
+) -> u64 {
+    let mut sent = 0;
+    let mut failures = 0u32;
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let durable = handle.0.0.load(Ordering::SeqCst);
+        match send_once(store, producer, topic, durable, if stopping { 3 } else { 30 }) {
+            Ok(n) => {
+                sent += n;
+                failures = 0;
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, "dead letters stay in the outbox; will retry");
+            }
+        }
+        if stopping {
+            return sent;
+        }
+        let wait = if failures > 0 {
+            Duration::from_millis(500 * u64::from(failures.min(20)))
+        } else {
+            Duration::from_secs(1)
+        };
+        handle.wait(wait);
+    }
+}
+
+/// Produces the durable pending dead letters of Kafka sources and marks the
+/// acknowledged ones sent. Returns how many were marked.
+fn send_once(
+    store: &Store,
+    producer: &BaseProducer<DeliveryContext>,
+    topic: &str,
+    durable_up_to: u64,
+    flush_seconds: u64,
+) -> Result<u64, String> {
+    let mut marked = 0;
+    loop {
+        let pending = store.pending_dead_letters(5_000).map_err(|e| e.to_string())?;
+        let letters: Vec<_> = pending
+            .into_iter()
+            .filter(|l| l.sequence <= durable_up_to && l.document.pointer("/source/topic").is_some())
+            .collect();
+        if letters.is_empty() {
+            return Ok(marked);
+        }
+        for letter in &letters {
+            let doc = &letter.document;
+            let text = |pointer: &str| match doc.pointer(pointer) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            };
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "reason", value: Some(text("/reason").as_bytes()) })
+                .insert(Header { key: "message", value: Some(text("/message").as_bytes()) })
+                .insert(Header { key: "source_topic", value: Some(text("/source/topic").as_bytes()) })
+                .insert(Header { key: "source_partition", value: Some(text("/source/partition").as_bytes()) })
+                .insert(Header { key: "source_offset", value: Some(text("/source/offset").as_bytes()) });
+            let value = serde_json::to_vec(&serde_json::json!({
+                "reason": doc["reason"],
+                "message": doc["message"],
+                "raw": doc["raw"],
+                "source": doc["source"],
+                "received_at": doc["received_at"],
+            }))
+            .map_err(|e| e.to_string())?;
+            let key = doc.get("key").and_then(|k| k.as_str()).map(str::as_bytes);
+            let mut record = BaseRecord::<[u8], [u8], Box<u64>>::with_opaque_to(topic, Box::new(letter.sequence))
+                .payload(&value[..])
+                .headers(headers);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            let mut record = record;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                        producer.poll(Duration::from_millis(50));
+                        record = back;
+                    }
+                    Err((error, _)) => return Err(format!("cannot produce to {topic}: {error}")),
+                }
+            }
+        }
+        let flushed = producer.flush(Duration::from_secs(flush_seconds));
+        let delivered = std::mem::take(
+            &mut *producer.context().delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if !delivered.is_empty() {
+            store.mark_dead_letters_sent(&delivered).map_err(|e| e.to_string())?;
+            marked += delivered.len() as u64;
+        }
+        if let Err(error) = flushed {
+            return Err(format!("{} dead letters not acknowledged: {error}", letters.len() - delivered.len()));
+        }
+        if delivered.len() < letters.len() {
+            return Err(format!("{} dead letters not acknowledged", letters.len() - delivered.len()));
+        }
+    }
+}
