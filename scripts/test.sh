@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, the release build of
-# the binary, then every test of the workspace (unit, proptests, black-box).
+# the binary, a real single-node Kafka broker (KRaft, from Maven Central jars)
+# for the end-to-end suite, then every test of the workspace (unit, proptests,
+# black-box, Kafka end-to-end). The broker is stopped and its files removed
+# at exit, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,5 +13,16 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --release -- -D warnings
 echo "== cargo build --release"
 cargo build --workspace --bins --release
+
+# A broker of our own on ports nobody else uses, with its state in a temp dir.
+export KAFKA_PORT="${KAFKA_PORT:-29092}"
+export KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-29093}"
+export KAFKA_STATE_DIR="${KAFKA_STATE_DIR:-$(mktemp -d)/kafka}"
+trap 'scripts/kafka/kafka.sh stop >/dev/null 2>&1 || true' EXIT
+echo "== kafka broker (127.0.0.1:$KAFKA_PORT)"
+scripts/kafka/kafka.sh start
+scripts/kafka/kafka.sh wait 180
+export REFUND_PROJECTOR_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
+
 echo "== cargo test --release"
 cargo test --workspace --release

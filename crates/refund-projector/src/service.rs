@@ -116,7 +116,7 @@ pub fn run_service(params: ServiceParams<'_>, on_started: impl FnOnce(Started<'_
         invalid = report.invalid,
         skipped = report.skipped,
         dead_letters_sent = report.dead_letters_sent,
-        stop_ms = stopping.elapsed().as_millis() as u64,
+        stop_ms = u64::try_from(stopping.elapsed().as_millis()).unwrap_or(u64::MAX),
         "stopped"
     );
     served.context("the server failed")?;

@@ -68,10 +68,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
 fn freshness_headers(state: &AppState, last_applied_at: Option<refunds_domain::Timestamp>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-    if let Some(at) = last_applied_at {
-        if let Ok(value) = header::HeaderValue::from_str(&at.to_string()) {
-            headers.insert("x-last-applied-at", value);
-        }
+    if let Some(at) = last_applied_at
+        && let Ok(value) = header::HeaderValue::from_str(&at.to_string())
+    {
+        headers.insert("x-last-applied-at", value);
     }
     if let Some(lag) = state.ingest.as_ref().and_then(|ingest| ingest.total_lag()) {
         headers.insert("x-consumer-lag", header::HeaderValue::from(lag));

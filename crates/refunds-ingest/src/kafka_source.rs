@@ -104,6 +104,10 @@ pub enum IngestError {
     Thread(#[from] std::io::Error),
 }
 
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The checkpoint name of one partition.
 pub fn checkpoint_name(topic: &str, partition: i32) -> String {
     format!("kafka:{topic}:{partition}")
@@ -593,11 +597,12 @@ fn write_batches(
         let Some(polled) = polled else {
             // Idle: make the last commits durable so offsets and dead letters
             // go out without waiting for more traffic.
-            if undurable && last_durable.elapsed() >= params.durable_every {
-                if commit_durable(store, consumer, params, status, outbox, &applied, shutdown) {
-                    last_durable = Instant::now();
-                    undurable = false;
-                }
+            if undurable
+                && last_durable.elapsed() >= params.durable_every
+                && commit_durable(store, consumer, params, status, outbox, &applied, shutdown)
+            {
+                last_durable = Instant::now();
+                undurable = false;
             }
             continue;
         };
@@ -619,7 +624,7 @@ fn write_batches(
             applied = summary.applied,
             duplicate = summary.duplicate,
             invalid = summary.invalid,
-            elapsed_ms = polled.started.elapsed().as_millis() as u64,
+            elapsed_ms = millis(polled.started.elapsed()),
             "batch committed"
         );
         report.applied += summary.applied;
@@ -693,7 +698,7 @@ fn apply_with_retry(
         match store.apply_batch(batch, durability) {
             Ok(summary) => return Some(summary),
             Err(error) => {
-                tracing::error!(%error, retry_in_ms = backoff.as_millis() as u64, "store write failed; offsets stay where they are");
+                tracing::error!(%error, retry_in_ms = millis(backoff), "store write failed; offsets stay where they are");
                 status.lock().store_error = Some(error.to_string());
                 let until = Instant::now() + backoff;
                 while Instant::now() < until {
@@ -744,12 +749,12 @@ fn after_durable(
             continue;
         }
     }
-    if tpl.count() > 0 {
-        if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
-            // Partitions no longer assigned, or a broker away: the store has
-            // the offsets; Kafka's copy only feeds lag tools.
-            tracing::debug!(%error, "offset commit to Kafka failed");
-        }
+    if tpl.count() > 0
+        && let Err(error) = consumer.commit(&tpl, CommitMode::Async)
+    {
+        // Partitions no longer assigned, or a broker away: the store has
+        // the offsets; Kafka's copy only feeds lag tools.
+        tracing::debug!(%error, "offset commit to Kafka failed");
     }
 }
 

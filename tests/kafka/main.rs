@@ -1,0 +1,529 @@
+//! End-to-end suites against a real Apache Kafka broker (KRaft, started by
+//! `scripts/kafka/kafka.sh`; `scripts/test.sh` starts it and passes its
+//! address in `REFUND_PROJECTOR_TEST_KAFKA`). Each test has its own topic; they
+//! run one at a time (one stops the broker) under [`BROKER`].
+//!
+//! The exactly-once check used throughout: every message of the topic is
+//! recorded exactly once, so after catch-up `events_applied +
+//! events_duplicate + events_conflicting_duplicate + events_invalid` equals
+//! the number of messages produced, whatever crashed or restarted meanwhile.
+
+#[path = "../blackbox/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+
+use helpers::{command, export, generate, replay};
+
+/// One test at a time: they share one broker, and one of them stops it.
+static BROKER: Mutex<()> = Mutex::new(());
+
+fn broker() -> (MutexGuard<'static, ()>, String) {
+    let guard = BROKER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let bootstrap = std::env::var("REFUND_PROJECTOR_TEST_KAFKA").unwrap_or_else(|_| {
+        panic!(
+            "REFUND_PROJECTOR_TEST_KAFKA is not set: these tests need a real broker. Run scripts/test.sh, or \
+             scripts/kafka/kafka.sh start && scripts/kafka/kafka.sh wait and set it to 127.0.0.1:19092"
+        )
+    });
+    (guard, bootstrap)
+}
+
+const KEYS: &str = "[[keys]]\nid = \"ops\"\nsecret = \"secret-ops\"\ntenant = \"*\"\nscopes = [\"admin\"]\n";
+const ADMIN: &str = "Api-Key secret-ops";
+
+fn unique_topic(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("e2e-{name}-{}", nanos % 1_000_000_000)
+}
+
+fn create_topics(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
+    let dlq = format!("{topic}.dlq");
+    let topics = [
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+    ];
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let results = runtime.block_on(admin.create_topics(&topics, &AdminOptions::new())).expect("create topics");
+    for result in results {
+        result.unwrap_or_else(|(name, err)| panic!("creating topic {name} failed: {err}"));
+    }
+}
+
+/// Produces every non-blank line of `file` as one message keyed by its refund
+/// id (when it has one). Returns the number of messages.
+fn produce_file(bootstrap: &str, topic: &str, file: &Path) -> u64 {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("message.max.bytes", "8000000")
+        .set("queue.buffering.max.messages", "500000")
+        .create()
+        .expect("producer");
+    let bytes = std::fs::read(file).unwrap();
+    let mut count = 0;
+    for line in bytes.split(|&b| b == b'\n') {
+        if line.iter().all(|&b| b == b' ' || b == b'\t') {
+            continue;
+        }
+        let key = serde_json::from_slice::<Value>(line)
+            .ok()
+            .and_then(|v| v.pointer("/refund/id").and_then(Value::as_str).map(str::to_owned));
+        let mut record = BaseRecord::<str, [u8]>::to(topic).payload(line);
+        if let Some(key) = key.as_deref() {
+            record = record.key(key);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+        count += 1;
+    }
+    producer.flush(Duration::from_secs(60)).expect("every message is acknowledged");
+    count
+}
+
+/// Every message of a topic: (key, value, headers).
+fn consume_topic(bootstrap: &str, topic: &str) -> Vec<(Option<String>, Value, BTreeMap<String, String>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut ends = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        if high > low {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return out;
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() {
+        assert!(Instant::now() < deadline, "reading {topic} took over 60 s");
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let message = message.expect("consume");
+        let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned());
+        let value: Value = serde_json::from_slice(message.payload().unwrap_or_default()).expect("a DLQ value is JSON");
+        let mut headers = BTreeMap::new();
+        if let Some(hs) = message.headers() {
+            for h in hs.iter() {
+                headers.insert(h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned());
+            }
+        }
+        out.push((key, value, headers));
+        if ends.get(&message.partition()).is_some_and(|&end| message.offset() + 1 >= end) {
+            ends.remove(&message.partition());
+        }
+    }
+    out
+}
+
+/// The generator marks each invalid line with `inv_<reason>_`: (reason, raw).
+fn invalid_lines(file: &Path) -> Vec<(String, String)> {
+    let reasons =
+        ["too_large", "malformed_json", "unsupported_schema_version", "unknown_event_type", "schema_violation"];
+    let bytes = std::fs::read(file).unwrap();
+    let mut out = Vec::new();
+    for line in bytes.split(|&b| b == b'\n') {
+        let text = String::from_utf8_lossy(line);
+        let Some(at) = text.find("inv_") else { continue };
+        let reason = reasons.iter().find(|r| text[at + 4..].starts_with(&format!("{r}_"))).expect("known marker");
+        out.push((reason.to_string(), text.into_owned()));
+    }
+    out.sort();
+    out
+}
+
+/// A `refund-projector run` child process.
+struct Runner {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+struct Instance<'a> {
+    bootstrap: &'a str,
+    topic: &'a str,
+    group: &'a str,
+    db: &'a Path,
+    keys: &'a Path,
+    extra: Vec<String>,
+}
+
+impl Runner {
+    fn start(instance: &Instance<'_>) -> Runner {
+        let mut child = command()
+            .args(["run", "--brokers", instance.bootstrap, "--topic", instance.topic, "--group-id", instance.group])
+            .args(["--db", instance.db.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(["--api-keys", instance.keys.to_str().unwrap()])
+            .args(&instance.extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run starts");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let base = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let status = child.wait().unwrap();
+                panic!("run exited ({status}) before listening:\n{}", log.lock().unwrap().join("\n"));
+            };
+            log.lock().unwrap().push(line.clone());
+            if let Some(address) = line.strip_prefix("listening on ") {
+                break address.trim().to_owned();
+            }
+        };
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Runner { child, base, log }
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let response = agent.get(format!("{}{path}", self.base)).header("Authorization", ADMIN).call();
+        match response {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.into_body().read_to_string().unwrap();
+                (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+            }
+            Err(err) => panic!("GET {path} failed: {err}\n{}", self.log_tail()),
+        }
+    }
+
+    fn status(&self) -> Value {
+        let (code, body) = self.get("/v1/status");
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+
+    fn log_tail(&self) -> String {
+        let log = self.log.lock().unwrap();
+        log[log.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Waits until every one of `messages` is recorded, the lag is zero and
+    /// the outbox is empty.
+    fn wait_caught_up(&mut self, messages: u64, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            assert!(self.child.try_wait().unwrap().is_none(), "run exited early:\n{}", self.log_tail());
+            let status = self.status();
+            if recorded(&status) == messages
+                && status["dead_letters_pending"] == 0
+                && status["partitions"].as_array().is_some_and(|ps| !ps.is_empty() && ps.iter().all(|p| p["lag"] == 0))
+            {
+                return status;
+            }
+            assert!(
+                recorded(&status) <= messages,
+                "more events recorded than messages produced ({} > {messages}): {status}",
+                recorded(&status)
+            );
+            assert!(Instant::now() < deadline, "not caught up after {timeout:?}: {status}\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGTERM; returns the exit status and how long the exit took.
+    fn terminate(mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "run ignored SIGTERM for 30 s:\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Events recorded by the store: applied, repeated or dead-lettered.
+fn recorded(status: &Value) -> u64 {
+    ["events_applied", "events_duplicate", "events_conflicting_duplicate", "events_invalid"]
+        .iter()
+        .map(|k| status[k].as_u64().unwrap_or(0))
+        .sum()
+}
+
+struct Scenario {
+    dir: tempfile::TempDir,
+    bootstrap: String,
+    topic: String,
+    events: PathBuf,
+    keys: PathBuf,
+    messages: u64,
+}
+
+impl Scenario {
+    fn new(bootstrap: &str, name: &str, refunds: u64, seed: u64, partitions: i32) -> Scenario {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("events.ndjson");
+        generate(&events, refunds, seed, Some((0.05, 300, 0.004)));
+        let keys = dir.path().join("keys.toml");
+        std::fs::write(&keys, KEYS).unwrap();
+        let topic = unique_topic(name);
+        create_topics(bootstrap, &topic, partitions);
+        let started = Instant::now();
+        let messages = produce_file(bootstrap, &topic, &events);
+        eprintln!("{name}: produced {messages} messages to {topic} in {:.1?}", started.elapsed());
+        Scenario { dir, bootstrap: bootstrap.to_owned(), topic, events, keys, messages }
+    }
+
+    fn db(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn instance<'a>(&'a self, group: &'a str, db: &'a Path) -> Instance<'a> {
+        Instance { bootstrap: &self.bootstrap, topic: &self.topic, group, db, keys: &self.keys, extra: Vec::new() }
+    }
+
+    /// The export of `replay` over the same file: what the topic must give.
+    fn replay_export(&self) -> String {
+        let db = self.db("replayed.redb");
+        replay(&self.events, &db, None);
+        export(&db)
+    }
+
+    /// Every invalid line is in the DLQ with its reason, and nothing else is.
+    /// `exactly_once`: each exactly once (no crash happened).
+    fn assert_dead_letters(&self, exactly_once: bool) {
+        let expected = invalid_lines(&self.events);
+        assert!(!expected.is_empty(), "the stream has invalid lines");
+        let letters = consume_topic(&self.bootstrap, &format!("{}.dlq", self.topic));
+        let mut got: Vec<(String, String)> = Vec::new();
+        for (_, value, headers) in &letters {
+            let reason = value["reason"].as_str().expect("a reason").to_owned();
+            assert_eq!(headers.get("reason"), Some(&reason), "the reason header matches the body");
+            assert_eq!(headers.get("source_topic"), Some(&self.topic));
+            assert!(headers.contains_key("source_partition") && headers.contains_key("source_offset"));
+            assert!(!value["message"].as_str().unwrap_or("").is_empty(), "a message names the field");
+            got.push((reason, value["raw"].as_str().expect("raw").to_owned()));
+        }
+        got.sort();
+        if exactly_once {
+            assert_eq!(got.len(), expected.len(), "one dead letter per invalid event");
+        }
+        let mut distinct = got.clone();
+        distinct.dedup();
+        let mut expected_distinct = expected.clone();
+        expected_distinct.dedup();
+        assert_eq!(distinct, expected_distinct, "the DLQ holds exactly the invalid events, with their reasons");
+    }
+}
+
+#[test]
+fn a_million_events_through_kafka_export_like_replay_and_dead_letter_every_invalid_one() {
+    let (_guard, bootstrap) = broker();
+    let refunds: u64 = std::env::var("E2E_REFUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(330_000);
+    let scenario = Scenario::new(&bootstrap, "million", refunds, 11, 6);
+    assert!(scenario.messages >= 200_000 || refunds < 330_000, "{} messages", scenario.messages);
+    let db = scenario.db("consumed.redb");
+    let mut runner = Runner::start(&scenario.instance("g-million", &db));
+    let started = Instant::now();
+    let status = runner.wait_caught_up(scenario.messages, Duration::from_secs(600));
+    eprintln!("million: {} messages ingested in {:.1?}", scenario.messages, started.elapsed());
+    assert_eq!(status["partitions"].as_array().unwrap().len(), 6);
+    let (exit, took) = runner.terminate();
+    assert!(exit.success(), "{exit}");
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+    assert_eq!(export(&db), scenario.replay_export(), "the consumed store exports like replay of the same file");
+    scenario.assert_dead_letters(true);
+}
+
+/// A small xorshift, seeded from the clock and printed, for kill moments.
+fn rng() -> impl FnMut(u64) -> u64 {
+    let mut state =
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % (1 << 63)) as u64 | 1;
+    eprintln!("kill-moment seed {state}");
+    move |bound| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    }
+}
+
+#[test]
+fn sigkill_at_five_random_moments_then_restart_gives_the_same_export_and_applies_nothing_twice() {
+    let (_guard, bootstrap) = broker();
+    let scenario = Scenario::new(&bootstrap, "sigkill", 70_000, 12, 6);
+    assert!(scenario.messages >= 200_000, "{} messages", scenario.messages);
+    let db = scenario.db("consumed.redb");
+    let mut instance = scenario.instance("g-sigkill", &db);
+    // Static membership: a restarted instance takes its partitions back at
+    // once instead of waiting out the killed member's session.
+    instance.extra = vec!["--kafka-option".into(), "group.instance.id=e2e-sigkill".into()];
+    // Five random moments mid-ingest: kill once the store has recorded a
+    // random share of the topic (each restart resumes from the last durable
+    // commit, so the shares are spread over the whole ingest).
+    let mut next = rng();
+    let mut targets: Vec<u64> = (0..5).map(|_| scenario.messages / 10 + next(scenario.messages * 8 / 10)).collect();
+    targets.sort_unstable();
+    let mut seen_progress = Vec::new();
+    for (kill, target) in targets.into_iter().enumerate() {
+        let runner = Runner::start(&instance);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let at = loop {
+            let n = recorded(&runner.status());
+            if n >= target || Instant::now() > deadline {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        runner.kill();
+        eprintln!("sigkill: kill {} at {at} recorded (target {target})", kill + 1);
+        seen_progress.push(at);
+    }
+    let mut runner = Runner::start(&instance);
+    let status = runner.wait_caught_up(scenario.messages, Duration::from_secs(300));
+    assert_eq!(recorded(&status), scenario.messages, "every message recorded exactly once");
+    let (exit, _) = runner.terminate();
+    assert!(exit.success());
+    let mid = seen_progress.iter().filter(|&&n| n > 0 && n < scenario.messages).count();
+    assert!(mid >= 3, "most kills landed mid-ingest: {seen_progress:?}");
+    assert_eq!(export(&db), scenario.replay_export());
+    scenario.assert_dead_letters(false);
+}
+
+#[test]
+fn two_instances_with_different_groups_each_build_the_whole_projection() {
+    let (_guard, bootstrap) = broker();
+    let scenario = Scenario::new(&bootstrap, "replicas", 20_000, 13, 4);
+    let (db_a, db_b) = (scenario.db("a.redb"), scenario.db("b.redb"));
+    let mut a = Runner::start(&scenario.instance("g-replica-a", &db_a));
+    let mut b = Runner::start(&scenario.instance("g-replica-b", &db_b));
+    a.wait_caught_up(scenario.messages, Duration::from_secs(300));
+    b.wait_caught_up(scenario.messages, Duration::from_secs(300));
+    assert!(a.terminate().0.success());
+    assert!(b.terminate().0.success());
+    let (export_a, export_b) = (export(&db_a), export(&db_b));
+    assert!(!export_a.is_empty());
+    assert_eq!(export_a, export_b, "both replicas hold the same projection");
+    assert_eq!(export_a, scenario.replay_export());
+}
+
+#[test]
+fn the_consumer_rides_out_a_ten_second_broker_outage_without_restarting() {
+    let (_guard, bootstrap) = broker();
+    let scenario = Scenario::new(&bootstrap, "outage", 60_000, 14, 3);
+    let db = scenario.db("consumed.redb");
+    let mut runner = Runner::start(&scenario.instance("g-outage", &db));
+    // Stop the broker once ingest is under way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while recorded(&runner.status()) == 0 {
+        assert!(Instant::now() < deadline, "ingest never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kafka = helpers::repo_root().join("scripts/kafka/kafka.sh");
+    let stop = std::process::Command::new(&kafka).arg("stop").env("KEEP_STATE", "1").output().unwrap();
+    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    let during = recorded(&runner.status());
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(runner.child.try_wait().unwrap().is_none(), "run exited while the broker was away");
+    let (code, _) = runner.get("/v1/refunds?limit=1");
+    assert_eq!(code, 200, "the API serves while the broker is away");
+    let start = std::process::Command::new(&kafka).arg("start").output().unwrap();
+    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    let wait = std::process::Command::new(&kafka).args(["wait", "120"]).output().unwrap();
+    assert!(wait.status.success(), "{}", String::from_utf8_lossy(&wait.stderr));
+    eprintln!("outage: broker stopped at {during} of {} recorded", scenario.messages);
+    let status = runner.wait_caught_up(scenario.messages, Duration::from_secs(300));
+    assert_eq!(recorded(&status), scenario.messages);
+    assert!(runner.terminate().0.success());
+    assert_eq!(export(&db), scenario.replay_export());
+    scenario.assert_dead_letters(false);
+}
+
+#[test]
+fn sigterm_mid_ingest_exits_cleanly_within_ten_seconds_and_a_restart_applies_nothing_twice() {
+    let (_guard, bootstrap) = broker();
+    let scenario = Scenario::new(&bootstrap, "sigterm", 40_000, 15, 3);
+    let db = scenario.db("consumed.redb");
+    let instance = scenario.instance("g-sigterm", &db);
+    let runner = Runner::start(&instance);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at_stop = loop {
+        let n = recorded(&runner.status());
+        if n > 0 {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "ingest never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (exit, took) = runner.terminate();
+    assert!(exit.success(), "SIGTERM exit: {exit}");
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+    eprintln!("sigterm: stopped at {at_stop} of {} recorded, exit took {took:?}", scenario.messages);
+
+    let mut runner = Runner::start(&instance);
+    let status = runner.wait_caught_up(scenario.messages, Duration::from_secs(300));
+    assert_eq!(recorded(&status), scenario.messages, "nothing recorded twice across the restart");
+    let (exit, took) = runner.terminate();
+    assert!(exit.success() && took < Duration::from_secs(10), "{exit} after {took:?}");
+
+    // A third start over a caught-up topic applies nothing at all.
+    let mut runner = Runner::start(&instance);
+    let before = recorded(&status);
+    let status = runner.wait_caught_up(scenario.messages, Duration::from_secs(120));
+    assert_eq!(recorded(&status), before);
+    assert!(runner.terminate().0.success());
+    assert_eq!(export(&db), scenario.replay_export());
+}
