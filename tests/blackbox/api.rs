@@ -370,6 +370,7 @@ fn openapi_json_is_served_and_documents_every_route() {
         paths,
         [
             "/healthz",
+            "/metrics",
             "/openapi.json",
             "/readyz",
             "/v1/refunds",
@@ -407,6 +408,61 @@ fn health_needs_no_credentials_and_status_reports_the_replay() {
     assert!(body["events_duplicate"].as_u64().unwrap() > 0);
     assert_eq!(body["partitions"], Value::Array(vec![]));
     assert!(body["store_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn metrics_are_prometheus_text_without_credentials_and_count_requests_by_route() {
+    let f = fixture();
+    let server = Server::start(&f.db, &f.keys);
+    for _ in 0..3 {
+        assert_eq!(server.get("/v1/refunds?limit=1", Some("Api-Key secret-ops")).0, 200);
+    }
+    assert_eq!(server.get("/v1/refunds/nope", Some("Api-Key secret-ops")).0, 404);
+    let response = ureq::get(format!("{}/metrics", server.base)).call().expect("/metrics answers without credentials");
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.into_body().read_to_string().unwrap();
+    let line = |prefix: &str| -> f64 {
+        let found = text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+        found.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(line("refund_projector_http_requests_total{route=\"/v1/refunds\",status=\"200\"}"), 3.0);
+    assert_eq!(line("refund_projector_http_requests_total{route=\"/v1/refunds/{id}\",status=\"404\"}"), 1.0);
+    assert_eq!(line("refund_projector_refunds "), f.refunds.len() as f64);
+    assert!(line("refund_projector_store_size_bytes ") > 0.0);
+    assert!(text.contains("# TYPE refund_projector_http_request_duration_seconds histogram"), "{text}");
+}
+
+#[test]
+fn a_config_file_supplies_flags_the_command_line_does_not_and_a_typo_is_named() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("refund-projector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "db = {:?}\napi_keys = {:?}\nlisten = \"127.0.0.1:1\"\n",
+            f.db.to_str().unwrap(),
+            f.keys.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    // --listen on the command line beats the file's unusable port 1.
+    let mut child = command()
+        .args(["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let first = BufReader::new(stderr).lines().map_while(Result::ok).find(|l| l.starts_with("listening on "));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.is_some(), "serve started from the config file");
+
+    std::fs::write(&config, "db = \"x.redb\"\nlisten_adress = \"127.0.0.1:0\"\n").unwrap();
+    let output = command().args(["serve", "--config", config.to_str().unwrap()]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("listen_adress"), "the error names the bad key: {stderr}");
 }
 
 #[test]

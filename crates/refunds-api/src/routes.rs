@@ -27,7 +27,58 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
+        .layer(axum::middleware::from_fn(observe))
         .with_state(state)
+}
+
+/// The route template of a path, for metric labels and logs (never the raw
+/// path: ids would make a label per refund).
+fn route_template(path: &str) -> &'static str {
+    match path.split('/').collect::<Vec<_>>()[..] {
+        ["", "v1", "refunds"] => "/v1/refunds",
+        ["", "v1", "refunds", _] => "/v1/refunds/{id}",
+        ["", "v1", "refunds", _, "events"] => "/v1/refunds/{id}/events",
+        ["", "v1", "status"] => "/v1/status",
+        ["", "healthz"] => "/healthz",
+        ["", "readyz"] => "/readyz",
+        ["", "metrics"] => "/metrics",
+        ["", "openapi.json"] => "/openapi.json",
+        _ => "unmatched",
+    }
+}
+
+/// One span per request (route, status, tenant, key id; never a secret),
+/// and the request counter and latency histogram.
+async fn observe(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let route = route_template(request.uri().path());
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        %method,
+        route,
+        status = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+        key_id = tracing::field::Empty,
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    span.record("status", status);
+    let status_label = status.to_string();
+    metrics::counter!("refund_projector_http_requests_total", "route" => route, "status" => status_label).increment(1);
+    metrics::histogram!("refund_projector_http_request_duration_seconds", "route" => route)
+        .record(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        if status >= 500 {
+            tracing::warn!(micros, "request failed");
+        } else {
+            tracing::debug!(micros, "request");
+        }
+    });
+    response
 }
 
 /// The OpenAPI 3.1 document of this API, kept in `schemas/openapi.json`; the
@@ -57,8 +108,19 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Prometheus text exposition.
+/// Prometheus text exposition. The store's size and outbox are read here, at
+/// scrape time.
 async fn metrics(State(state): State<AppState>) -> Response {
+    metrics::gauge!("refund_projector_store_size_bytes").set(Store::file_bytes(&state.db_path) as f64);
+    if let Ok(Ok(stats)) = tokio::task::spawn_blocking({
+        let store = state.store.clone();
+        move || store.stats()
+    })
+    .await
+    {
+        metrics::gauge!("refund_projector_dead_letters_pending").set(stats.dead_letters_pending as f64);
+        metrics::gauge!("refund_projector_refunds").set(stats.refunds as f64);
+    }
     let body = state.metrics.as_ref().map(|render| render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
@@ -85,6 +147,9 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let caller = state.auth.authenticate(header, now)?;
+    let span = tracing::Span::current();
+    span.record("key_id", caller.name.as_str());
+    span.record("tenant", caller.tenant.as_deref().unwrap_or("*"));
     if !caller.read {
         return Err(ApiError::forbidden("this key lacks the refunds:read scope"));
     }

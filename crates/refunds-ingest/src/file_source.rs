@@ -345,6 +345,7 @@ fn read_lines(
             restart,
         };
         restart = false;
+        metrics::counter!("refund_projector_events_received_total", "source" => "file").increment(items.len() as u64);
         let batch = ReadBatch { items, delta, lines: position.lines - from, bytes, blank };
         if tx.send(ReaderMessage::Batch(batch)).is_err() {
             return Ok(());
@@ -395,6 +396,8 @@ impl DlqFile {
         self.out.flush().map_err(|source| self.write_error(source))?;
         self.out.get_ref().sync_data().map_err(|source| self.write_error(source))?;
         store.mark_dead_letters_sent(&sent)?;
+        metrics::counter!("refund_projector_dead_letters_sent_total", "destination" => "file")
+            .increment(sent.len() as u64);
         Ok(sent.len() as u64)
     }
 

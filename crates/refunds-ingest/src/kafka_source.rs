@@ -204,11 +204,28 @@ impl IngestStatus {
     }
 
     fn set_applied(&self, offsets: &HashMap<i32, i64>) {
-        let mut inner = self.lock();
-        for (&partition, &offset) in offsets {
-            inner.applied.insert(partition, offset);
+        {
+            let mut inner = self.lock();
+            for (&partition, &offset) in offsets {
+                inner.applied.insert(partition, offset);
+            }
+            inner.store_error = None;
         }
-        inner.store_error = None;
+        self.publish_gauges();
+    }
+
+    /// Per-partition gauges: applied offset, high watermark and lag.
+    fn publish_gauges(&self) {
+        for p in self.partitions() {
+            let labels = [("topic", p.topic.clone()), ("partition", p.partition.to_string())];
+            metrics::gauge!("refund_projector_partition_applied_offset", &labels).set(p.applied_offset as f64);
+            if let Some(hw) = p.high_watermark {
+                metrics::gauge!("refund_projector_partition_high_watermark", &labels).set(hw as f64);
+            }
+            if let Some(lag) = p.lag {
+                metrics::gauge!("refund_projector_partition_lag_events", &labels).set(lag as f64);
+            }
+        }
     }
 }
 
@@ -226,16 +243,19 @@ impl ClientContext for ConsumeContext {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
-        let mut inner = self.status.lock();
-        for (&partition, figures) in &topic.partitions {
-            // librdkafka reports the internal "UA" partition as -1, and -1
-            // offsets for partitions it has not fetched yet.
-            if partition < 0 || figures.hi_offset < 0 {
-                continue;
+        {
+            let mut inner = self.status.lock();
+            for (&partition, figures) in &topic.partitions {
+                // librdkafka reports the internal "UA" partition as -1, and -1
+                // offsets for partitions it has not fetched yet.
+                if partition < 0 || figures.hi_offset < 0 {
+                    continue;
+                }
+                inner.high_watermarks.insert(partition, figures.hi_offset);
+                inner.low_watermarks.insert(partition, figures.lo_offset.max(0));
             }
-            inner.high_watermarks.insert(partition, figures.hi_offset);
-            inner.low_watermarks.insert(partition, figures.lo_offset.max(0));
         }
+        self.status.publish_gauges();
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -549,6 +569,7 @@ fn poll_batch(consumer: &Consumer_, params: &KafkaParams, shutdown: &Shutdown) -
             kind,
         });
     }
+    metrics::counter!("refund_projector_events_received_total", "source" => "kafka").increment(items.len() as u64);
     PolledBatch { items, started }
 }
 
@@ -940,6 +961,8 @@ fn send_once(
         );
         if !delivered.is_empty() {
             store.mark_dead_letters_sent(&delivered).map_err(|e| e.to_string())?;
+            metrics::counter!("refund_projector_dead_letters_sent_total", "destination" => "kafka")
+                .increment(delivered.len() as u64);
             marked += delivered.len() as u64;
         }
         if let Err(error) = flushed {

@@ -81,6 +81,8 @@ impl Store {
     /// `Durability::None` commits are atomic but survive a crash only once a
     /// later `Immediate` commit lands.
     pub fn apply_batch(&self, batch: &Batch, durability: Durability) -> Result<BatchSummary, StoreError> {
+        let started = std::time::Instant::now();
+        let mut invalid_by_reason: HashMap<&'static str, u64> = HashMap::new();
         let mut txn = self.db.begin_write()?;
         let known = self.names();
         txn.set_durability(durability)?;
@@ -132,6 +134,7 @@ impl Store {
                         pending.insert(next_dead_letter, ())?;
                         next_dead_letter += 1;
                         summary.invalid += 1;
+                        *invalid_by_reason.entry(invalid.reason.as_str()).or_default() += 1;
                         continue;
                     }
                     ItemKind::Valid(event) => event,
@@ -312,7 +315,9 @@ impl Store {
             fresh_names = interner.fresh;
         }
         drop(known);
+        let committing = std::time::Instant::now();
         txn.commit()?;
+        record_batch_metrics(&summary, &invalid_by_reason, batch.items.len(), started, committing, newest_applied);
         if let Some(at) = newest_applied {
             self.last_applied_ms.fetch_max(at.millis(), std::sync::atomic::Ordering::Relaxed);
         }
@@ -337,6 +342,33 @@ impl Store {
         }
         txn.commit()?;
         Ok(())
+    }
+}
+
+/// What one committed batch did, as metrics (emitted only after the commit,
+/// so an aborted transaction counts nothing).
+fn record_batch_metrics(
+    summary: &BatchSummary,
+    invalid_by_reason: &HashMap<&'static str, u64>,
+    events: usize,
+    started: std::time::Instant,
+    committing: std::time::Instant,
+    newest_applied: Option<Timestamp>,
+) {
+    metrics::counter!("refund_projector_events_applied_total").increment(summary.applied);
+    metrics::counter!("refund_projector_events_duplicate_total").increment(summary.duplicate);
+    metrics::counter!("refund_projector_events_conflicting_duplicate_total").increment(summary.conflicting_duplicate);
+    for (reason, n) in invalid_by_reason {
+        metrics::counter!("refund_projector_events_invalid_total", "reason" => *reason).increment(*n);
+    }
+    metrics::counter!("refund_projector_refunds_created_total").increment(summary.refunds_created);
+    if events > 0 {
+        metrics::histogram!("refund_projector_batch_events").record(events as f64);
+        metrics::histogram!("refund_projector_batch_apply_duration_seconds").record(started.elapsed().as_secs_f64());
+    }
+    metrics::histogram!("refund_projector_store_commit_duration_seconds").record(committing.elapsed().as_secs_f64());
+    if let Some(at) = newest_applied {
+        metrics::gauge!("refund_projector_last_applied_event_timestamp_seconds").set(at.millis() as f64 / 1000.0);
     }
 }
 
