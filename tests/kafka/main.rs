@@ -233,6 +233,20 @@ impl Runner {
         }
     }
 
+    /// Any route, no credentials needed beyond the admin key: (status,
+    /// headers, body text).
+    fn raw_get(&self, path: &str) -> (u16, BTreeMap<String, String>, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let response = agent.get(format!("{}{path}", self.base)).header("Authorization", ADMIN).call().unwrap();
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        (status, headers, response.into_body().read_to_string().unwrap())
+    }
+
     fn status(&self) -> Value {
         let (code, body) = self.get("/v1/status");
         assert_eq!(code, 200, "{body}");
@@ -450,14 +464,65 @@ fn two_instances_with_different_groups_each_build_the_whole_projection() {
     let (db_a, db_b) = (scenario.db("a.redb"), scenario.db("b.redb"));
     let mut a = Runner::start(&scenario.instance("g-replica-a", &db_a));
     let mut b = Runner::start(&scenario.instance("g-replica-b", &db_b));
-    a.wait_caught_up(scenario.messages, Duration::from_secs(300));
+    let status = a.wait_caught_up(scenario.messages, Duration::from_secs(300));
     b.wait_caught_up(scenario.messages, Duration::from_secs(300));
+    // Caught up: ready, fresh, and the metrics agree with the status.
+    assert_eq!(a.raw_get("/readyz").0, 200);
+    let (_, headers, _) = a.raw_get("/v1/refunds?limit=1");
+    assert_eq!(headers.get("x-consumer-lag").map(String::as_str), Some("0"), "{headers:?}");
+    assert!(headers.contains_key("x-last-applied-at"), "{headers:?}");
+    let (_, _, metrics) = a.raw_get("/metrics");
+    let metric = |prefix: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix}:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(metric("refund_projector_events_applied_total "), status["events_applied"].as_f64().unwrap());
+    assert_eq!(metric("refund_projector_events_received_total{source=\"kafka\"} "), scenario.messages as f64);
+    let invalid: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("refund_projector_events_invalid_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(invalid, status["events_invalid"].as_f64().unwrap());
+    let lag_lines: Vec<&str> =
+        metrics.lines().filter(|l| l.starts_with("refund_projector_partition_lag_events{")).collect();
+    assert_eq!(lag_lines.len(), 4, "{lag_lines:?}");
+    assert!(lag_lines.iter().all(|l| l.ends_with(" 0")), "{lag_lines:?}");
     assert!(a.terminate().0.success());
     assert!(b.terminate().0.success());
     let (export_a, export_b) = (export(&db_a), export(&db_b));
     assert!(!export_a.is_empty());
     assert_eq!(export_a, export_b, "both replicas hold the same projection");
     assert_eq!(export_a, scenario.replay_export());
+}
+
+#[test]
+fn readyz_is_503_until_partitions_are_assigned_then_200_once_caught_up() {
+    let (_guard, bootstrap) = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(&keys, KEYS).unwrap();
+    let topic = unique_topic("ready");
+    let db = dir.path().join("store.redb");
+    let mut instance =
+        Instance { bootstrap: &bootstrap, topic: &topic, group: "g-ready", db: &db, keys: &keys, extra: vec![] };
+    instance.extra = vec!["--kafka-option".into(), "topic.metadata.refresh.interval.ms=500".into()];
+    // The topic does not exist yet: nothing can be assigned.
+    let runner = Runner::start(&instance);
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, _, body) = runner.raw_get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    create_topics(&bootstrap, &topic, 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while runner.raw_get("/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "never ready:\n{}", runner.log_tail());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = runner.status();
+    assert_eq!(status["partitions"].as_array().unwrap().len(), 2, "{status}");
+    assert!(runner.terminate().0.success());
 }
 
 #[test]
