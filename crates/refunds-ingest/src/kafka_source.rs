@@ -137,6 +137,8 @@ struct StatusInner {
     assigned_once: bool,
     /// Set after a failed store write, cleared by the next success.
     store_error: Option<String>,
+    /// When the first message of this run was polled.
+    first_message_at: Option<Instant>,
 }
 
 /// One partition's progress, as `/v1/status` reports it.
@@ -201,6 +203,11 @@ impl IngestStatus {
             Some(lag) if lag > max_lag => Some(format!("lag {lag} is above {max_lag}")),
             Some(_) => None,
         }
+    }
+
+    /// When the first message of this run was polled.
+    pub fn first_message_at(&self) -> Option<Instant> {
+        self.lock().first_message_at
     }
 
     fn set_applied(&self, offsets: &HashMap<i32, i64>) {
@@ -345,7 +352,9 @@ impl ConsumerContext for ConsumeContext {
 
 type Consumer_ = BaseConsumer<ConsumeContext>;
 
-fn consumer_config(params: &KafkaParams) -> ClientConfig {
+/// The consumer's librdkafka settings (public so that a benchmark can read a
+/// topic with exactly the same configuration).
+pub fn consumer_config(params: &KafkaParams) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &params.brokers)
@@ -469,6 +478,9 @@ pub fn consume(
         let batch = poll_batch(&consumer, params, &shutdown);
         if batch.items.is_empty() {
             continue;
+        }
+        if messages == 0 {
+            status.lock().first_message_at.get_or_insert(batch.started);
         }
         messages += batch.items.len() as u64;
         if !send_batch(&tx, batch, &shutdown, &writer) {

@@ -1,0 +1,143 @@
+//! Kafka ingest benchmark against a real broker (`scripts/bench-kafka.sh`
+//! runs it): produces an NDJSON event file to a fresh topic, then, in the same
+//! run, (1) reads and discards the whole topic with the consumer's own
+//! librdkafka configuration (the raw rate) and (2) ingests it into a fresh
+//! store with durable commits (the ingest rate, from the first poll to the
+//! final durable commit). Prints both and their ratio.
+//!
+//! Usage: kafka_bench BROKERS EVENTS.ndjson [PARTITIONS] [STORE_DIR]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message};
+use refunds_ingest::kafka_source::{IngestStatus, KafkaParams, Shutdown, consume, consumer_config};
+use refunds_store::{Store, StoreParams};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let brokers = args.get(1).expect("usage: kafka_bench BROKERS EVENTS.ndjson [PARTITIONS] [STORE_DIR]").clone();
+    let events = PathBuf::from(args.get(2).expect("an events file"));
+    let partitions: i32 = args.get(3).map_or(6, |p| p.parse().expect("partitions"));
+    let store_dir = args.get(4).map_or_else(std::env::temp_dir, PathBuf::from);
+    let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let topic = format!("bench-{suffix}");
+
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("admin client");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dlq = format!("{topic}.dlq");
+    let new = [
+        NewTopic::new(&topic, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+    ];
+    for result in runtime.block_on(admin.create_topics(&new, &AdminOptions::new())).expect("create topics") {
+        result.expect("topic created");
+    }
+
+    let started = Instant::now();
+    let total = produce(&brokers, &topic, &events);
+    println!(
+        "produced {total} messages to {topic} ({partitions} partitions) in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let params = KafkaParams::new(&brokers, &topic, &format!("{topic}-ingest"));
+    let raw = raw_read(&params, &topic, total);
+    println!(
+        "raw read: {total} messages in {:.2}s = {:.0} messages/s",
+        raw.as_secs_f64(),
+        total as f64 / raw.as_secs_f64()
+    );
+
+    let dir = tempfile::tempdir_in(&store_dir).expect("a store directory");
+    let store = Arc::new(Store::open(&dir.path().join("bench.redb"), &StoreParams::default()).expect("store"));
+    let status = Arc::new(IngestStatus::new(&topic));
+    let shutdown = Shutdown::new();
+    let consumer = {
+        let (store, status, shutdown, params) = (store.clone(), status.clone(), shutdown.clone(), params.clone());
+        std::thread::spawn(move || consume(store, &params, status, shutdown))
+    };
+    let total_i64 = i64::try_from(total).unwrap();
+    loop {
+        let applied: i64 = status.partitions().iter().map(|p| p.applied_offset).sum();
+        if applied >= total_i64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let applied_at = Instant::now();
+    shutdown.trigger();
+    let report = consumer.join().expect("consumer thread").expect("consume");
+    let durable_at = Instant::now();
+    let first = status.first_message_at().expect("a first message");
+    let ingest = durable_at - first;
+    println!(
+        "ingest: {total} messages ({} applied, {} duplicate, {} invalid) in {:.2}s = {:.0} events/s durable \
+         (all applied after {:.2}s; store {} MiB)",
+        report.applied,
+        report.duplicate,
+        report.invalid,
+        ingest.as_secs_f64(),
+        total as f64 / ingest.as_secs_f64(),
+        (applied_at - first).as_secs_f64(),
+        Store::file_bytes(&dir.path().join("bench.redb")) >> 20,
+    );
+    println!("ratio ingest/raw: {:.2}", raw.as_secs_f64() / ingest.as_secs_f64());
+}
+
+fn produce(brokers: &str, topic: &str, events: &std::path::Path) -> u64 {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("message.max.bytes", "8000000")
+        .set("queue.buffering.max.messages", "500000")
+        .create()
+        .expect("producer");
+    let bytes = std::fs::read(events).expect("the events file");
+    let mut count = 0;
+    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.iter().all(|&b| b == b' ' || b == b'\t')) {
+        let key = serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.pointer("/refund/id").and_then(|id| id.as_str()).map(str::to_owned));
+        let mut record = BaseRecord::<str, [u8]>::to(topic).payload(line);
+        if let Some(key) = key.as_deref() {
+            record = record.key(key);
+        }
+        while let Err((_, back)) = producer.send(record) {
+            record = back;
+            producer.poll(Duration::from_millis(10));
+        }
+        producer.poll(Duration::ZERO);
+        count += 1;
+    }
+    producer.flush(Duration::from_secs(120)).expect("every message acknowledged");
+    count
+}
+
+/// Reads the whole topic with the ingest's consumer settings and discards
+/// it; the time from the first message to the last.
+fn raw_read(params: &KafkaParams, topic: &str, total: u64) -> Duration {
+    let mut config = consumer_config(params);
+    config.set("group.id", format!("{topic}-raw"));
+    let consumer: BaseConsumer = config.create().expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut seen = 0u64;
+    let mut bytes = 0usize;
+    let mut first = None;
+    while seen < total {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            bytes += message.payload().map_or(0, <[u8]>::len);
+            seen += 1;
+        }
+    }
+    std::hint::black_box(bytes);
+    first.map_or(Duration::ZERO, |f| f.elapsed())
+}
