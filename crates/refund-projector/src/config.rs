@@ -121,6 +121,8 @@ fn scalar(value: &toml::Value) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
     fn os(args: &[&str]) -> Vec<OsString> {
@@ -143,6 +145,15 @@ mod tests {
         assert!(args.windows(2).any(|w| w == ["--listen", "127.0.0.1:9"]), "{args:?}");
         assert!(args.windows(2).any(|w| w == ["--group-id", "g"]), "{args:?}");
         assert!(args.windows(2).any(|w| w == ["--kafka-option", "security.protocol=SASL_SSL"]), "{args:?}");
+    }
+
+    #[test]
+    fn the_example_config_names_only_known_settings() {
+        let table: toml::Table = include_str!("../../../config/refund-projector.example.toml").parse().unwrap();
+        let args = strings(merge(os(&["rp", "run"]), &table, "example").unwrap());
+        assert!(args.windows(2).any(|w| w == ["--group-id", "refunds-dashboard"]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["--kafka-option", "sasl.mechanisms=SCRAM-SHA-512"]), "{args:?}");
+        Cli::try_parse_from(args).expect("the example parses as a run command line");
     }
 
     #[test]
