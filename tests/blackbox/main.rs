@@ -2,6 +2,7 @@
 //! for the schema, checks the published JSON Schema against the validator).
 
 mod api;
+mod compose;
 mod helpers;
 mod list;
 mod replay;

@@ -4,6 +4,7 @@
 mod config;
 mod demo;
 mod generate;
+mod produce;
 mod service;
 mod telemetry;
 
@@ -197,6 +198,32 @@ enum Command {
         #[arg(long, env = "REFUND_PROJECTOR_JWT_SECRET", hide_env_values = true)]
         jwt_secret: Option<String>,
     },
+    /// Produce an NDJSON event file (or `-` for stdin) to a Kafka topic, one
+    /// message per line keyed by its refund id; blank lines are skipped.
+    Produce {
+        /// Kafka bootstrap servers, comma separated.
+        #[arg(long, env = "REFUND_PROJECTOR_BROKERS")]
+        brokers: String,
+        /// Topic to produce to.
+        #[arg(long, default_value = "refund-events", env = "REFUND_PROJECTOR_TOPIC")]
+        topic: String,
+        /// Event file, one JSON event per line; `-` reads stdin.
+        #[arg(long, env = "REFUND_PROJECTOR_INPUT")]
+        input: PathBuf,
+        /// Create the topic (with this many partitions) and `<topic>.dlq` when
+        /// they do not exist.
+        #[arg(long, env = "REFUND_PROJECTOR_CREATE_PARTITIONS")]
+        create_partitions: Option<i32>,
+        /// A librdkafka setting, as key=value; repeatable.
+        #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        kafka_options: Vec<(String, String)>,
+    },
+    /// Exit 0 if `GET URL` answers 200 (a container health check, e.g.
+    /// `probe http://127.0.0.1:8080/readyz`).
+    Probe {
+        /// An http:// URL.
+        url: String,
+    },
     /// Print a realistic, seeded synthetic event stream (NDJSON) on stdout.
     Generate {
         /// Number of refunds (about three events each).
@@ -273,6 +300,19 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve { db, listen, api_keys, jwt_secret } => {
             run_serve(&db, &listen, &api_keys, jwt_secret.as_deref())
         }
+        Command::Produce { brokers, topic, input, create_partitions, kafka_options } => {
+            let params = produce::ProduceParams {
+                brokers: &brokers,
+                topic: &topic,
+                input: &input,
+                create_partitions,
+                options: &kafka_options,
+            };
+            let count = produce::produce(&params)?;
+            eprintln!("produced {count} messages to {topic}");
+            Ok(())
+        }
+        Command::Probe { url } => produce::probe(&url),
         Command::Generate { refunds, seed, dup_rate, shuffle_window, invalid_rate } => {
             anyhow::ensure!((0.0..=1.0).contains(&dup_rate), "--dup-rate must be between 0 and 1");
             anyhow::ensure!((0.0..=1.0).contains(&invalid_rate), "--invalid-rate must be between 0 and 1");

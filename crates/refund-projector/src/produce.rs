@@ -1,0 +1,130 @@
+//! `produce` (an NDJSON file or stdin to a topic, keyed by refund id, creating
+//! the topics if asked) and `probe` (a container health check that needs no
+//! curl in the image).
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+
+pub struct ProduceParams<'a> {
+    pub brokers: &'a str,
+    pub topic: &'a str,
+    pub input: &'a Path,
+    /// Create the topic and `<topic>.dlq` with this many partitions when
+    /// they do not exist.
+    pub create_partitions: Option<i32>,
+    pub options: &'a [(String, String)],
+}
+
+/// Returns the number of messages produced (blank lines are skipped).
+pub fn produce(params: &ProduceParams<'_>) -> anyhow::Result<u64> {
+    if let Some(partitions) = params.create_partitions {
+        create_topics(params, partitions)?;
+    }
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", params.brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("message.max.bytes", "8388608");
+    for (key, value) in params.options {
+        config.set(key, value);
+    }
+    let producer: BaseProducer = config.create().context("failed to create the producer")?;
+    let reader: Box<dyn Read> = if params.input.as_os_str() == "-" {
+        Box::new(io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(params.input).with_context(|| format!("failed to open {}", params.input.display()))?,
+        )
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, reader);
+    let mut line = Vec::new();
+    let mut count = 0u64;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).context("failed to read the input")? == 0 {
+            break;
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if text.iter().all(|&b| b == b' ' || b == b'\t') {
+            continue;
+        }
+        let key = serde_json::from_slice::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v.pointer("/refund/id").and_then(|id| id.as_str()).map(str::to_owned));
+        let mut record = BaseRecord::<str, [u8]>::to(params.topic).payload(text);
+        if let Some(key) = key.as_deref() {
+            record = record.key(key);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(20));
+                }
+                Err((error, _)) => return Err(error).context("failed to produce"),
+            }
+        }
+        producer.poll(Duration::ZERO);
+        count += 1;
+    }
+    producer.flush(Duration::from_secs(60)).context("not every message was acknowledged")?;
+    Ok(count)
+}
+
+fn create_topics(params: &ProduceParams<'_>, partitions: i32) -> anyhow::Result<()> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", params.brokers);
+    for (key, value) in params.options {
+        config.set(key, value);
+    }
+    let admin: AdminClient<DefaultClientContext> = config.create().context("failed to create the admin client")?;
+    let dlq = format!("{}.dlq", params.topic);
+    let topics = [
+        NewTopic::new(params.topic, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+    ];
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = runtime.block_on(admin.create_topics(&topics, &options)).context("failed to create the topics")?;
+    for result in results {
+        match result {
+            Ok(name) => eprintln!("created topic {name}"),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => eprintln!("topic {name} exists"),
+            Err((name, code)) => anyhow::bail!("failed to create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// GETs `url` (plain `http://host:port/path`) and succeeds on a 200.
+pub fn probe(url: &str) -> anyhow::Result<()> {
+    let rest = url.strip_prefix("http://").context("probe takes an http:// URL")?;
+    let (authority, path) = match rest.find('/') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, "/"),
+    };
+    let address = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .with_context(|| format!("cannot resolve {authority}"))?
+        .next()
+        .with_context(|| format!("cannot resolve {authority}"))?;
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(3))
+        .with_context(|| format!("cannot connect to {authority}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.take(64 * 1024).read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).unwrap_or("");
+    anyhow::ensure!(status == "200", "{url} answered {}", response.lines().next().unwrap_or("nothing"));
+    Ok(())
+}
