@@ -369,6 +369,7 @@ fn openapi_json_is_served_and_documents_every_route() {
     assert_eq!(
         paths,
         [
+            "/admin/export",
             "/healthz",
             "/metrics",
             "/openapi.json",
@@ -430,6 +431,24 @@ fn metrics_are_prometheus_text_without_credentials_and_count_requests_by_route()
     assert_eq!(line("refund_projector_refunds "), f.refunds.len() as f64);
     assert!(line("refund_projector_store_size_bytes ") > 0.0);
     assert!(text.contains("# TYPE refund_projector_http_request_duration_seconds histogram"), "{text}");
+}
+
+#[test]
+fn admin_export_streams_one_snapshot_with_its_checkpoints_to_admins_only() {
+    let f = fixture();
+    let server = Server::start(&f.db, &f.keys);
+    assert_eq!(server.get("/admin/export", None).0, 401);
+    assert_eq!(server.get("/admin/export", Some("Api-Key secret-a")).0, 403);
+    let response = ureq::get(format!("{}/admin/export", server.base))
+        .header("Authorization", "Api-Key secret-ops")
+        .call()
+        .unwrap();
+    let text = response.into_body().with_config().limit(1 << 30).read_to_string().unwrap();
+    let mut lines = text.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert!(header["checkpoints"].as_object().unwrap().keys().any(|k| k.starts_with("file:")), "{header}");
+    let body: Vec<Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(body, f.refunds, "the rest is the export");
 }
 
 #[test]

@@ -5,5 +5,6 @@ mod api;
 mod compose;
 mod helpers;
 mod list;
+mod rebuild;
 mod replay;
 mod schema;

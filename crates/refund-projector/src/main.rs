@@ -5,6 +5,7 @@ mod config;
 mod demo;
 mod generate;
 mod produce;
+mod rebuild;
 mod service;
 mod telemetry;
 
@@ -91,6 +92,42 @@ impl KafkaArgs {
     }
 }
 
+/// Where `rebuild` and `verify` read the events: a file, or a topic from its
+/// beginning.
+#[derive(Debug, clap::Args)]
+struct SourceArgs {
+    /// Rebuild from this NDJSON event file (what `replay` applied).
+    #[arg(long, env = "REFUND_PROJECTOR_INPUT", conflicts_with = "brokers")]
+    input: Option<PathBuf>,
+    /// Rebuild from this Kafka cluster's topic, from the beginning.
+    #[arg(long, env = "REFUND_PROJECTOR_BROKERS")]
+    brokers: Option<String>,
+    /// Topic of refund events.
+    #[arg(long, default_value = "refund-events", env = "REFUND_PROJECTOR_TOPIC")]
+    topic: String,
+    /// Prefix of the throwaway consumer group (it commits no offsets).
+    #[arg(long, default_value = "refund-projector", env = "REFUND_PROJECTOR_GROUP_ID")]
+    group_id: String,
+    /// A librdkafka setting, as key=value; repeatable.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    kafka_options: Vec<(String, String)>,
+}
+
+impl SourceArgs {
+    fn source(&self) -> anyhow::Result<rebuild::Source> {
+        match (&self.input, &self.brokers) {
+            (Some(input), None) => Ok(rebuild::Source::File(input.clone())),
+            (None, Some(brokers)) => {
+                let mut params = KafkaParams::new(brokers, &self.topic, &self.group_id);
+                params.options = self.kafka_options.clone();
+                params.check_options()?;
+                Ok(rebuild::Source::Kafka(params))
+            }
+            _ => anyhow::bail!("give the source: --input FILE or --brokers HOSTS [--topic T]"),
+        }
+    }
+}
+
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
@@ -172,6 +209,34 @@ enum Command {
         /// are atomic and replayed from the input after a crash.
         #[arg(long, default_value_t = 1_000, env = "REFUND_PROJECTOR_DURABLE_EVERY_MS")]
         durable_every_ms: u64,
+    },
+    /// Build a fresh store from the beginning of the source into `<db>.rebuild`
+    /// while the live store keeps serving, then swap it in atomically once
+    /// caught up (a running `run` or `serve` picks it up within a second).
+    Rebuild {
+        /// The live store file.
+        #[arg(long, env = "REFUND_PROJECTOR_DB")]
+        db: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Rebuild into a temporary store and diff its export with the live
+    /// store's, printing the differences; exits 1 if there are any. With
+    /// `--url`, the live projection is read from a running instance (at one
+    /// snapshot, with the source positions it covers); otherwise `--db` is
+    /// opened (no other process may hold it).
+    Verify {
+        /// The live store file (when no process holds it).
+        #[arg(long, env = "REFUND_PROJECTOR_DB", required_unless_present = "url")]
+        db: Option<PathBuf>,
+        /// A running instance, e.g. http://127.0.0.1:8080.
+        #[arg(long, env = "REFUND_PROJECTOR_URL", requires = "api_key")]
+        url: Option<String>,
+        /// An admin key's secret for `--url`.
+        #[arg(long, env = "REFUND_PROJECTOR_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// Print every refund, as the API renders it, one JSON object per line,
     /// ordered by (tenant_id, id).
@@ -313,6 +378,20 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Probe { url } => produce::probe(&url),
+        Command::Rebuild { db, source } => rebuild::rebuild(&db, source.source()?),
+        Command::Verify { db, url, api_key, source } => {
+            let authorization = api_key.map(|k| format!("Api-Key {k}")).unwrap_or_default();
+            let live = match (&url, &db) {
+                (Some(base), _) => rebuild::Live::Url { base, authorization: &authorization },
+                (None, Some(db)) => rebuild::Live::File(db),
+                (None, None) => anyhow::bail!("give --db or --url"),
+            };
+            if rebuild::verify(live, source.source()?)? {
+                Ok(())
+            } else {
+                std::process::exit(1);
+            }
+        }
         Command::Generate { refunds, seed, dup_rate, shuffle_window, invalid_rate } => {
             anyhow::ensure!((0.0..=1.0).contains(&dup_rate), "--dup-rate must be between 0 and 1");
             anyhow::ensure!((0.0..=1.0).contains(&invalid_rate), "--invalid-rate must be between 0 and 1");
@@ -332,6 +411,23 @@ fn run_serve(db: &Path, listen: &str, api_keys: &Path, jwt_secret: Option<&str>)
     let store = open_store(db)?;
     let mut state = refunds_api::AppState::new(std::sync::Arc::new(store), std::sync::Arc::new(auth), db);
     state.metrics = telemetry::metrics_renderer();
+    // A rebuilt store renamed over this one is picked up within a second.
+    {
+        let slot = state.store.clone();
+        let db = db.to_path_buf();
+        let mut opened = service::file_identity(&db);
+        std::thread::Builder::new()
+            .name("store-watch".to_owned())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    if let Some(store) = service::swapped_store(&db, &mut opened) {
+                        slot.replace(std::sync::Arc::new(store));
+                    }
+                }
+            })
+            .context("failed to start the store watcher")?;
+    }
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     runtime.block_on(async move {
         let listener =

@@ -7,8 +7,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use refunds_api::{AppState, Auth, IngestProbe, PartitionLag};
-use refunds_ingest::kafka_source::{IngestStatus, KafkaParams, Shutdown, consume};
+use refunds_api::{AppState, Auth, IngestProbe, PartitionLag, StoreSlot};
+use refunds_ingest::kafka_source::{IngestError, IngestReport, IngestStatus, KafkaParams, Shutdown, consume};
+use refunds_store::Store;
 
 /// The consumer's status, as the API asks for it.
 struct Probe {
@@ -74,14 +75,15 @@ pub fn run_service(params: ServiceParams<'_>, on_started: impl FnOnce(Started<'_
     let address = listener.local_addr().context("failed to read the listening address")?;
 
     let consumer = {
-        let store = store.clone();
+        let slot = state.store.clone();
         let status = status.clone();
         let shutdown = shutdown.clone();
         let kafka = params.kafka.clone();
+        let db = params.db.to_path_buf();
         thread::Builder::new()
-            .name("kafka-poll".to_owned())
+            .name("kafka-supervisor".to_owned())
             .spawn(move || {
-                let result = consume(store, &kafka, status, shutdown.clone());
+                let result = supervise(&slot, &db, &kafka, &status, &shutdown);
                 // However it ends, the server goes with it.
                 shutdown.trigger();
                 result
@@ -121,6 +123,83 @@ pub fn run_service(params: ServiceParams<'_>, on_started: impl FnOnce(Started<'_
     );
     served.context("the server failed")?;
     Ok(())
+}
+
+/// The identity of the file at `path` (device, inode): a rebuilt store is
+/// renamed over the live one, which changes it.
+pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// If the file at `db` is no longer the one `current` was opened from,
+/// opens the new one. Logs and keeps the current store when it cannot.
+pub fn swapped_store(db: &Path, opened: &mut Option<(u64, u64)>) -> Option<Store> {
+    let now = file_identity(db);
+    if now.is_none() || now == *opened {
+        return None;
+    }
+    match crate::open_store(db) {
+        Ok(store) => {
+            tracing::info!(db = %db.display(), "the store file was replaced (rebuild); serving the new store");
+            *opened = now;
+            Some(store)
+        }
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "the store file changed but cannot be opened yet");
+            None
+        }
+    }
+}
+
+/// Runs the consumer over the slot's store; when the store file is replaced
+/// (`rebuild`), swaps the new store into the API at once and restarts the
+/// consumer on it (it resumes from the new store's offsets).
+fn supervise(
+    slot: &StoreSlot,
+    db: &Path,
+    kafka: &KafkaParams,
+    status: &Arc<IngestStatus>,
+    shutdown: &Shutdown,
+) -> Result<IngestReport, IngestError> {
+    let mut opened = file_identity(db);
+    let mut total = IngestReport::default();
+    loop {
+        let run = Shutdown::new();
+        let consumer = {
+            let (store, kafka, status, run) = (slot.get(), kafka.clone(), status.clone(), run.clone());
+            thread::Builder::new().name("kafka-poll".to_owned()).spawn(move || consume(store, &kafka, status, run))?
+        };
+        let swapped = loop {
+            for _ in 0..10 {
+                if shutdown.is_triggered() || consumer.is_finished() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            if shutdown.is_triggered() || consumer.is_finished() {
+                break false;
+            }
+            if let Some(store) = swapped_store(db, &mut opened) {
+                // The API reads the new store from the next request on.
+                slot.replace(Arc::new(store));
+                break true;
+            }
+        };
+        run.trigger();
+        let report = consumer.join().map_err(|_| IngestError::Config("the consumer thread panicked".to_owned()))??;
+        total.messages += report.messages;
+        total.applied += report.applied;
+        total.duplicate += report.duplicate;
+        total.conflicting_duplicate += report.conflicting_duplicate;
+        total.invalid += report.invalid;
+        total.skipped += report.skipped;
+        total.dead_letters_sent += report.dead_letters_sent;
+        if !swapped {
+            return Ok(total);
+        }
+        status.reset();
+    }
 }
 
 /// Resolves once `shutdown` is triggered from elsewhere (the consumer

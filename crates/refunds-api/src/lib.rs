@@ -20,10 +20,30 @@ pub use error::ApiError;
 use refunds_store::Store;
 pub use routes::router;
 
+/// The store the API reads. Replaceable while serving: a rebuilt store is
+/// swapped in atomically, and requests in flight finish on the one they began
+/// with.
+pub struct StoreSlot(std::sync::RwLock<Arc<Store>>);
+
+impl StoreSlot {
+    pub fn new(store: Arc<Store>) -> StoreSlot {
+        StoreSlot(std::sync::RwLock::new(store))
+    }
+
+    pub fn get(&self) -> Arc<Store> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Swaps in `store`; returns the one it replaces.
+    pub fn replace(&self, store: Arc<Store>) -> Arc<Store> {
+        std::mem::replace(&mut *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner), store)
+    }
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<Store>,
+    pub store: Arc<StoreSlot>,
     pub auth: Arc<Auth>,
     /// The store file, for `store_bytes`.
     pub db_path: Arc<std::path::Path>,
@@ -37,7 +57,13 @@ pub struct AppState {
 impl AppState {
     /// The API over a store with no consumer (`serve`).
     pub fn new(store: Arc<Store>, auth: Arc<Auth>, db_path: &std::path::Path) -> AppState {
-        AppState { store, auth, db_path: Arc::from(db_path), ingest: None, metrics: None }
+        AppState {
+            store: Arc::new(StoreSlot::new(store)),
+            auth,
+            db_path: Arc::from(db_path),
+            ingest: None,
+            metrics: None,
+        }
     }
 }
 

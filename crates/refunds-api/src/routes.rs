@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status", get(status))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
+        .route("/admin/export", get(admin_export))
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .layer(axum::middleware::from_fn(observe))
@@ -43,6 +44,7 @@ fn route_template(path: &str) -> &'static str {
         ["", "readyz"] => "/readyz",
         ["", "metrics"] => "/metrics",
         ["", "openapi.json"] => "/openapi.json",
+        ["", "admin", "export"] => "/admin/export",
         _ => "unmatched",
     }
 }
@@ -113,7 +115,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("refund_projector_store_size_bytes").set(Store::file_bytes(&state.db_path) as f64);
     if let Ok(Ok(stats)) = tokio::task::spawn_blocking({
-        let store = state.store.clone();
+        let store = state.store.get();
         move || store.stats()
     })
     .await
@@ -123,6 +125,72 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
     let body = state.metrics.as_ref().map(|render| render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+/// `GET /admin/export` (admin): the store's export from one snapshot,
+/// preceded by the line `{"checkpoints": {...}}` of the source positions that
+/// snapshot covers. Streamed: `refund-projector verify --url` reads it to
+/// compare a live store with a rebuild up to exactly those positions.
+async fn admin_export(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers)?;
+    if !caller.admin {
+        return Err(ApiError::forbidden("/admin/export needs the admin scope"));
+    }
+    Params::parse(query.as_deref(), &[])?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let store = state.store.get();
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter { tx, buffer: Vec::with_capacity(CHUNK) };
+        if let Err(error) = store
+            .export_with_checkpoints(&mut out)
+            .map(|_| ())
+            .and_then(|()| out.flush_chunk().map_err(refunds_store::ExportError::from))
+        {
+            // The client sees a truncated body (no final newline-terminated
+            // refund count line is promised); log why.
+            tracing::warn!(%error, "export stream ended early");
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(stream)).into_response())
+}
+
+const CHUNK: usize = 256 * 1024;
+
+/// A `Write` that hands 256 KiB chunks to the response body.
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    buffer: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK));
+        self.tx.blocking_send(chunk).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(buf);
+        if self.buffer.len() >= CHUNK {
+            self.flush_chunk()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.flush_chunk()
+    }
 }
 
 /// Freshness of what a list shows: the arrival time of the newest applied
@@ -161,7 +229,7 @@ async fn read<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let store = state.store.clone();
+    let store = state.store.get();
     tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| store_unavailable(&e))?
 }
 

@@ -61,6 +61,13 @@ pub struct KafkaParams {
     /// ones the guarantee rests on (`enable.auto.commit`,
     /// `enable.auto.offset.store`), which are refused.
     pub options: Vec<(String, String)>,
+    /// Consume each partition only below this offset (the rest is dropped):
+    /// `verify` rebuilds exactly up to the live store's positions.
+    pub stop_at: Option<HashMap<i32, i64>>,
+    /// Produce the outbox to the DLQ topic (off for `verify`'s throwaway store).
+    pub produce_dead_letters: bool,
+    /// Commit offsets to Kafka for lag tools (off for throwaway groups).
+    pub commit_offsets: bool,
 }
 
 impl KafkaParams {
@@ -74,6 +81,9 @@ impl KafkaParams {
             batch_wait: Duration::from_millis(100),
             durable_every: Duration::from_secs(1),
             options: Vec::new(),
+            stop_at: None,
+            produce_dead_letters: true,
+            commit_offsets: true,
         }
     }
 
@@ -203,6 +213,13 @@ impl IngestStatus {
             Some(lag) if lag > max_lag => Some(format!("lag {lag} is above {max_lag}")),
             Some(_) => None,
         }
+    }
+
+    /// Forgets everything but the topic: a new store is being consumed into.
+    pub fn reset(&self) {
+        let mut inner = self.lock();
+        let topic = std::mem::take(&mut inner.topic);
+        *inner = StatusInner { topic, ..StatusInner::default() };
     }
 
     /// When the first message of this run was polled.
@@ -364,6 +381,9 @@ pub fn consumer_config(params: &KafkaParams) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "1000")
+        // A topic created after the consumer started is found within 5 s
+        // (librdkafka's default is 5 min).
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .set("fetch.wait.max.ms", "100")
         .set("queued.max.messages.kbytes", "262144")
         .set("session.timeout.ms", "10000")
@@ -639,7 +659,7 @@ fn write_batches(
             }
             continue;
         };
-        let (batch, advanced, skipped) = store_batch(polled.items, &applied, &params.topic);
+        let (batch, advanced, skipped) = store_batch(polled.items, &applied, params);
         report.skipped += skipped;
         if batch.items.is_empty() {
             continue;
@@ -683,7 +703,8 @@ fn write_batches(
 /// Drops messages the store already holds and builds the store batch with
 /// one checkpoint per partition. Returns the batch, the new next offsets and
 /// how many messages were dropped.
-fn store_batch(items: Vec<Item>, applied: &HashMap<i32, i64>, topic: &str) -> (Batch, HashMap<i32, i64>, u64) {
+fn store_batch(items: Vec<Item>, applied: &HashMap<i32, i64>, params: &KafkaParams) -> (Batch, HashMap<i32, i64>, u64) {
+    let topic = params.topic.as_str();
     let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
     let mut kept = Vec::with_capacity(items.len());
     let mut skipped = 0;
@@ -693,7 +714,8 @@ fn store_batch(items: Vec<Item>, applied: &HashMap<i32, i64>, topic: &str) -> (B
         };
         let next = applied.get(&partition).copied().unwrap_or(0);
         let seen = ranges.get(&partition).map(|r| r.1);
-        if offset < next || seen.is_some_and(|last| offset <= last) {
+        let beyond = params.stop_at.as_ref().is_some_and(|stop| offset >= stop.get(&partition).copied().unwrap_or(0));
+        if offset < next || seen.is_some_and(|last| offset <= last) || beyond {
             skipped += 1;
             continue;
         }
@@ -782,7 +804,8 @@ fn after_durable(
             continue;
         }
     }
-    if tpl.count() > 0
+    if params.commit_offsets
+        && tpl.count() > 0
         && let Err(error) = consumer.commit(&tpl, CommitMode::Async)
     {
         // Partitions no longer assigned, or a broker away: the store has
@@ -855,9 +878,10 @@ impl DeadLetterSender {
             let handle = handle.clone();
             let stop = stop.clone();
             let topic = params.dlq_topic.clone();
+            let enabled = params.produce_dead_letters;
             thread::Builder::new()
                 .name("kafka-dead-letters".to_owned())
-                .spawn(move || send_dead_letters(&store, &producer, &topic, &handle, &stop))?
+                .spawn(move || send_dead_letters(&store, &producer, &topic, &handle, &stop, enabled))?
         };
         Ok(DeadLetterSender { handle, thread, stop })
     }
@@ -880,13 +904,16 @@ fn send_dead_letters(
     topic: &str,
     handle: &OutboxHandle,
     stop: &AtomicBool,
+    enabled: bool,
 ) -> u64 {
     let mut sent = 0;
     let mut failures = 0u32;
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let durable = handle.0.0.load(Ordering::SeqCst);
-        match send_once(store, producer, topic, durable, if stopping { 3 } else { 30 }) {
+        let attempt =
+            if enabled { send_once(store, producer, topic, durable, if stopping { 3 } else { 30 }) } else { Ok(0) };
+        match attempt {
             Ok(n) => {
                 sent += n;
                 failures = 0;

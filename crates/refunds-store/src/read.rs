@@ -88,9 +88,41 @@ impl Store {
     /// by (tenant_id, id). Returns the number of refunds written.
     pub fn export(&self, out: &mut impl Write) -> Result<u64, ExportError> {
         let txn = self.read()?;
+        self.export_in(&txn, out)
+    }
+
+    /// The export preceded by one line `{"checkpoints": {source: position}}`,
+    /// both from one snapshot: what the projection holds and exactly which
+    /// source positions it covers (`verify` rebuilds up to them).
+    pub fn export_with_checkpoints(&self, out: &mut impl Write) -> Result<u64, ExportError> {
+        let txn = self.read()?;
+        let table = txn.open_table(tables::CHECKPOINTS).map_err(StoreError::from)?;
+        let mut checkpoints = serde_json::Map::new();
+        for row in table.iter().map_err(StoreError::from)? {
+            let (name, value) = row.map_err(StoreError::from)?;
+            let checkpoint = Checkpoint::decode(value.value()).ok_or_else(|| corrupt("checkpoint"))?;
+            checkpoints.insert(name.value().to_owned(), json!(checkpoint.position));
+        }
+        serde_json::to_writer(&mut *out, &json!({"checkpoints": checkpoints})).map_err(io::Error::from)?;
+        out.write_all(b"\n")?;
+        self.export_in(&txn, out)
+    }
+
+    fn export_in(&self, txn: &ReadTransaction, out: &mut impl Write) -> Result<u64, ExportError> {
         let refunds = txn.open_table(tables::REFUNDS).map_err(StoreError::from)?;
+        // The tenants of this snapshot (the shared cache may lag a commit).
+        let names = txn.open_table(tables::NAMES).map_err(StoreError::from)?;
+        let mut tenants = Vec::new();
+        for row in names.range(crate::TENANT_KIND..).map_err(StoreError::from)? {
+            let (name, number) = row.map_err(StoreError::from)?;
+            let Some(tenant_id) = name.value().strip_prefix(crate::TENANT_KIND) else {
+                break;
+            };
+            tenants.push((tenant_id.to_owned(), TenantNo(number.value())));
+        }
+        tenants.sort();
         let mut written = 0;
-        for (_, tenant) in self.tenants() {
+        for (_, tenant) in tenants {
             let start = tenant.prefix();
             let end = TenantNo(tenant.0 + 1).prefix();
             for row in refunds.range(start.as_slice()..end.as_slice()).map_err(StoreError::from)? {
