@@ -7,7 +7,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{command, export, generate, replay};
 
@@ -449,6 +449,39 @@ fn admin_export_streams_one_snapshot_with_its_checkpoints_to_admins_only() {
     assert!(header["checkpoints"].as_object().unwrap().keys().any(|k| k.starts_with("file:")), "{header}");
     let body: Vec<Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(body, f.refunds, "the rest is the export");
+}
+
+#[test]
+fn json_logs_carry_one_span_per_request_with_route_status_tenant_and_key_id_and_never_the_secret() {
+    let f = fixture();
+    let mut child = command()
+        .args(["--log-format", "json", "serve", "--db", f.db.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(["--api-keys", f.keys.to_str().unwrap()])
+        .env("RUST_LOG", "info,refunds_api=debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
+    let base = lines.by_ref().find_map(|l| l.strip_prefix("listening on ").map(str::to_owned)).unwrap();
+    let server = Server { child, base };
+    assert_eq!(server.get("/v1/refunds?limit=1", Some("Api-Key secret-a")).0, 200);
+    assert_eq!(server.get("/v1/refunds?limit=1", Some("Api-Key wrong-secret")).0, 401);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 2 && Instant::now() < deadline {
+        let Some(line) = lines.next() else { break };
+        assert!(!line.contains("secret-a") && !line.contains("wrong-secret"), "a secret in the logs: {line}");
+        let Ok(event) = serde_json::from_str::<Value>(&line) else { continue };
+        if event["span"]["name"] == "request" {
+            seen.push(event);
+        }
+    }
+    assert_eq!(seen.len(), 2, "one request event each: {seen:?}");
+    let ok = &seen[0]["span"];
+    assert_eq!((&ok["route"], &ok["status"], &ok["key_id"]), (&json!("/v1/refunds"), &json!(200), &json!("tenant-a")));
+    assert_eq!(ok["tenant"], json!(f.tenant_a));
+    assert_eq!(seen[1]["span"]["status"], 401);
+    assert!(seen[1]["span"].get("key_id").is_none(), "no key id for bad credentials");
 }
 
 #[test]

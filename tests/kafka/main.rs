@@ -181,6 +181,7 @@ struct Instance<'a> {
     db: &'a Path,
     keys: &'a Path,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Runner {
@@ -190,6 +191,7 @@ impl Runner {
             .args(["--db", instance.db.to_str().unwrap(), "--listen", "127.0.0.1:0"])
             .args(["--api-keys", instance.keys.to_str().unwrap()])
             .args(&instance.extra)
+            .envs(instance.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -346,7 +348,15 @@ impl Scenario {
     }
 
     fn instance<'a>(&'a self, group: &'a str, db: &'a Path) -> Instance<'a> {
-        Instance { bootstrap: &self.bootstrap, topic: &self.topic, group, db, keys: &self.keys, extra: Vec::new() }
+        Instance {
+            bootstrap: &self.bootstrap,
+            topic: &self.topic,
+            group,
+            db,
+            keys: &self.keys,
+            extra: Vec::new(),
+            env: Vec::new(),
+        }
     }
 
     /// The export of `replay` over the same file: what the topic must give.
@@ -462,7 +472,10 @@ fn two_instances_with_different_groups_each_build_the_whole_projection() {
     let (_guard, bootstrap) = broker();
     let scenario = Scenario::new(&bootstrap, "replicas", 20_000, 13, 4);
     let (db_a, db_b) = (scenario.db("a.redb"), scenario.db("b.redb"));
-    let mut a = Runner::start(&scenario.instance("g-replica-a", &db_a));
+    let mut instance_a = scenario.instance("g-replica-a", &db_a);
+    instance_a.extra = vec!["--log-format".into(), "json".into()];
+    instance_a.env = vec![("RUST_LOG".into(), "info,refunds_ingest=debug".into())];
+    let mut a = Runner::start(&instance_a);
     let mut b = Runner::start(&scenario.instance("g-replica-b", &db_b));
     let status = a.wait_caught_up(scenario.messages, Duration::from_secs(300));
     b.wait_caught_up(scenario.messages, Duration::from_secs(300));
@@ -488,6 +501,21 @@ fn two_instances_with_different_groups_each_build_the_whole_projection() {
         metrics.lines().filter(|l| l.starts_with("refund_projector_partition_lag_events{")).collect();
     assert_eq!(lag_lines.len(), 4, "{lag_lines:?}");
     assert!(lag_lines.iter().all(|l| l.ends_with(" 0")), "{lag_lines:?}");
+    // JSON logs: one span per batch with its size, offsets and duration.
+    let batches: Vec<Value> = a
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["span"]["name"] == "batch")
+        .collect();
+    assert!(!batches.is_empty(), "batch spans in the JSON logs:\n{}", a.log_tail());
+    let events: u64 = batches.iter().map(|b| b["span"]["events"].as_u64().unwrap()).sum();
+    assert_eq!(events, scenario.messages, "the batch spans account for every message");
+    let span = &batches[0]["span"];
+    assert!(span["offsets"].as_str().unwrap().contains(".."), "{span}");
+    assert!(span["duration_ms"].is_u64() && span["durable"].is_boolean(), "{span}");
     assert!(a.terminate().0.success());
     assert!(b.terminate().0.success());
     let (export_a, export_b) = (export(&db_a), export(&db_b));
@@ -504,8 +532,15 @@ fn readyz_is_503_until_partitions_are_assigned_then_200_once_caught_up() {
     std::fs::write(&keys, KEYS).unwrap();
     let topic = unique_topic("ready");
     let db = dir.path().join("store.redb");
-    let mut instance =
-        Instance { bootstrap: &bootstrap, topic: &topic, group: "g-ready", db: &db, keys: &keys, extra: vec![] };
+    let mut instance = Instance {
+        bootstrap: &bootstrap,
+        topic: &topic,
+        group: "g-ready",
+        db: &db,
+        keys: &keys,
+        extra: vec![],
+        env: vec![],
+    };
     instance.extra = vec!["--kafka-option".into(), "topic.metadata.refresh.interval.ms=500".into()];
     // The topic does not exist yet: nothing can be assigned.
     let runner = Runner::start(&instance);

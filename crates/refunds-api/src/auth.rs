@@ -60,7 +60,7 @@ struct Key {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
-    #[error("failed to read the API keys file {path}: {source}")]
+    #[error("failed to read the API keys file {path}")]
     Read { path: String, source: std::io::Error },
     #[error("invalid API keys file {path}: {message}")]
     Invalid { path: String, message: String },

@@ -87,7 +87,9 @@ impl KafkaParams {
         }
     }
 
-    /// The settings the guarantee rests on cannot be overridden.
+    /// The settings the guarantee rests on cannot be overridden, and every
+    /// other one must be a setting librdkafka knows with a value it accepts
+    /// (checked by creating, not connecting, a consumer and a producer).
     pub fn check_options(&self) -> Result<(), IngestError> {
         for (key, _) in &self.options {
             if PINNED_CONSUMER_OPTIONS.contains(&key.as_str()) {
@@ -96,6 +98,10 @@ impl KafkaParams {
                 )));
             }
         }
+        consumer_config(self).create::<BaseConsumer>().map_err(|e| IngestError::Config(format!("consumer: {e}")))?;
+        producer_config(self)
+            .create::<BaseProducer>()
+            .map_err(|e| IngestError::Config(format!("dead-letter producer: {e}")))?;
         Ok(())
     }
 }
@@ -666,20 +672,29 @@ fn write_batches(
         }
         let durable = last_durable.elapsed() >= params.durable_every;
         let durability = if durable { Durability::Immediate } else { Durability::None };
-        let span = tracing::info_span!("batch", events = batch.items.len(), durable).entered();
+        // partition:from..to of every partition in the batch.
+        let offsets = batch
+            .checkpoints
+            .iter()
+            .map(|c| format!("{}:{}..{}", c.source.rsplit(':').next().unwrap_or(""), c.from, c.to))
+            .collect::<Vec<_>>()
+            .join(",");
+        let span = tracing::info_span!("batch", events = batch.items.len(), %offsets, durable, duration_ms = tracing::field::Empty).entered();
+        let applying = Instant::now();
         let Some(summary) = apply_with_retry(store, &batch, durability, status, shutdown) else {
             // Shutdown while the store could not write: the batch is
             // abandoned whole; its offsets were not recorded.
             break;
         };
-        drop(span);
+        span.record("duration_ms", millis(applying.elapsed()));
         tracing::debug!(
             applied = summary.applied,
             duplicate = summary.duplicate,
             invalid = summary.invalid,
-            elapsed_ms = millis(polled.started.elapsed()),
+            since_poll_ms = millis(polled.started.elapsed()),
             "batch committed"
         );
+        drop(span);
         report.applied += summary.applied;
         report.duplicate += summary.duplicate;
         report.conflicting_duplicate += summary.conflicting_duplicate;
