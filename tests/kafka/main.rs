@@ -630,6 +630,118 @@ fn rebuild_swaps_in_under_a_live_run_with_no_failed_request_and_verify_finds_it_
     assert!(runner.terminate().0.success());
 }
 
+/// A small tmpfs of our own (the suite runs as root): a disk that fills up.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(megabytes: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs", dir.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mounting a tmpfs needs root: {}", String::from_utf8_lossy(&out.stderr));
+        SmallDisk { dir }
+    }
+
+    fn grow(&self, megabytes: u32) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={megabytes}m"), self.dir.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Kafka's committed offsets of a group, per partition.
+fn committed_offsets(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(n) => Some((e.partition(), n)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_disk_holds_the_consumer_back_with_no_offset_past_what_was_applied_and_it_resumes_once_space_is_freed() {
+    let (_guard, bootstrap) = broker();
+    let scenario = Scenario::new(&bootstrap, "diskfull", 45_000, 18, 3);
+    let disk = SmallDisk::mount(12);
+    let db = disk.dir.path().join("live.redb");
+    let mut runner = Runner::start(&scenario.instance("g-diskfull", &db));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (code, _, body) = runner.raw_get("/readyz");
+        if code == 503 && (body.contains("cannot write") || body.contains("reopened")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the disk never filled: {body}\n{}", runner.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // While the disk is full the store fails, is reopened at its last durable
+    // commit and fails again; at no moment does Kafka's committed offset pass
+    // what the store has applied, or the store record more than was sent.
+    let applied = |runner: &Runner| -> Option<(u64, BTreeMap<i32, i64>)> {
+        let (code, status) = runner.get("/v1/status");
+        (code == 200).then(|| {
+            let offsets = status["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (i32::try_from(p["partition"].as_i64().unwrap()).unwrap(), p["applied_offset"].as_i64().unwrap())
+                })
+                .collect();
+            (recorded(&status), offsets)
+        })
+    };
+    let mut samples = Vec::new();
+    for _ in 0..30 {
+        if let Some(sample) = applied(&runner) {
+            samples.push(sample);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(samples.len() >= 2, "status answers between reopen attempts");
+    assert!(samples.iter().all(|s| s.0 < scenario.messages), "the full disk holds the ingest back: {samples:?}");
+    let committed = committed_offsets(&bootstrap, &scenario.topic, "g-diskfull", 3);
+    let stored = applied(&runner).map(|s| s.1).unwrap_or_default();
+    for (partition, committed) in committed {
+        // (An empty status between reopens says nothing either way.)
+        if let Some(&applied_offset) = stored.get(&partition) {
+            assert!(
+                committed <= applied_offset,
+                "partition {partition}: Kafka has {committed}, the store {applied_offset}"
+            );
+        }
+    }
+    assert!(runner.log.lock().unwrap().iter().any(|l| l.contains("No space left on device")), "the log says why");
+
+    disk.grow(600);
+    let status = runner.wait_caught_up(scenario.messages, Duration::from_secs(180));
+    assert_eq!(recorded(&status), scenario.messages, "every message recorded exactly once, without a restart");
+    assert!(runner.terminate().0.success());
+    assert_eq!(export(&db), scenario.replay_export());
+}
+
 #[test]
 fn the_consumer_rides_out_a_ten_second_broker_outage_without_restarting() {
     let (_guard, bootstrap) = broker();

@@ -61,10 +61,12 @@ pub struct Started<'a> {
 /// (finishing or abandoning its batch atomically, making the last commit
 /// durable, leaving the group) and the server.
 pub fn run_service(params: ServiceParams<'_>, on_started: impl FnOnce(Started<'_>)) -> anyhow::Result<()> {
+    // The slot holds the only long-lived handle: a reopen after an I/O
+    // error must be able to close the store.
     let store = Arc::new(crate::open_store(params.db)?);
     let status = Arc::new(IngestStatus::new(&params.kafka.topic));
     let shutdown = Shutdown::new();
-    let mut state = AppState::new(store.clone(), Arc::new(params.auth), params.db);
+    let mut state = AppState::new(store, Arc::new(params.auth), params.db);
     state.ingest = Some(Arc::new(Probe { status: status.clone(), ready_max_lag: params.ready_max_lag }));
     state.metrics = crate::telemetry::metrics_renderer();
 
@@ -164,10 +166,16 @@ fn supervise(
 ) -> Result<IngestReport, IngestError> {
     let mut opened = file_identity(db);
     let mut total = IngestReport::default();
+    // Consecutive store failures, for the backoff between reopen attempts.
+    let mut failures: u32 = 0;
+    let mut last_failure = Instant::now();
     loop {
+        let Some(store) = slot.get() else {
+            return Ok(total);
+        };
         let run = Shutdown::new();
         let consumer = {
-            let (store, kafka, status, run) = (slot.get(), kafka.clone(), status.clone(), run.clone());
+            let (kafka, status, run) = (kafka.clone(), status.clone(), run.clone());
             thread::Builder::new().name("kafka-poll".to_owned()).spawn(move || consume(store, &kafka, status, run))?
         };
         let swapped = loop {
@@ -187,7 +195,21 @@ fn supervise(
             }
         };
         run.trigger();
-        let report = consumer.join().map_err(|_| IngestError::Config("the consumer thread panicked".to_owned()))??;
+        let joined = consumer.join().map_err(|_| IngestError::Config("the consumer thread panicked".to_owned()))?;
+        let report = match joined {
+            Err(IngestError::StoreFailed(why)) => {
+                failures = if last_failure.elapsed() < Duration::from_secs(60) { failures + 1 } else { 1 };
+                last_failure = Instant::now();
+                let backoff = Duration::from_secs(1 << failures.min(5)).min(Duration::from_secs(30));
+                tracing::warn!(%why, retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX), "closing and reopening the store; the API answers 503 meanwhile");
+                reopen(slot, db, shutdown, backoff);
+                // The reopened store is back at its last durable commit.
+                status.reset();
+                opened = file_identity(db);
+                continue;
+            }
+            other => other?,
+        };
         total.messages += report.messages;
         total.applied += report.applied;
         total.duplicate += report.duplicate;
@@ -199,6 +221,41 @@ fn supervise(
             return Ok(total);
         }
         status.reset();
+    }
+}
+
+/// Closes the store (once the requests in flight let go of it) and opens it
+/// again, retrying with backoff (1 s doubling to 30 s) until it opens or
+/// shutdown: redb writes nothing more after an I/O error until reopened.
+fn reopen(slot: &StoreSlot, db: &Path, shutdown: &Shutdown, wait: Duration) {
+    if let Some(old) = slot.take() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        drop(old);
+    }
+    let until = Instant::now() + wait;
+    while Instant::now() < until && !shutdown.is_triggered() {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut backoff = Duration::from_secs(1);
+    while !shutdown.is_triggered() {
+        match crate::open_store(db) {
+            Ok(store) => {
+                tracing::info!(db = %db.display(), "store reopened; consuming again from its offsets");
+                slot.replace(Arc::new(store));
+                return;
+            }
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX), "cannot reopen the store");
+                let until = Instant::now() + backoff;
+                while Instant::now() < until && !shutdown.is_triggered() {
+                    thread::sleep(Duration::from_millis(50));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }
 

@@ -22,21 +22,27 @@ pub use routes::router;
 
 /// The store the API reads. Replaceable while serving: a rebuilt store is
 /// swapped in atomically, and requests in flight finish on the one they began
-/// with.
-pub struct StoreSlot(std::sync::RwLock<Arc<Store>>);
+/// with. Empty while a store that hit an I/O error is closed and reopened
+/// (requests then get 503 `unavailable`).
+pub struct StoreSlot(std::sync::RwLock<Option<Arc<Store>>>);
 
 impl StoreSlot {
     pub fn new(store: Arc<Store>) -> StoreSlot {
-        StoreSlot(std::sync::RwLock::new(store))
+        StoreSlot(std::sync::RwLock::new(Some(store)))
     }
 
-    pub fn get(&self) -> Arc<Store> {
+    pub fn get(&self) -> Option<Arc<Store>> {
         self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Swaps in `store`; returns the one it replaces.
-    pub fn replace(&self, store: Arc<Store>) -> Arc<Store> {
-        std::mem::replace(&mut *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner), store)
+    pub fn replace(&self, store: Arc<Store>) -> Option<Arc<Store>> {
+        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner).replace(store)
+    }
+
+    /// Empties the slot, for a reopen.
+    pub fn take(&self) -> Option<Arc<Store>> {
+        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 }
 

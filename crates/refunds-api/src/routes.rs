@@ -74,7 +74,7 @@ async fn observe(request: axum::extract::Request, next: axum::middleware::Next) 
         .record(elapsed.as_secs_f64());
     span.in_scope(|| {
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        if status >= 500 {
+        if status >= 500 && status != 503 {
             tracing::warn!(micros, "request failed");
         } else {
             tracing::debug!(micros, "request");
@@ -103,7 +103,10 @@ async fn healthz() -> Response {
 /// answers; with a consumer, once partitions are assigned and the lag is
 /// under the configured bound.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let reason = state.ingest.as_ref().and_then(|ingest| ingest.not_ready_reason());
+    let reason = match state.store.get() {
+        None => Some("the store is being reopened".to_owned()),
+        Some(_) => state.ingest.as_ref().and_then(|ingest| ingest.not_ready_reason()),
+    };
     match reason {
         None => axum::Json(json!({"status": "ready"})).into_response(),
         Some(reason) => ApiError::Unavailable { message: reason }.into_response(),
@@ -114,12 +117,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// scrape time.
 async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("refund_projector_store_size_bytes").set(Store::file_bytes(&state.db_path) as f64);
-    if let Ok(Ok(stats)) = tokio::task::spawn_blocking({
-        let store = state.store.get();
-        move || store.stats()
-    })
-    .await
-    {
+    let stats = match state.store.get() {
+        Some(store) => tokio::task::spawn_blocking(move || store.stats()).await.ok().and_then(Result::ok),
+        None => None,
+    };
+    if let Some(stats) = stats {
         metrics::gauge!("refund_projector_dead_letters_pending").set(stats.dead_letters_pending as f64);
         metrics::gauge!("refund_projector_refunds").set(stats.refunds as f64);
     }
@@ -141,8 +143,8 @@ async fn admin_export(
         return Err(ApiError::forbidden("/admin/export needs the admin scope"));
     }
     Params::parse(query.as_deref(), &[])?;
+    let store = current_store(&state)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-    let store = state.store.get();
     tokio::task::spawn_blocking(move || {
         let mut out = ChunkWriter { tx, buffer: Vec::with_capacity(CHUNK) };
         if let Err(error) = store
@@ -224,12 +226,17 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
     Ok(caller)
 }
 
+/// The store, or 503 while it is being reopened.
+fn current_store(state: &AppState) -> Result<std::sync::Arc<Store>, ApiError> {
+    state.store.get().ok_or_else(|| ApiError::Unavailable { message: "the store is being reopened".to_owned() })
+}
+
 /// Runs a store read on the blocking pool.
 async fn read<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let store = state.store.get();
+    let store = current_store(state)?;
     tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| store_unavailable(&e))?
 }
 

@@ -118,6 +118,10 @@ pub enum IngestError {
     Store(#[from] refunds_store::StoreError),
     #[error("failed to start a thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// An I/O error (disk full, say) left the store unusable until it is
+    /// closed and reopened; nothing of the failed batch was applied.
+    #[error("the store must be reopened after an I/O error: {0}")]
+    StoreFailed(String),
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -521,6 +525,9 @@ pub fn consume(
     let sent = dead_letters.stop();
     // Dropping the consumer closes it: it leaves the group.
     drop(consumer);
+    if let Some(why) = written.store_failed {
+        return Err(IngestError::StoreFailed(why));
+    }
     tracing::info!(messages, applied = written.applied, "consumer stopped");
     Ok(IngestReport {
         messages,
@@ -611,13 +618,15 @@ fn poll_batch(consumer: &Consumer_, params: &KafkaParams, shutdown: &Shutdown) -
     PolledBatch { items, started }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct WriterReport {
     applied: u64,
     duplicate: u64,
     conflicting_duplicate: u64,
     invalid: u64,
     skipped: u64,
+    /// Set when the writer stopped because the store must be reopened.
+    store_failed: Option<String>,
 }
 
 /// Runs on the writer thread.
@@ -681,10 +690,15 @@ fn write_batches(
             .join(",");
         let span = tracing::info_span!("batch", events = batch.items.len(), %offsets, durable, duration_ms = tracing::field::Empty).entered();
         let applying = Instant::now();
-        let Some(summary) = apply_with_retry(store, &batch, durability, status, shutdown) else {
+        let summary = match apply_with_retry(store, &batch, durability, status, shutdown) {
+            Applied::Done(summary) => summary,
             // Shutdown while the store could not write: the batch is
             // abandoned whole; its offsets were not recorded.
-            break;
+            Applied::Stopped => break,
+            Applied::Reopen(why) => {
+                report.store_failed = Some(why);
+                return report;
+            }
         };
         span.record("duration_ms", millis(applying.elapsed()));
         tracing::debug!(
@@ -756,24 +770,45 @@ fn store_batch(items: Vec<Item>, applied: &HashMap<i32, i64>, params: &KafkaPara
 
 /// Applies a batch, retrying with backoff while the store cannot write.
 /// Returns `None` when shutdown comes first.
+/// What became of a batch handed to the store.
+enum Applied {
+    Done(refunds_store::BatchSummary),
+    /// Shutdown came first.
+    Stopped,
+    /// An I/O error: redb refuses every later write until the store is
+    /// reopened.
+    Reopen(String),
+}
+
+/// redb's answer to a failed write (ENOSPC, EIO): the database must be closed
+/// and reopened before it writes again.
+fn needs_reopen(error: &refunds_store::StoreError) -> bool {
+    matches!(error, refunds_store::StoreError::Storage(redb::Error::Io(_) | redb::Error::PreviousIo))
+}
+
 fn apply_with_retry(
     store: &Store,
     batch: &Batch,
     durability: Durability,
     status: &IngestStatus,
     shutdown: &Shutdown,
-) -> Option<refunds_store::BatchSummary> {
+) -> Applied {
     let mut backoff = Duration::from_millis(100);
     loop {
         match store.apply_batch(batch, durability) {
-            Ok(summary) => return Some(summary),
+            Ok(summary) => return Applied::Done(summary),
+            Err(error) if needs_reopen(&error) => {
+                tracing::error!(%error, "store write failed; offsets stay where they are; reopening the store");
+                status.lock().store_error = Some(error.to_string());
+                return Applied::Reopen(error.to_string());
+            }
             Err(error) => {
                 tracing::error!(%error, retry_in_ms = millis(backoff), "store write failed; offsets stay where they are");
                 status.lock().store_error = Some(error.to_string());
                 let until = Instant::now() + backoff;
                 while Instant::now() < until {
                     if shutdown.is_triggered() {
-                        return None;
+                        return Applied::Stopped;
                     }
                     thread::sleep(Duration::from_millis(20));
                 }
@@ -793,7 +828,8 @@ fn commit_durable(
     applied: &HashMap<i32, i64>,
     shutdown: &Shutdown,
 ) -> bool {
-    if apply_with_retry(store, &Batch::default(), Durability::Immediate, status, shutdown).is_none() {
+    if !matches!(apply_with_retry(store, &Batch::default(), Durability::Immediate, status, shutdown), Applied::Done(_))
+    {
         return false;
     }
     after_durable(store, consumer, params, outbox, applied);
@@ -960,14 +996,24 @@ fn send_once(
     flush_seconds: u64,
 ) -> Result<u64, String> {
     let mut marked = 0;
+    // Pages through the outbox: letters of other destinations (a replayed
+    // file's) stay behind without blocking these.
+    let mut after = 0;
     loop {
-        let pending = store.pending_dead_letters(5_000).map_err(|e| e.to_string())?;
+        let pending = store.pending_dead_letters_after(after, 5_000).map_err(|e| e.to_string())?;
+        let Some(last) = pending.last().map(|l| l.sequence) else {
+            return Ok(marked);
+        };
+        if pending[0].sequence > durable_up_to {
+            return Ok(marked);
+        }
+        after = last;
         let letters: Vec<_> = pending
             .into_iter()
             .filter(|l| l.sequence <= durable_up_to && l.document.pointer("/source/topic").is_some())
             .collect();
         if letters.is_empty() {
-            return Ok(marked);
+            continue;
         }
         for letter in &letters {
             let doc = &letter.document;

@@ -254,11 +254,17 @@ impl Store {
 
     /// Dead letters still in the outbox, oldest first.
     pub fn pending_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.pending_dead_letters_after(0, limit)
+    }
+
+    /// Dead letters still in the outbox with a sequence above `after`,
+    /// oldest first: one destination pages past another's letters.
+    pub fn pending_dead_letters_after(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         let txn = self.read()?;
         let pending = txn.open_table(tables::DEAD_LETTERS_PENDING)?;
         let letters = txn.open_table(tables::DEAD_LETTERS)?;
         let mut out = Vec::new();
-        for row in pending.iter()?.take(limit) {
+        for row in pending.range(after.saturating_add(1)..)?.take(limit) {
             let seq = row?.0.value();
             let doc = letters.get(seq)?.ok_or_else(|| corrupt(format!("dead letter {seq} is missing")))?;
             let document = serde_json::from_slice(doc.value()).map_err(|_| corrupt(format!("dead letter {seq}")))?;

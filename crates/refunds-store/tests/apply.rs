@@ -177,6 +177,23 @@ fn invalid_items_land_in_the_dead_letter_outbox_until_marked_sent() {
 }
 
 #[test]
+fn the_outbox_pages_by_sequence_so_one_destination_passes_anothers_letters() {
+    let (_dir, store) = open();
+    let lines: Vec<String> = (0..5).map(|i| format!("{{not json {i}")).collect();
+    store.apply_batch(&batch(&lines), Durability::None).unwrap();
+    let all = store.pending_dead_letters(10).unwrap();
+    assert_eq!(all.len(), 5);
+    let after_two = store.pending_dead_letters_after(all[1].sequence, 10).unwrap();
+    let seqs: Vec<u64> = after_two.iter().map(|l| l.sequence).collect();
+    assert_eq!(seqs, all[2..].iter().map(|l| l.sequence).collect::<Vec<_>>());
+    assert_eq!(store.pending_dead_letters_after(all[1].sequence, 1).unwrap().len(), 1);
+    store.mark_dead_letters_sent(&[all[2].sequence]).unwrap();
+    let left: Vec<u64> =
+        store.pending_dead_letters_after(all[1].sequence, 10).unwrap().iter().map(|l| l.sequence).collect();
+    assert_eq!(left, [all[3].sequence, all[4].sequence]);
+}
+
+#[test]
 fn a_batch_overlapping_the_checkpoint_is_refused_and_changes_nothing() {
     let (_dir, store) = open();
     let delta = |from, to| CheckpointDelta { source: "file:x".into(), from, to, state: vec![], restart: false };
