@@ -67,9 +67,24 @@ fn merge(mut args: Vec<OsString>, table: &toml::Table, path: &str) -> anyhow::Re
             if subcommand.get_arguments().all(|a| a.get_long() != Some("kafka-option")) {
                 continue;
             }
+            // A list merges per key: command line, then environment, then
+            // file. Once any --kafka-option is on the command line clap
+            // ignores the environment, so its entries are passed on as
+            // arguments too.
+            let from_env: Vec<String> = std::env::var(KAFKA_OPTION_ENV)
+                .map(|v| v.split(';').filter(|s| !s.trim().is_empty()).map(str::to_owned).collect())
+                .unwrap_or_default();
+            for entry in &from_env {
+                let key = entry.split('=').next().unwrap_or_default();
+                if !given.iter().any(|a| a.starts_with(&format!("{key}="))) {
+                    extra.push("--kafka-option".into());
+                    extra.push(entry.into());
+                }
+            }
             for (option, value) in options {
-                let given_on_line = given.iter().any(|a| a.starts_with(&format!("{option}=")));
-                if given_on_line {
+                let prefix = format!("{option}=");
+                let given_before = given.iter().chain(&from_env).any(|a| a.starts_with(&prefix));
+                if given_before {
                     continue;
                 }
                 extra.push("--kafka-option".into());
@@ -107,6 +122,8 @@ fn merge(mut args: Vec<OsString>, table: &toml::Table, path: &str) -> anyhow::Re
     args.extend(extra);
     Ok(args)
 }
+
+const KAFKA_OPTION_ENV: &str = "REFUND_PROJECTOR_KAFKA_OPTION";
 
 fn scalar(value: &toml::Value) -> anyhow::Result<String> {
     Ok(match value {

@@ -61,7 +61,7 @@ struct KafkaArgs {
     dlq_topic: Option<String>,
     /// A librdkafka setting for the consumer and the dead-letter producer
     /// (SASL, TLS, ...), as key=value; repeatable.
-    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value, env = "REFUND_PROJECTOR_KAFKA_OPTION", value_delimiter = ';')]
     kafka_options: Vec<(String, String)>,
     /// Most events per write transaction.
     #[arg(long, default_value_t = 20_000, env = "REFUND_PROJECTOR_BATCH_EVENTS")]
@@ -109,7 +109,7 @@ struct SourceArgs {
     #[arg(long, default_value = "refund-projector", env = "REFUND_PROJECTOR_GROUP_ID")]
     group_id: String,
     /// A librdkafka setting, as key=value; repeatable.
-    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value, env = "REFUND_PROJECTOR_KAFKA_OPTION", value_delimiter = ';')]
     kafka_options: Vec<(String, String)>,
 }
 
@@ -280,7 +280,7 @@ enum Command {
         #[arg(long, env = "REFUND_PROJECTOR_CREATE_PARTITIONS")]
         create_partitions: Option<i32>,
         /// A librdkafka setting, as key=value; repeatable.
-        #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value, env = "REFUND_PROJECTOR_KAFKA_OPTION", value_delimiter = ';')]
         kafka_options: Vec<(String, String)>,
     },
     /// Exit 0 if `GET URL` answers 200 (a container health check, e.g.
