@@ -369,7 +369,19 @@ impl Scenario {
     /// Every invalid line is in the DLQ with its reason, and nothing else is.
     /// `exactly_once`: each exactly once (no crash happened).
     fn assert_dead_letters(&self, exactly_once: bool) {
-        let expected = invalid_lines(&self.events);
+        // A DLQ message carries at most 64 KiB of the raw text (cut on a
+        // character boundary, with raw_truncated and raw_bytes).
+        let cut = |raw: String| -> String {
+            let mut end = raw.len().min(64 * 1024);
+            while !raw.is_char_boundary(end) {
+                end -= 1;
+            }
+            raw[..end].to_owned()
+        };
+        let expected: Vec<(String, String)> = invalid_lines(&self.events);
+        let full_lengths: std::collections::BTreeSet<usize> = expected.iter().map(|(_, raw)| raw.len()).collect();
+        let mut expected: Vec<(String, String)> = expected.into_iter().map(|(r, raw)| (r, cut(raw))).collect();
+        expected.sort();
         assert!(!expected.is_empty(), "the stream has invalid lines");
         let letters = consume_topic(&self.bootstrap, &format!("{}.dlq", self.topic));
         let mut got: Vec<(String, String)> = Vec::new();
@@ -379,6 +391,10 @@ impl Scenario {
             assert_eq!(headers.get("source_topic"), Some(&self.topic));
             assert!(headers.contains_key("source_partition") && headers.contains_key("source_offset"));
             assert!(!value["message"].as_str().unwrap_or("").is_empty(), "a message names the field");
+            if value["raw_truncated"] == true {
+                let bytes = usize::try_from(value["raw_bytes"].as_u64().unwrap()).unwrap();
+                assert!(full_lengths.contains(&bytes), "raw_bytes {bytes} is an invalid line's length");
+            }
             got.push((reason, value["raw"].as_str().expect("raw").to_owned()));
         }
         got.sort();

@@ -868,6 +868,26 @@ fn after_durable(
 // ---------------------------------------------------------------------------
 // Dead letters: the outbox, produced to the DLQ topic.
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_over_the_limit_is_cut_on_a_character_boundary_and_says_so() {
+        let raw = format!("{}é{}", "x".repeat(DLQ_RAW_LIMIT - 1), "y".repeat(10));
+        let doc =
+            serde_json::json!({"reason": "too_large", "message": "m", "raw": raw, "source": {}, "received_at": "t"});
+        let value = dlq_value(&doc);
+        assert_eq!(value["raw"].as_str().unwrap().len(), DLQ_RAW_LIMIT - 1);
+        assert_eq!(value["raw_truncated"], true);
+        assert_eq!(value["raw_bytes"], raw.len());
+        let small = serde_json::json!({"reason": "malformed_json", "message": "m", "raw": "{", "source": {}, "received_at": "t"});
+        let value = dlq_value(&small);
+        assert_eq!(value["raw"], "{");
+        assert!(value.get("raw_truncated").is_none());
+    }
+}
+
 struct DeliveryContext {
     delivered: Mutex<Vec<u64>>,
 }
@@ -986,6 +1006,35 @@ fn send_dead_letters(
     }
 }
 
+/// Most bytes of `raw` a DLQ message carries: the broker's default
+/// `max.message.bytes` is 1 MiB, and a `too_large` message may be bigger than
+/// that once escaped into JSON. The store keeps the whole text.
+const DLQ_RAW_LIMIT: usize = 64 * 1024;
+
+/// The DLQ message value: the file DLQ's fields plus the source; `raw` cut
+/// at [`DLQ_RAW_LIMIT`] bytes (on a character boundary) with
+/// `raw_truncated` and `raw_bytes` when longer.
+fn dlq_value(doc: &serde_json::Value) -> serde_json::Value {
+    let raw = doc["raw"].as_str().unwrap_or_default();
+    let mut value = serde_json::json!({
+        "reason": doc["reason"],
+        "message": doc["message"],
+        "raw": raw,
+        "source": doc["source"],
+        "received_at": doc["received_at"],
+    });
+    if raw.len() > DLQ_RAW_LIMIT {
+        let mut end = DLQ_RAW_LIMIT;
+        while !raw.is_char_boundary(end) {
+            end -= 1;
+        }
+        value["raw"] = serde_json::json!(&raw[..end]);
+        value["raw_truncated"] = serde_json::json!(true);
+        value["raw_bytes"] = serde_json::json!(raw.len());
+    }
+    value
+}
+
 /// Produces the durable pending dead letters of Kafka sources and marks the
 /// acknowledged ones sent. Returns how many were marked.
 fn send_once(
@@ -1028,14 +1077,7 @@ fn send_once(
                 .insert(Header { key: "source_topic", value: Some(text("/source/topic").as_bytes()) })
                 .insert(Header { key: "source_partition", value: Some(text("/source/partition").as_bytes()) })
                 .insert(Header { key: "source_offset", value: Some(text("/source/offset").as_bytes()) });
-            let value = serde_json::to_vec(&serde_json::json!({
-                "reason": doc["reason"],
-                "message": doc["message"],
-                "raw": doc["raw"],
-                "source": doc["source"],
-                "received_at": doc["received_at"],
-            }))
-            .map_err(|e| e.to_string())?;
+            let value = serde_json::to_vec(&dlq_value(doc)).map_err(|e| e.to_string())?;
             let key = doc.get("key").and_then(|k| k.as_str()).map(str::as_bytes);
             let mut record = BaseRecord::<[u8], [u8], Box<u64>>::with_opaque_to(topic, Box::new(letter.sequence))
                 .payload(&value[..])
