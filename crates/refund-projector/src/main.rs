@@ -92,6 +92,20 @@ impl KafkaArgs {
     }
 }
 
+/// What `run` and `serve` share: where the API listens and who may call it.
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "REFUND_PROJECTOR_LISTEN")]
+    listen: String,
+    /// TOML file of API keys (`[[keys]]` with id, secret_sha256 or secret, tenant, scopes).
+    #[arg(long, env = "REFUND_PROJECTOR_API_KEYS")]
+    api_keys: PathBuf,
+    /// Secret that HS256 JWTs are signed with; without it JWTs are refused.
+    #[arg(long, env = "REFUND_PROJECTOR_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
 /// Where `rebuild` and `verify` read the events: a file, or a topic from its
 /// beginning.
 #[derive(Debug, clap::Args)]
@@ -175,15 +189,8 @@ enum Command {
         /// The store file (created if missing).
         #[arg(long, env = "REFUND_PROJECTOR_DB")]
         db: PathBuf,
-        /// Address to listen on; port 0 picks a free port.
-        #[arg(long, default_value = "127.0.0.1:8080", env = "REFUND_PROJECTOR_LISTEN")]
-        listen: String,
-        /// TOML file of API keys (`[[keys]]` with id, secret_sha256 or secret, tenant, scopes).
-        #[arg(long, env = "REFUND_PROJECTOR_API_KEYS")]
-        api_keys: PathBuf,
-        /// Secret that HS256 JWTs are signed with; without it JWTs are refused.
-        #[arg(long, env = "REFUND_PROJECTOR_JWT_SECRET", hide_env_values = true)]
-        jwt_secret: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Apply an NDJSON event file (or `-` for stdin) to the store.
     ///
@@ -253,15 +260,8 @@ enum Command {
         /// The store file.
         #[arg(long, env = "REFUND_PROJECTOR_DB")]
         db: PathBuf,
-        /// Address to listen on; port 0 picks a free port.
-        #[arg(long, default_value = "127.0.0.1:8080", env = "REFUND_PROJECTOR_LISTEN")]
-        listen: String,
-        /// TOML file of API keys (`[[keys]]` with id, secret_sha256 or secret, tenant, scopes).
-        #[arg(long, env = "REFUND_PROJECTOR_API_KEYS")]
-        api_keys: PathBuf,
-        /// Secret that HS256 JWTs are signed with; without it JWTs are refused.
-        #[arg(long, env = "REFUND_PROJECTOR_JWT_SECRET", hide_env_values = true)]
-        jwt_secret: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Produce an NDJSON event file (or `-` for stdin) to a Kafka topic, one
     /// message per line keyed by its refund id; blank lines are skipped.
@@ -334,13 +334,13 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo { db, listen, rate, refunds, seed, partitions, jwt_secret } => {
             demo::run_demo(demo::DemoParams { db, listen, rate, refunds, seed, partitions, jwt_secret })
         }
-        Command::Run { kafka, db, listen, api_keys, jwt_secret } => {
-            let auth = refunds_api::Auth::load(&api_keys, jwt_secret.as_deref())?;
+        Command::Run { kafka, db, api } => {
+            let auth = refunds_api::Auth::load(&api.api_keys, api.jwt_secret.as_deref())?;
             let params = kafka.params();
             params.check_options()?;
             let service = service::ServiceParams {
                 db: &db,
-                listen: &listen,
+                listen: &api.listen,
                 auth,
                 kafka: params,
                 ready_max_lag: kafka.ready_max_lag,
@@ -362,9 +362,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             out.flush().context("failed to write the export")?;
             Ok(())
         }
-        Command::Serve { db, listen, api_keys, jwt_secret } => {
-            run_serve(&db, &listen, &api_keys, jwt_secret.as_deref())
-        }
+        Command::Serve { db, api } => run_serve(&db, &api.listen, &api.api_keys, api.jwt_secret.as_deref()),
         Command::Produce { brokers, topic, input, create_partitions, kafka_options } => {
             let params = produce::ProduceParams {
                 brokers: &brokers,

@@ -138,11 +138,7 @@ async fn admin_export(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers)?;
-    if !caller.admin {
-        return Err(ApiError::forbidden("/admin/export needs the admin scope"));
-    }
-    Params::parse(query.as_deref(), &[])?;
+    authenticate_admin(&state, &headers, query.as_deref(), "/admin/export")?;
     let store = current_store(&state)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
     tokio::task::spawn_blocking(move || {
@@ -224,6 +220,16 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
         return Err(ApiError::forbidden("this key lacks the refunds:read scope"));
     }
     Ok(caller)
+}
+
+/// An admin route taking no parameters: the caller must hold `admin`.
+fn authenticate_admin(state: &AppState, headers: &HeaderMap, query: Option<&str>, route: &str) -> Result<(), ApiError> {
+    let caller = authenticate(state, headers)?;
+    if !caller.admin {
+        return Err(ApiError::forbidden(format!("{route} needs the admin scope")));
+    }
+    Params::parse(query, &[])?;
+    Ok(())
 }
 
 /// The store, or 503 while it is being reopened.
@@ -347,11 +353,7 @@ async fn status(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers)?;
-    if !caller.admin {
-        return Err(ApiError::forbidden("/v1/status needs the admin scope"));
-    }
-    Params::parse(query.as_deref(), &[])?;
+    authenticate_admin(&state, &headers, query.as_deref(), "/v1/status")?;
     let path = state.db_path.clone();
     let stats = read(&state, |store| store.stats().map_err(|e| store_unavailable(&e))).await?;
     let partitions: Vec<Value> = state
