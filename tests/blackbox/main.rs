@@ -3,6 +3,7 @@
 
 mod api;
 mod compose;
+mod demo;
 mod helpers;
 mod list;
 mod rebuild;

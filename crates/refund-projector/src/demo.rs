@@ -148,8 +148,8 @@ impl DemoProducer {
         };
         match generate(&self.generate, &mut lines) {
             Ok(_) => {}
-            // The stop signal surfaces as an interrupted write.
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            // The stop signal surfaces as a broken pipe (not Interrupted: write_all retries that).
+            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {}
             Err(error) => return Err(error).context("the demo producer failed"),
         }
         let produced = lines.produced;
@@ -176,7 +176,7 @@ impl LineProducer<'_> {
         // Steady rate, and no more than MAX_AHEAD unapplied messages.
         loop {
             if self.shutdown.is_triggered() {
-                return Err(io::Error::new(io::ErrorKind::Interrupted, "stopping"));
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "stopping"));
             }
             let applied: i64 = self.status.partitions().iter().map(|p| p.applied_offset).sum();
             let ahead = i64::try_from(self.produced).unwrap_or(i64::MAX) - applied;

@@ -1,0 +1,82 @@
+//! `demo`: the whole system in one process, as a new user runs it.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::command;
+
+#[test]
+fn demo_prints_a_working_key_and_curl_line_serves_growing_right_numbers_and_stops_on_sigterm() {
+    let mut child = command()
+        .args(["demo", "--listen", "127.0.0.1:0", "--rate", "3000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    let mut banner = Vec::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Some(Ok(line)) = stdout.next() {
+        let done = line.starts_with("Ctrl-C");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = banner.join("\n");
+    let curl = banner.iter().find(|l| l.trim_start().starts_with("curl -H 'Authorization: Api-Key")).expect(&text);
+    let header = curl.split('\'').nth(1).unwrap().to_owned();
+    let url = curl.split('\'').nth(3).unwrap().to_owned();
+    let base = url.split("/v1/").next().unwrap().to_owned();
+    let (key_name, key_value) = header.split_once(": ").unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let get = |path: &str| -> (u16, Value) {
+        let response = agent.get(format!("{base}{path}")).header(key_name, key_value).call().unwrap();
+        let status = response.status().as_u16();
+        (status, serde_json::from_str(&response.into_body().read_to_string().unwrap()).unwrap_or(Value::Null))
+    };
+
+    // Ready once assigned and caught up; refunds accumulate; the numbers agree.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut counts = Vec::new();
+    while counts.len() < 3 || counts.windows(2).all(|w| w[0] == w[1]) {
+        assert!(Instant::now() < deadline, "the demo never served growing numbers: {counts:?}\n{text}");
+        let (status, body) = get(&url[base.len()..]);
+        if status == 200 && body["count"].as_u64().unwrap_or(0) > 0 {
+            counts.push(body["count"].as_u64().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "counts never go back: {counts:?}");
+    assert_eq!(get("/readyz").0, 200);
+    let (status, body) = get("/v1/status");
+    assert_eq!(status, 200);
+    assert_eq!(body["partitions"].as_array().unwrap().len(), 3);
+    let (_, page) = get("/v1/refunds?limit=100");
+    assert!(page["results"].as_array().unwrap().iter().all(|r| r["object"] == "refund"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, status) = get("/v1/status");
+        if status["events_invalid"].as_u64().unwrap_or(0) > 0 && status["dead_letters_pending"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dead letters never reached the DLQ topic: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "demo exit: {status}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the demo ignored SIGTERM for 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
