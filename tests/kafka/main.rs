@@ -412,9 +412,11 @@ impl Scenario {
 #[test]
 fn a_million_events_through_kafka_export_like_replay_and_dead_letter_every_invalid_one() {
     let (_guard, bootstrap) = broker();
-    let refunds: u64 = std::env::var("E2E_REFUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(330_000);
+    // CI runs about 440k messages (the issue allows sizing down to 200k for
+    // CI time); E2E_REFUNDS=330000 gives the full million.
+    let refunds: u64 = std::env::var("E2E_REFUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(150_000);
     let scenario = Scenario::new(&bootstrap, "million", refunds, 11, 6);
-    assert!(scenario.messages >= 200_000 || refunds < 330_000, "{} messages", scenario.messages);
+    assert!(scenario.messages >= 200_000 || refunds < 150_000, "{} messages", scenario.messages);
     let db = scenario.db("consumed.redb");
     let mut runner = Runner::start(&scenario.instance("g-million", &db));
     let started = Instant::now();
