@@ -266,7 +266,14 @@ impl Runner {
         let deadline = Instant::now() + timeout;
         loop {
             assert!(self.child.try_wait().unwrap().is_none(), "run exited early:\n{}", self.log_tail());
-            let status = self.status();
+            let (code, status) = self.get("/v1/status");
+            if code == 503 {
+                // The store is being reopened (after an I/O error): not yet.
+                assert!(Instant::now() < deadline, "still unavailable after {timeout:?}:\n{}", self.log_tail());
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            assert_eq!(code, 200, "{status}");
             if recorded(&status) == messages
                 && status["dead_letters_pending"] == 0
                 && status["partitions"].as_array().is_some_and(|ps| !ps.is_empty() && ps.iter().all(|p| p["lag"] == 0))
