@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::{BaseProducer, Producer};
 use refunds_api::Auth;
 use refunds_ingest::kafka_source::{IngestStatus, KafkaParams, Shutdown};
 
@@ -131,7 +130,7 @@ impl DemoProducer {
     /// Produces the generated stream until it ends or shutdown. Returns the
     /// number of messages produced.
     fn run(self) -> anyhow::Result<u64> {
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("linger.ms", "5")
             .create()
@@ -161,7 +160,7 @@ impl DemoProducer {
 /// A `Write` that produces each line as one message, keyed by its refund
 /// id, at a steady rate and never far ahead of the store.
 struct LineProducer<'a> {
-    producer: &'a ThreadedProducer<DefaultProducerContext>,
+    producer: &'a BaseProducer,
     topic: &'a str,
     pending: Vec<u8>,
     produced: u64,
@@ -178,7 +177,7 @@ impl LineProducer<'_> {
             if self.shutdown.is_triggered() {
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "stopping"));
             }
-            let applied: i64 = self.status.partitions().iter().map(|p| p.applied_offset).sum();
+            let applied = self.status.applied_total();
             let ahead = i64::try_from(self.produced).unwrap_or(i64::MAX) - applied;
             let now = Instant::now();
             if ahead < MAX_AHEAD && now >= self.next_at {
@@ -188,23 +187,7 @@ impl LineProducer<'_> {
             thread::sleep(wait.min(Duration::from_millis(50)));
         }
         self.next_at = (self.next_at + self.interval).max(Instant::now() - Duration::from_secs(1));
-        let key = serde_json::from_slice::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v.pointer("/refund/id").and_then(|id| id.as_str()).map(str::to_owned));
-        let mut record = BaseRecord::<str, [u8]>::to(self.topic).payload(line);
-        if let Some(key) = key.as_deref() {
-            record = record.key(key);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    thread::sleep(Duration::from_millis(10));
-                }
-                Err((error, _)) => return Err(io::Error::other(error.to_string())),
-            }
-        }
+        crate::produce::send_line(self.producer, self.topic, line).map_err(|e| io::Error::other(e.to_string()))?;
         self.produced += 1;
         Ok(())
     }

@@ -58,28 +58,36 @@ pub fn produce(params: &ProduceParams<'_>) -> anyhow::Result<u64> {
         if text.iter().all(|&b| b == b' ' || b == b'\t') {
             continue;
         }
-        let key = serde_json::from_slice::<serde_json::Value>(text)
-            .ok()
-            .and_then(|v| v.pointer("/refund/id").and_then(|id| id.as_str()).map(str::to_owned));
-        let mut record = BaseRecord::<str, [u8]>::to(params.topic).payload(text);
-        if let Some(key) = key.as_deref() {
-            record = record.key(key);
-        }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(20));
-                }
-                Err((error, _)) => return Err(error).context("failed to produce"),
-            }
-        }
-        producer.poll(Duration::ZERO);
+        send_line(&producer, params.topic, text).context("failed to produce")?;
         count += 1;
     }
     producer.flush(Duration::from_secs(60)).context("not every message was acknowledged")?;
     Ok(count)
+}
+
+/// Produces one event line keyed by its refund id (unkeyed when the line has
+/// none), waiting while the producer's queue is full; serves delivery
+/// callbacks on the way. `produce` and the demo producer share it.
+pub fn send_line(producer: &BaseProducer, topic: &str, line: &[u8]) -> Result<(), rdkafka::error::KafkaError> {
+    let key = serde_json::from_slice::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v.pointer("/refund/id").and_then(|id| id.as_str()).map(str::to_owned));
+    let mut record = BaseRecord::<str, [u8]>::to(topic).payload(line);
+    if let Some(key) = key.as_deref() {
+        record = record.key(key);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => break,
+            Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(20));
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+    producer.poll(Duration::ZERO);
+    Ok(())
 }
 
 fn create_topics(params: &ProduceParams<'_>, partitions: i32) -> anyhow::Result<()> {
@@ -107,9 +115,11 @@ fn create_topics(params: &ProduceParams<'_>, partitions: i32) -> anyhow::Result<
     Ok(())
 }
 
-/// GETs `url` (plain `http://host:port/path`) and succeeds on a 200.
-pub fn probe(url: &str) -> anyhow::Result<()> {
-    let rest = url.strip_prefix("http://").context("probe takes an http:// URL")?;
+/// A plain HTTP/1.0 GET of `url` (`http://host:port/path`): the status code
+/// and the body, headers skipped. `probe` and `verify --url` share it; the
+/// read timeout is per read, so a long streamed body is fine.
+pub fn http_get(url: &str, authorization: Option<&str>) -> anyhow::Result<(u16, BufReader<TcpStream>)> {
+    let rest = url.strip_prefix("http://").with_context(|| format!("{url} is not an http:// URL"))?;
     let (authority, path) = match rest.find('/') {
         Some(at) => (&rest[..at], &rest[at..]),
         None => (rest, "/"),
@@ -120,11 +130,26 @@ pub fn probe(url: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot resolve {authority}"))?;
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(3))
         .with_context(|| format!("cannot connect to {authority}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.take(64 * 1024).read_to_string(&mut response)?;
-    let status = response.split_whitespace().nth(1).unwrap_or("");
-    anyhow::ensure!(status == "200", "{url} answered {}", response.lines().next().unwrap_or("nothing"));
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n{auth}Connection: close\r\n\r\n")?;
+    let mut reader = BufReader::with_capacity(1 << 20, stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+    }
+    Ok((status, reader))
+}
+
+/// GETs `url` (plain `http://host:port/path`) and succeeds on a 200.
+pub fn probe(url: &str) -> anyhow::Result<()> {
+    let (status, _) = http_get(url, None)?;
+    anyhow::ensure!(status == 200, "{url} answered {status}");
     Ok(())
 }

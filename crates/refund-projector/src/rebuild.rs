@@ -208,31 +208,12 @@ fn split_header(path: &Path) -> anyhow::Result<HashMap<String, i64>> {
 }
 
 fn fetch_export(base: &str, authorization: &str, to: &Path) -> anyhow::Result<()> {
-    let rest = base.trim_end_matches('/').strip_prefix("http://").context("--url takes an http:// URL")?;
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let address = std::net::ToSocketAddrs::to_socket_addrs(authority)
-        .with_context(|| format!("cannot resolve {authority}"))?
-        .next()
-        .with_context(|| format!("cannot resolve {authority}"))?;
-    let mut stream = std::net::TcpStream::connect(address).with_context(|| format!("cannot connect to {authority}"))?;
-    write!(
-        stream,
-        "GET /admin/export HTTP/1.0\r\nHost: {authority}\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut reader = BufReader::with_capacity(1 << 20, stream);
-    let mut status = String::new();
-    reader.read_line(&mut status)?;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
-            break;
-        }
-    }
-    if status.split_whitespace().nth(1) != Some("200") {
+    let url = format!("{}/admin/export", base.trim_end_matches('/'));
+    let (status, mut reader) = crate::produce::http_get(&url, Some(authorization))?;
+    if status != 200 {
         let mut body = String::new();
         reader.take(4096).read_to_string(&mut body)?;
-        bail!("{base}/admin/export answered {}: {body}", status.trim());
+        bail!("{url} answered {status}: {body}");
     }
     let mut out = BufWriter::new(File::create(to)?);
     io::copy(&mut reader, &mut out)?;

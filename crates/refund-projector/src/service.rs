@@ -210,13 +210,7 @@ fn supervise(
             }
             other => other?,
         };
-        total.messages += report.messages;
-        total.applied += report.applied;
-        total.duplicate += report.duplicate;
-        total.conflicting_duplicate += report.conflicting_duplicate;
-        total.invalid += report.invalid;
-        total.skipped += report.skipped;
-        total.dead_letters_sent += report.dead_letters_sent;
+        total += report;
         if !swapped {
             return Ok(total);
         }

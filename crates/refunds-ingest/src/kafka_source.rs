@@ -199,6 +199,13 @@ impl IngestStatus {
             .collect()
     }
 
+    /// Messages applied over the assigned partitions (the sum of their next
+    /// offsets), without building the per-partition figures.
+    pub fn applied_total(&self) -> i64 {
+        let inner = self.lock();
+        inner.assigned.iter().map(|p| inner.applied.get(p).copied().unwrap_or(0)).sum()
+    }
+
     /// Total lag over the assigned partitions; `None` until partitions are
     /// assigned and every high watermark is known.
     pub fn total_lag(&self) -> Option<i64> {
@@ -474,6 +481,18 @@ pub struct IngestReport {
     /// Messages below the store's checkpoint, dropped (redeliveries).
     pub skipped: u64,
     pub dead_letters_sent: u64,
+}
+
+impl std::ops::AddAssign for IngestReport {
+    fn add_assign(&mut self, other: IngestReport) {
+        self.messages += other.messages;
+        self.applied += other.applied;
+        self.duplicate += other.duplicate;
+        self.conflicting_duplicate += other.conflicting_duplicate;
+        self.invalid += other.invalid;
+        self.skipped += other.skipped;
+        self.dead_letters_sent += other.dead_letters_sent;
+    }
 }
 
 /// Consumes until `shutdown` is triggered. Blocks the calling thread, which
@@ -871,6 +890,31 @@ fn after_durable(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_once_assigned_with_known_watermarks_and_the_lag_at_most_the_bound() {
+        let status = IngestStatus::new("t");
+        assert!(status.not_ready_reason(1_000).is_some(), "nothing assigned yet");
+        {
+            let mut inner = status.lock();
+            inner.assigned = vec![0, 1];
+            inner.assigned_once = true;
+            inner.high_watermarks.insert(0, 5_000);
+        }
+        assert!(status.not_ready_reason(1_000).unwrap().contains("high watermarks"), "partition 1 unknown");
+        status.lock().high_watermarks.insert(1, 700);
+        status.set_applied(&HashMap::from([(0, 4_000), (1, 0)]));
+        // Lag 1,000 + 700 = 1,700: above 1,000, within 2,000.
+        assert_eq!(status.total_lag(), Some(1_700));
+        assert_eq!(status.applied_total(), 4_000);
+        assert!(status.not_ready_reason(1_000).unwrap().contains("1700"));
+        assert_eq!(status.not_ready_reason(2_000), None);
+        // Retention moved partition 1's start: lag counts from the low watermark.
+        status.lock().low_watermarks.insert(1, 600);
+        assert_eq!(status.total_lag(), Some(1_100));
+        status.lock().store_error = Some("disk full".to_owned());
+        assert!(status.not_ready_reason(2_000).unwrap().contains("disk full"));
+    }
 
     #[test]
     fn a_dead_letter_over_the_limit_is_cut_on_a_character_boundary_and_says_so() {
