@@ -310,6 +310,14 @@ enum Command {
     },
 }
 
+/// mimalloc instead of glibc's malloc: the apply path allocates and frees
+/// millions of small keys and rows per second, and glibc's free-list work
+/// (`unlink_chunk`, `_int_free`) was about a tenth of the replay profile;
+/// measured on 912,612 generated events, replay went from 36.5k to 43.7k
+/// events/s with this alone.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = match config::args_with_config(std::env::args_os().collect()) {
         Ok(args) => args,

@@ -19,6 +19,10 @@ use rdkafka::{ClientConfig, Message};
 use refunds_ingest::kafka_source::{IngestStatus, KafkaParams, Shutdown, consume, consumer_config};
 use refunds_store::{Store, StoreParams};
 
+/// The allocator the `refund-projector` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let brokers = args.get(1).expect("usage: kafka_bench BROKERS EVENTS.ndjson [PARTITIONS] [STORE_DIR]").clone();

@@ -6,6 +6,10 @@ use std::time::Instant;
 use refunds_ingest::file_source::{Input, ReplayParams, replay};
 use refunds_store::{Store, StoreParams};
 
+/// The allocator the `refund-projector` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let input = PathBuf::from(&args[1]);
@@ -14,6 +18,9 @@ fn main() {
     let mut store = Store::open(&db, &StoreParams { cache_bytes: cache_mb << 20 }).expect("open");
     let mut params = ReplayParams::new(Input::File(input));
     params.batch_events = std::env::var("BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    if let Some(ms) = std::env::var("DURABLE_MS").ok().and_then(|v| v.parse().ok()) {
+        params.durable_every = std::time::Duration::from_millis(ms);
+    }
     let started = Instant::now();
     let progress = replay(&mut store, &params, |_| {}).expect("replay");
     let secs = started.elapsed().as_secs_f64();

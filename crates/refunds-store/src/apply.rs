@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 
-use redb::{Durability, ReadableTable, Table, WriteTransaction};
+use std::ops::Bound;
+
+use redb::{CursorError, Durability, ReadableTable, Table, WriteTransaction};
 use refunds_domain::{RefundEvent, RefundState, Timestamp, merge};
 
 use crate::audit::{Outcome, StoredSource, decode_entry, encode_entry};
@@ -80,6 +82,13 @@ impl Store {
     /// Applies a batch in one write transaction, with the given durability.
     /// `Durability::None` commits are atomic but survive a crash only once a
     /// later `Immediate` commit lands.
+    ///
+    /// The work runs in three steps inside the transaction: event identity
+    /// (in arrival order), then the refund rows (one read and one write per
+    /// refund, in key order), then the index entries, each index's keys sorted
+    /// and written by cursor. The audit log and half of the indexes are written
+    /// on scoped worker threads while this thread does the rest: a redb write
+    /// transaction lets distinct tables be mutated from distinct threads.
     pub fn apply_batch(&self, batch: &Batch, durability: Durability) -> Result<BatchSummary, StoreError> {
         let started = std::time::Instant::now();
         let mut invalid_by_reason: HashMap<&'static str, u64> = HashMap::new();
@@ -112,206 +121,80 @@ impl Store {
                 }
             }
 
-            let mut event_ids = txn.open_table(tables::EVENT_IDS)?;
-            let mut collisions = txn.open_table(tables::EVENT_ID_COLLISIONS)?;
-            let mut audit_log = txn.open_table(tables::AUDIT_LOG)?;
-            let mut audit_orphans = txn.open_table(tables::AUDIT_ORPHANS)?;
-            let mut dead_letters = txn.open_table(tables::DEAD_LETTERS)?;
-            let mut pending = txn.open_table(tables::DEAD_LETTERS_PENDING)?;
-            let mut next_audit = audit_log.last()?.map_or(1, |(k, _)| k.value() + 1);
-            let mut next_dead_letter = dead_letters.last()?.map_or(1, |(k, _)| k.value() + 1);
+            let audit_log = txn.open_table(tables::AUDIT_LOG)?;
+            let identified = identify(&txn, &audit_log, &mut interner, batch, &mut summary, &mut invalid_by_reason)?;
+            let Identified { first_seq, audit_rows, mut touched, last_applied_at } = identified;
 
-            // Refunds named by valid events, in first-touch order.
-            let mut touched: Vec<Touched<'_>> = Vec::new();
-            let mut touched_at: HashMap<(TenantNo, &str), usize> = HashMap::new();
-            let mut last_applied_at: Option<Timestamp> = None;
+            std::thread::scope(|scope| -> Result<(), StoreError> {
+                let audit = scope.spawn(move || append_in_order(audit_log, first_seq, &audit_rows));
 
-            for item in &batch.items {
-                let event = match &item.kind {
-                    ItemKind::Invalid(invalid) => {
-                        let doc = dead_letter_document(invalid, item);
-                        dead_letters.insert(next_dead_letter, doc.as_slice())?;
-                        pending.insert(next_dead_letter, ())?;
-                        next_dead_letter += 1;
-                        summary.invalid += 1;
-                        *invalid_by_reason.entry(invalid.reason.as_str()).or_default() += 1;
-                        continue;
+                let mut refunds = txn.open_table(tables::REFUNDS)?;
+                let mut audit_orphans = txn.open_table(tables::AUDIT_ORPHANS)?;
+                touched.sort_unstable_by(|a, b| (a.tenant, a.refund_id).cmp(&(b.tenant, b.refund_id)));
+                let mut index_ops: Vec<IndexOps> = Index::ALL.iter().map(|_| IndexOps::default()).collect();
+                let mut count_deltas: HashMap<Vec<u8>, i64> = HashMap::new();
+                for touched in &touched {
+                    apply_refund(
+                        touched,
+                        &mut refunds,
+                        &mut audit_orphans,
+                        &mut index_ops,
+                        &mut count_deltas,
+                        &mut summary,
+                    )?;
+                }
+                drop((refunds, audit_orphans));
+
+                // Split the indexes over two threads by the work they have.
+                let mut index_tables = Vec::with_capacity(Index::ALL.len());
+                for (index, ops) in Index::ALL.into_iter().zip(index_ops) {
+                    if !ops.is_empty() {
+                        index_tables.push((txn.open_table(index.table().expect("listed indexes have tables"))?, ops));
                     }
-                    ItemKind::Valid(event) => event,
-                };
-                let tenant = TenantNo(interner.intern_in_batch(TENANT_KIND, &event.tenant_id)?);
-                let source = match &item.source {
-                    SourcePos::File { path, line } => {
-                        StoredSource::File { name: interner.intern_in_batch(FILE_KIND, path)?, line: *line }
-                    }
-                    SourcePos::Kafka { topic, partition, offset } => StoredSource::Kafka {
-                        name: interner.intern_in_batch(TOPIC_KIND, topic)?,
-                        partition: *partition,
-                        offset: *offset,
-                    },
-                };
-                let seq = next_audit;
-                next_audit += 1;
-                // One B-tree operation on the common path: claim the id's slot,
-                // and put the holder back on the rare repeat.
-                let slot = keys::event_slot(tenant, &event.event_id);
-                let holder = event_ids.insert(slot, seq)?.map(|v| v.value());
-                let mut previous = None;
-                if let Some(holder_seq) = holder {
-                    event_ids.insert(slot, holder_seq)?;
-                    let payload = stored_payload(&audit_log, holder_seq)?;
-                    if payload.get("event_id").and_then(|v| v.as_str()) == Some(event.event_id.as_str()) {
-                        previous = Some(payload);
+                }
+                index_tables.sort_by_key(|(_, ops)| std::cmp::Reverse(ops.len()));
+                let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+                let (mut my_ops, mut their_ops) = (0, 0);
+                for (table, ops) in index_tables {
+                    if my_ops <= their_ops {
+                        my_ops += ops.len();
+                        mine.push((table, ops));
                     } else {
-                        // Another id with the same 64-bit hash holds the slot.
-                        let key = keys::event_key(tenant, &event.event_id);
-                        let applied_under_id = collisions.get(key.as_slice())?.map(|v| v.value());
-                        match applied_under_id {
-                            Some(applied_seq) => previous = Some(stored_payload(&audit_log, applied_seq)?),
-                            None => {
-                                collisions.insert(key.as_slice(), seq)?;
-                            }
-                        }
+                        their_ops += ops.len();
+                        theirs.push((table, ops));
                     }
                 }
-                let outcome = match previous {
-                    None => Outcome::Applied,
-                    Some(stored) => {
-                        let same =
-                            serde_json::from_slice::<serde_json::Value>(&item.raw).is_ok_and(|new| new == stored);
-                        if same { Outcome::Duplicate } else { Outcome::ConflictingDuplicate }
-                    }
-                };
-                audit_log.insert(seq, encode_entry(outcome, item.received_at, source, &item.raw).as_slice())?;
-                match outcome {
-                    Outcome::Applied => {
-                        summary.applied += 1;
-                        last_applied_at = last_applied_at.max(Some(item.received_at));
-                    }
-                    Outcome::Duplicate => summary.duplicate += 1,
-                    Outcome::ConflictingDuplicate => summary.conflicting_duplicate += 1,
-                }
-                let slot = *touched_at.entry((tenant, event.refund_id.as_str())).or_insert_with(|| {
-                    touched.push(Touched {
-                        tenant,
-                        refund_id: event.refund_id.as_str(),
-                        applied: Vec::new(),
-                        seqs: Vec::new(),
-                    });
-                    touched.len() - 1
-                });
-                touched[slot].seqs.push(seq);
-                if outcome == Outcome::Applied {
-                    touched[slot].applied.push(event);
-                }
-            }
+                let worker = scope.spawn(move || apply_index_ops(theirs));
+                apply_index_ops(mine)?;
 
-            let mut refunds = txn.open_table(tables::REFUNDS)?;
-            let mut index_tables = Vec::with_capacity(Index::ALL.len());
-            for index in Index::ALL {
-                index_tables.push((index, txn.open_table(index.table().expect("listed indexes have tables"))?));
-            }
-            let mut count_deltas: HashMap<Vec<u8>, i64> = HashMap::new();
-            for Touched { tenant, refund_id, applied, seqs } in &touched {
-                let key = keys::refund_key(*tenant, refund_id);
-                let old_row = refunds.get(key.as_slice())?.map(|row| row.value().to_vec());
-                let (old, old_seqs) = match &old_row {
-                    Some(bytes) => {
-                        let (state, seqs) =
-                            row::split(bytes).ok_or_else(|| StoreError::Corrupt(format!("row of {refund_id}")))?;
-                        (Some(RefundState::decode(state).map_err(|e| StoreError::Corrupt(e.to_string()))?), seqs)
-                    }
-                    None => (None, &[][..]),
-                };
-                if applied.is_empty() {
-                    // Only repeats: the state is unchanged, the audit trail grows.
-                    match &old_row {
-                        Some(bytes) => refunds.insert(key.as_slice(), row::append_seqs(bytes, seqs).as_slice())?,
-                        None => {
-                            // A conflicting repeat naming a refund no applied event created.
-                            for seq in seqs {
-                                audit_orphans.insert(keys::audit_key(*tenant, refund_id, *seq).as_slice(), ())?;
-                            }
-                            continue;
-                        }
-                    };
-                    continue;
-                }
-                let mut state = old.clone();
-                for event in applied {
-                    state = Some(merge(state, event));
-                }
-                let new = state.expect("at least one event was applied");
-                for (index, table) in &mut index_tables {
-                    let old_key = old.as_ref().and_then(|s| index.key_of(*tenant, s));
-                    let new_key = index.key_of(*tenant, &new);
-                    if old_key == new_key {
-                        continue;
-                    }
-                    if let Some(old_key) = old_key {
-                        table.remove(old_key.as_slice())?;
-                    }
-                    if let Some(new_key) = new_key {
-                        table.insert(new_key.as_slice(), ())?;
-                    }
-                }
-                for dim in CountDim::ALL {
-                    let old_value = old.as_ref().and_then(|s| dim.value_of(s));
-                    let new_value = dim.value_of(&new);
-                    if old_value == new_value {
-                        continue;
-                    }
-                    if let Some(v) = old_value {
-                        *count_deltas.entry(keys::count_key(*tenant, dim, &v)).or_default() -= 1;
-                    }
-                    if let Some(v) = new_value {
-                        *count_deltas.entry(keys::count_key(*tenant, dim, &v)).or_default() += 1;
-                    }
-                }
-                if old.is_none() {
-                    summary.refunds_created += 1;
-                }
-                summary.refunds_touched += 1;
-                refunds.insert(key.as_slice(), row::encode(&new.encode(), old_seqs, seqs).as_slice())?;
-            }
+                let mut counts = txn.open_table(tables::COUNTS)?;
+                apply_count_deltas(&mut counts, count_deltas)?;
 
-            let mut counts = txn.open_table(tables::COUNTS)?;
-            let mut deltas: Vec<(Vec<u8>, i64)> = count_deltas.into_iter().filter(|(_, d)| *d != 0).collect();
-            deltas.sort();
-            for (key, delta) in deltas {
-                let current = counts.get(key.as_slice())?.map_or(0, |v| v.value());
-                let updated = current
-                    .checked_add_signed(delta)
-                    .ok_or_else(|| StoreError::Corrupt(format!("count would go negative ({current} {delta:+})")))?;
-                if updated == 0 {
-                    counts.remove(key.as_slice())?;
-                } else {
-                    counts.insert(key.as_slice(), updated)?;
+                let mut stats = txn.open_table(tables::STATS)?;
+                for (name, delta) in [
+                    (stat_names::EVENTS_APPLIED, summary.applied),
+                    (stat_names::EVENTS_DUPLICATE, summary.duplicate),
+                    (stat_names::EVENTS_CONFLICTING_DUPLICATE, summary.conflicting_duplicate),
+                    (stat_names::EVENTS_INVALID, summary.invalid),
+                    (stat_names::REFUNDS, summary.refunds_created),
+                ] {
+                    if delta > 0 {
+                        let current = stats.get(name)?.map_or(0, |v| v.value());
+                        stats.insert(name, current + delta)?;
+                    }
                 }
-            }
-
-            let mut stats = txn.open_table(tables::STATS)?;
-            for (name, delta) in [
-                (stat_names::EVENTS_APPLIED, summary.applied),
-                (stat_names::EVENTS_DUPLICATE, summary.duplicate),
-                (stat_names::EVENTS_CONFLICTING_DUPLICATE, summary.conflicting_duplicate),
-                (stat_names::EVENTS_INVALID, summary.invalid),
-                (stat_names::REFUNDS, summary.refunds_created),
-            ] {
-                if delta > 0 {
-                    let current = stats.get(name)?.map_or(0, |v| v.value());
-                    stats.insert(name, current + delta)?;
+                if let Some(at) = last_applied_at {
+                    stats.insert(stat_names::LAST_APPLIED_AT, at.millis() as u64)?;
+                    newest_applied = Some(at);
                 }
-            }
-            if let Some(at) = last_applied_at {
-                stats.insert(stat_names::LAST_APPLIED_AT, at.millis() as u64)?;
-                newest_applied = Some(at);
-            }
-
-            for delta in &batch.checkpoints {
-                let checkpoint = Checkpoint { position: delta.to, state: delta.state.clone() };
-                checkpoints.insert(delta.source.as_str(), checkpoint.encode().as_slice())?;
-            }
+                for delta in &batch.checkpoints {
+                    let checkpoint = Checkpoint { position: delta.to, state: delta.state.clone() };
+                    checkpoints.insert(delta.source.as_str(), checkpoint.encode().as_slice())?;
+                }
+                worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                audit.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                Ok(())
+            })?;
             fresh_names = interner.fresh;
         }
         drop(known);
@@ -372,10 +255,294 @@ fn record_batch_metrics(
     }
 }
 
-/// The parsed payload of the audit entry `seq`.
+/// What the identity step found: the audit entries to append (sequences
+/// `first_seq..`), and the refunds the batch names.
+struct Identified<'b> {
+    first_seq: u64,
+    audit_rows: Vec<Vec<u8>>,
+    touched: Vec<Touched<'b>>,
+    last_applied_at: Option<Timestamp>,
+}
+
+/// Step one, in arrival order: dead letters, event identity and outcomes.
+fn identify<'b>(
+    txn: &WriteTransaction,
+    audit_log: &Table<'_, u64, &'static [u8]>,
+    interner: &mut Interner<'_, '_, 'b>,
+    batch: &'b Batch,
+    summary: &mut BatchSummary,
+    invalid_by_reason: &mut HashMap<&'static str, u64>,
+) -> Result<Identified<'b>, StoreError> {
+    let mut event_ids = txn.open_table(tables::EVENT_IDS)?;
+    let mut collisions = txn.open_table(tables::EVENT_ID_COLLISIONS)?;
+    let mut dead_letters = txn.open_table(tables::DEAD_LETTERS)?;
+    let mut pending = txn.open_table(tables::DEAD_LETTERS_PENDING)?;
+    let first_seq = audit_log.last()?.map_or(1, |(k, _)| k.value() + 1);
+    let mut next_dead_letter = dead_letters.last()?.map_or(1, |(k, _)| k.value() + 1);
+    let mut audit_rows: Vec<Vec<u8>> = Vec::with_capacity(batch.items.len());
+    let mut touched: Vec<Touched<'b>> = Vec::new();
+    let mut touched_at: HashMap<(TenantNo, &str), usize> = HashMap::new();
+    let mut last_applied_at: Option<Timestamp> = None;
+    // The parsed payload of audit entry `seq`, whether committed or of this batch.
+    let payload_of = |audit_rows: &[Vec<u8>], seq: u64| -> Result<serde_json::Value, StoreError> {
+        match seq.checked_sub(first_seq).and_then(|i| audit_rows.get(usize::try_from(i).ok()?)) {
+            Some(row) => parse_payload(row, seq),
+            None => stored_payload(audit_log, seq),
+        }
+    };
+
+    for item in &batch.items {
+        let event = match &item.kind {
+            ItemKind::Invalid(invalid) => {
+                let doc = dead_letter_document(invalid, item);
+                dead_letters.insert(next_dead_letter, doc.as_slice())?;
+                pending.insert(next_dead_letter, ())?;
+                next_dead_letter += 1;
+                summary.invalid += 1;
+                *invalid_by_reason.entry(invalid.reason.as_str()).or_default() += 1;
+                continue;
+            }
+            ItemKind::Valid(event) => event,
+        };
+        let tenant = TenantNo(interner.intern_in_batch(TENANT_KIND, &event.tenant_id)?);
+        let source = match &item.source {
+            SourcePos::File { path, line } => {
+                StoredSource::File { name: interner.intern_in_batch(FILE_KIND, path)?, line: *line }
+            }
+            SourcePos::Kafka { topic, partition, offset } => StoredSource::Kafka {
+                name: interner.intern_in_batch(TOPIC_KIND, topic)?,
+                partition: *partition,
+                offset: *offset,
+            },
+        };
+        let seq = first_seq + audit_rows.len() as u64;
+        // One B-tree operation on the common path: claim the id's slot,
+        // and put the holder back on the rare repeat.
+        let slot = keys::event_slot(tenant, &event.event_id);
+        let holder = event_ids.insert(slot, seq)?.map(|v| v.value());
+        let mut previous = None;
+        if let Some(holder_seq) = holder {
+            event_ids.insert(slot, holder_seq)?;
+            let payload = payload_of(&audit_rows, holder_seq)?;
+            if payload.get("event_id").and_then(|v| v.as_str()) == Some(event.event_id.as_str()) {
+                previous = Some(payload);
+            } else {
+                // Another id with the same 64-bit hash holds the slot.
+                let key = keys::event_key(tenant, &event.event_id);
+                let applied_under_id = collisions.get(key.as_slice())?.map(|v| v.value());
+                match applied_under_id {
+                    Some(applied_seq) => previous = Some(payload_of(&audit_rows, applied_seq)?),
+                    None => {
+                        collisions.insert(key.as_slice(), seq)?;
+                    }
+                }
+            }
+        }
+        let outcome = match previous {
+            None => Outcome::Applied,
+            Some(stored) => {
+                let same = serde_json::from_slice::<serde_json::Value>(&item.raw).is_ok_and(|new| new == stored);
+                if same { Outcome::Duplicate } else { Outcome::ConflictingDuplicate }
+            }
+        };
+        audit_rows.push(encode_entry(outcome, item.received_at, source, &item.raw));
+        match outcome {
+            Outcome::Applied => {
+                summary.applied += 1;
+                last_applied_at = last_applied_at.max(Some(item.received_at));
+            }
+            Outcome::Duplicate => summary.duplicate += 1,
+            Outcome::ConflictingDuplicate => summary.conflicting_duplicate += 1,
+        }
+        let slot = *touched_at.entry((tenant, event.refund_id.as_str())).or_insert_with(|| {
+            touched.push(Touched {
+                tenant,
+                refund_id: event.refund_id.as_str(),
+                applied: Vec::new(),
+                seqs: Vec::new(),
+            });
+            touched.len() - 1
+        });
+        touched[slot].seqs.push(seq);
+        if outcome == Outcome::Applied {
+            touched[slot].applied.push(event);
+        }
+    }
+    Ok(Identified { first_seq, audit_rows, touched, last_applied_at })
+}
+
+/// Step two for one refund: read its row, merge the batch's events, write the
+/// row, and note which index keys and counters change.
+fn apply_refund(
+    touched: &Touched<'_>,
+    refunds: &mut Table<'_, &'static [u8], &'static [u8]>,
+    audit_orphans: &mut Table<'_, &'static [u8], ()>,
+    index_ops: &mut [IndexOps],
+    count_deltas: &mut HashMap<Vec<u8>, i64>,
+    summary: &mut BatchSummary,
+) -> Result<(), StoreError> {
+    let Touched { tenant, refund_id, applied, seqs } = touched;
+    let key = keys::refund_key(*tenant, refund_id);
+    let old_row = refunds.get(key.as_slice())?.map(|row| row.value().to_vec());
+    let (old, old_seqs) = match &old_row {
+        Some(bytes) => {
+            let (state, seqs) = row::split(bytes).ok_or_else(|| StoreError::Corrupt(format!("row of {refund_id}")))?;
+            (Some(RefundState::decode(state).map_err(|e| StoreError::Corrupt(e.to_string()))?), seqs)
+        }
+        None => (None, &[][..]),
+    };
+    if applied.is_empty() {
+        // Only repeats: the state is unchanged, the audit trail grows.
+        match &old_row {
+            Some(bytes) => {
+                refunds.insert(key.as_slice(), row::append_seqs(bytes, seqs).as_slice())?;
+            }
+            None => {
+                // A conflicting repeat naming a refund no applied event created.
+                for seq in seqs {
+                    audit_orphans.insert(keys::audit_key(*tenant, refund_id, *seq).as_slice(), ())?;
+                }
+            }
+        }
+        return Ok(());
+    }
+    let mut state = old.clone();
+    for event in applied {
+        state = Some(merge(state, event));
+    }
+    let new = state.expect("at least one event was applied");
+    for (index, ops) in Index::ALL.iter().zip(index_ops.iter_mut()) {
+        let old_key = old.as_ref().and_then(|s| index.key_of(*tenant, s));
+        let new_key = index.key_of(*tenant, &new);
+        if old_key == new_key {
+            continue;
+        }
+        if let Some(old_key) = old_key {
+            ops.removes.push(old_key);
+        }
+        if let Some(new_key) = new_key {
+            ops.inserts.push(new_key);
+        }
+    }
+    for dim in CountDim::ALL {
+        let old_value = old.as_ref().and_then(|s| dim.value_of(s));
+        let new_value = dim.value_of(&new);
+        if old_value == new_value {
+            continue;
+        }
+        if let Some(v) = old_value {
+            *count_deltas.entry(keys::count_key(*tenant, dim, &v)).or_default() -= 1;
+        }
+        if let Some(v) = new_value {
+            *count_deltas.entry(keys::count_key(*tenant, dim, &v)).or_default() += 1;
+        }
+    }
+    if old.is_none() {
+        summary.refunds_created += 1;
+    }
+    summary.refunds_touched += 1;
+    refunds.insert(key.as_slice(), row::encode(&new.encode(), old_seqs, seqs).as_slice())?;
+    Ok(())
+}
+
+/// The index keys one batch removes and inserts in one index table. A key
+/// ends with its refund id and each refund is coalesced, so no key is both
+/// removed and inserted by one batch.
+#[derive(Default)]
+struct IndexOps {
+    removes: Vec<Vec<u8>>,
+    inserts: Vec<Vec<u8>>,
+}
+
+impl IndexOps {
+    fn len(&self) -> usize {
+        self.removes.len() + self.inserts.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn apply_index_ops(tables: Vec<(Table<'_, &'static [u8], ()>, IndexOps)>) -> Result<(), StoreError> {
+    for (mut table, mut ops) in tables {
+        ops.removes.sort_unstable();
+        for key in &ops.removes {
+            table.remove(key.as_slice())?;
+        }
+        ops.inserts.sort_unstable();
+        insert_sorted(&mut table, &ops.inserts)?;
+    }
+    Ok(())
+}
+
+/// Inserts sorted keys with empty values. Each run of keys that falls into one
+/// gap between existing keys goes through one cursor (redb splices such runs
+/// into the leaves instead of descending the tree for every key); a key that
+/// is already present is left as it is.
+fn insert_sorted(table: &mut Table<'_, &'static [u8], ()>, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+    let mut next = 0;
+    while let Some(first) = keys.get(next) {
+        let mut cursor = table.lower_bound_mut(Bound::Included(first.as_slice()))?;
+        let run_start = next;
+        while let Some(key) = keys.get(next) {
+            match cursor.insert_before(key.as_slice(), ()) {
+                Ok(()) => next += 1,
+                Err(CursorError::UnorderedKey) => break,
+                Err(err) => return Err(redb::Error::from(err).into()),
+            }
+        }
+        cursor.close()?;
+        if next == run_start {
+            // The gap's next entry is this very key: it is already indexed.
+            next += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Appends the batch's audit entries, `first_seq` onwards, after the last one.
+fn append_in_order(
+    mut audit_log: Table<'_, u64, &'static [u8]>,
+    first_seq: u64,
+    rows: &[Vec<u8>],
+) -> Result<(), StoreError> {
+    let mut cursor = audit_log.upper_bound_mut(Bound::<u64>::Unbounded)?;
+    for (seq, row) in (first_seq..).zip(rows) {
+        cursor.insert_before(seq, row.as_slice()).map_err(redb::Error::from)?;
+    }
+    cursor.close()?;
+    Ok(())
+}
+
+fn apply_count_deltas(
+    counts: &mut Table<'_, &'static [u8], u64>,
+    deltas: HashMap<Vec<u8>, i64>,
+) -> Result<(), StoreError> {
+    let mut deltas: Vec<(Vec<u8>, i64)> = deltas.into_iter().filter(|(_, d)| *d != 0).collect();
+    deltas.sort();
+    for (key, delta) in deltas {
+        let current = counts.get(key.as_slice())?.map_or(0, |v| v.value());
+        let updated = current
+            .checked_add_signed(delta)
+            .ok_or_else(|| StoreError::Corrupt(format!("count would go negative ({current} {delta:+})")))?;
+        if updated == 0 {
+            counts.remove(key.as_slice())?;
+        } else {
+            counts.insert(key.as_slice(), updated)?;
+        }
+    }
+    Ok(())
+}
+
+/// The parsed payload of the committed audit entry `seq`.
 fn stored_payload(audit_log: &redb::Table<'_, u64, &'static [u8]>, seq: u64) -> Result<serde_json::Value, StoreError> {
     let stored = audit_log.get(seq)?.ok_or_else(|| StoreError::Corrupt(format!("audit entry {seq} is missing")))?;
-    let entry = decode_entry(stored.value()).ok_or_else(|| StoreError::Corrupt(format!("audit entry {seq}")))?;
+    parse_payload(stored.value(), seq)
+}
+
+fn parse_payload(entry: &[u8], seq: u64) -> Result<serde_json::Value, StoreError> {
+    let entry = decode_entry(entry).ok_or_else(|| StoreError::Corrupt(format!("audit entry {seq}")))?;
     serde_json::from_slice(entry.payload).map_err(|_| StoreError::Corrupt(format!("audit payload {seq}")))
 }
 
