@@ -13,7 +13,7 @@ use redb::{CursorError, Durability, ReadableTable, Table, WriteTransaction};
 use refunds_domain::{RefundEvent, RefundState, Timestamp, merge};
 
 use crate::audit::{Outcome, StoredSource, decode_entry, encode_entry};
-use crate::batch::{Batch, BatchSummary, Checkpoint, ItemKind, SourcePos};
+use crate::batch::{Batch, BatchSummary, Checkpoint, Item, ItemKind, SourcePos};
 use crate::keys::{self, CountDim, Index, TenantNo};
 use crate::read::{dead_letter_document, stat_names};
 use crate::{FILE_KIND, Store, StoreError, TENANT_KIND, TOPIC_KIND, row, tables};
@@ -23,6 +23,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(tables::NAMES_BY_NUMBER)?;
     txn.open_table(tables::STATS)?;
     txn.open_table(tables::REFUNDS)?;
+    txn.open_table(tables::REFUND_HOMES)?;
     txn.open_table(tables::COUNTS)?;
     txn.open_table(tables::EVENT_IDS)?;
     txn.open_table(tables::EVENT_ID_COLLISIONS)?;
@@ -130,7 +131,26 @@ impl Store {
 
                 let mut refunds = txn.open_table(tables::REFUNDS)?;
                 let mut audit_orphans = txn.open_table(tables::AUDIT_ORPHANS)?;
+                let mut homes = txn.open_table(tables::REFUND_HOMES)?;
+                // Find (or give) every refund its home in key order, then
+                // visit the rows in their own key order.
                 touched.sort_unstable_by(|a, b| (a.tenant, a.refund_id).cmp(&(b.tenant, b.refund_id)));
+                for touched in &mut touched {
+                    let key = keys::refund_key(touched.tenant, touched.refund_id);
+                    let found = homes.get(key.as_slice())?.map(|home| home.value());
+                    touched.home = match found {
+                        Some(home) => Some(home),
+                        None if touched.applied.is_empty() => None,
+                        None => {
+                            let home = keys::home_of(touched.seqs[0]);
+                            homes.insert(key.as_slice(), home)?;
+                            touched.new = true;
+                            Some(home)
+                        }
+                    };
+                }
+                drop(homes);
+                touched.sort_unstable_by(|a, b| (a.tenant, a.home, a.refund_id).cmp(&(b.tenant, b.home, b.refund_id)));
                 let mut index_ops: Vec<IndexOps> = Index::ALL.iter().map(|_| IndexOps::default()).collect();
                 let mut count_deltas: HashMap<Vec<u8>, i64> = HashMap::new();
                 for touched in &touched {
@@ -291,6 +311,8 @@ fn identify<'b>(
         }
     };
 
+    // Arrival order: dead letters, and each valid event's tenant and source.
+    let mut valid: Vec<(&'b Item, &'b RefundEvent, TenantNo, StoredSource)> = Vec::with_capacity(batch.items.len());
     for item in &batch.items {
         let event = match &item.kind {
             ItemKind::Invalid(invalid) => {
@@ -315,14 +337,33 @@ fn identify<'b>(
                 offset: *offset,
             },
         };
+        valid.push((item, event, tenant, source));
+    }
+
+    // Identity slots in key order (the table's pages are then visited once,
+    // in order, instead of at random), ties in arrival order so that the
+    // earlier of two equal ids claims the slot. One B-tree operation on the
+    // common path: claim the slot, and put the holder back on the rare repeat.
+    // Event `i` of the batch gets audit sequence `first_seq + i`.
+    let mut slots: Vec<([u8; 12], usize)> = valid
+        .iter()
+        .enumerate()
+        .map(|(i, (_, event, tenant, _))| (keys::event_slot(*tenant, &event.event_id), i))
+        .collect();
+    slots.sort_unstable();
+    let mut holders: Vec<Option<u64>> = vec![None; valid.len()];
+    for (slot, i) in slots {
+        let holder = event_ids.insert(slot, first_seq + i as u64)?.map(|v| v.value());
+        if let Some(holder) = holder {
+            event_ids.insert(slot, holder)?;
+            holders[i] = Some(holder);
+        }
+    }
+
+    for ((item, event, tenant, source), holder) in valid.into_iter().zip(holders) {
         let seq = first_seq + audit_rows.len() as u64;
-        // One B-tree operation on the common path: claim the id's slot,
-        // and put the holder back on the rare repeat.
-        let slot = keys::event_slot(tenant, &event.event_id);
-        let holder = event_ids.insert(slot, seq)?.map(|v| v.value());
         let mut previous = None;
         if let Some(holder_seq) = holder {
-            event_ids.insert(slot, holder_seq)?;
             let payload = payload_of(&audit_rows, holder_seq)?;
             if payload.get("event_id").and_then(|v| v.as_str()) == Some(event.event_id.as_str()) {
                 previous = Some(payload);
@@ -358,6 +399,8 @@ fn identify<'b>(
             touched.push(Touched {
                 tenant,
                 refund_id: event.refund_id.as_str(),
+                home: None,
+                new: false,
                 applied: Vec::new(),
                 seqs: Vec::new(),
             });
@@ -381,9 +424,25 @@ fn apply_refund(
     count_deltas: &mut HashMap<Vec<u8>, i64>,
     summary: &mut BatchSummary,
 ) -> Result<(), StoreError> {
-    let Touched { tenant, refund_id, applied, seqs } = touched;
-    let key = keys::refund_key(*tenant, refund_id);
-    let old_row = refunds.get(key.as_slice())?.map(|row| row.value().to_vec());
+    let Touched { tenant, refund_id, applied, seqs, home, new: created } = touched;
+    let Some(home) = *home else {
+        // A conflicting repeat naming a refund no applied event created.
+        for seq in seqs {
+            audit_orphans.insert(keys::audit_key(*tenant, refund_id, *seq).as_slice(), ())?;
+        }
+        return Ok(());
+    };
+    let key = keys::row_key(*tenant, home, refund_id);
+    let old_row = match created {
+        true => None,
+        false => Some(
+            refunds
+                .get(key.as_slice())?
+                .ok_or_else(|| StoreError::Corrupt(format!("refund {refund_id} has a home but no row")))?
+                .value()
+                .to_vec(),
+        ),
+    };
     let (old, old_seqs) = match &old_row {
         Some(bytes) => {
             let (state, seqs) = row::split(bytes).ok_or_else(|| StoreError::Corrupt(format!("row of {refund_id}")))?;
@@ -393,16 +452,8 @@ fn apply_refund(
     };
     if applied.is_empty() {
         // Only repeats: the state is unchanged, the audit trail grows.
-        match &old_row {
-            Some(bytes) => {
-                refunds.insert(key.as_slice(), row::append_seqs(bytes, seqs).as_slice())?;
-            }
-            None => {
-                // A conflicting repeat naming a refund no applied event created.
-                for seq in seqs {
-                    audit_orphans.insert(keys::audit_key(*tenant, refund_id, *seq).as_slice(), ())?;
-                }
-            }
+        if let Some(bytes) = &old_row {
+            refunds.insert(key.as_slice(), row::append_seqs(bytes, seqs).as_slice())?;
         }
         return Ok(());
     }
@@ -421,7 +472,7 @@ fn apply_refund(
             ops.removes.push(old_key);
         }
         if let Some(new_key) = new_key {
-            ops.inserts.push(new_key);
+            ops.inserts.push((new_key, home));
         }
     }
     for dim in CountDim::ALL {
@@ -445,13 +496,13 @@ fn apply_refund(
     Ok(())
 }
 
-/// The index keys one batch removes and inserts in one index table. A key
-/// ends with its refund id and each refund is coalesced, so no key is both
-/// removed and inserted by one batch.
+/// The index keys one batch removes and inserts (with the refund's home) in
+/// one index table. A key ends with its refund id and each refund is
+/// coalesced, so no key is both removed and inserted by one batch.
 #[derive(Default)]
 struct IndexOps {
     removes: Vec<Vec<u8>>,
-    inserts: Vec<Vec<u8>>,
+    inserts: Vec<(Vec<u8>, u32)>,
 }
 
 impl IndexOps {
@@ -464,7 +515,7 @@ impl IndexOps {
     }
 }
 
-fn apply_index_ops(tables: Vec<(Table<'_, &'static [u8], ()>, IndexOps)>) -> Result<(), StoreError> {
+fn apply_index_ops(tables: Vec<(Table<'_, &'static [u8], u32>, IndexOps)>) -> Result<(), StoreError> {
     for (mut table, mut ops) in tables {
         ops.removes.sort_unstable();
         for key in &ops.removes {
@@ -476,17 +527,17 @@ fn apply_index_ops(tables: Vec<(Table<'_, &'static [u8], ()>, IndexOps)>) -> Res
     Ok(())
 }
 
-/// Inserts sorted keys with empty values. Each run of keys that falls into one
-/// gap between existing keys goes through one cursor (redb splices such runs
-/// into the leaves instead of descending the tree for every key); a key that
-/// is already present is left as it is.
-fn insert_sorted(table: &mut Table<'_, &'static [u8], ()>, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+/// Inserts entries sorted by key. Each run of keys that falls into one gap
+/// between existing keys goes through one cursor (redb splices such runs into
+/// the leaves instead of descending the tree for every key); a key that is
+/// already present is left as it is (its value, the refund's home, is fixed).
+fn insert_sorted(table: &mut Table<'_, &'static [u8], u32>, entries: &[(Vec<u8>, u32)]) -> Result<(), StoreError> {
     let mut next = 0;
-    while let Some(first) = keys.get(next) {
+    while let Some((first, _)) = entries.get(next) {
         let mut cursor = table.lower_bound_mut(Bound::Included(first.as_slice()))?;
         let run_start = next;
-        while let Some(key) = keys.get(next) {
-            match cursor.insert_before(key.as_slice(), ()) {
+        while let Some((key, home)) = entries.get(next) {
+            match cursor.insert_before(key.as_slice(), home) {
                 Ok(()) => next += 1,
                 Err(CursorError::UnorderedKey) => break,
                 Err(err) => return Err(redb::Error::from(err).into()),
@@ -550,6 +601,10 @@ fn parse_payload(entry: &[u8], seq: u64) -> Result<serde_json::Value, StoreError
 struct Touched<'b> {
     tenant: TenantNo,
     refund_id: &'b str,
+    /// Where its row lives; `None` for a refund no applied event created.
+    home: Option<u32>,
+    /// Created by this batch (it has no row yet).
+    new: bool,
     /// Events applied in this batch, in arrival order.
     applied: Vec<&'b RefundEvent>,
     /// Audit sequences of every event of the batch naming this refund.

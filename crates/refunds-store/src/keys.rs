@@ -26,11 +26,30 @@ pub fn time_from_bytes(bytes: [u8; 8]) -> Option<Timestamp> {
     Timestamp::from_millis((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
 }
 
-/// `tenant | refund id`: the primary key. The id is last, so it needs no
-/// length and sorts as the string does.
+/// `tenant | refund id`: the key of `refund_homes`. The id is last, so it
+/// needs no length and sorts as the string does.
 pub fn refund_key(tenant: TenantNo, refund_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(4 + refund_id.len());
     key.extend_from_slice(&tenant.prefix());
+    key.extend_from_slice(refund_id.as_bytes());
+    key
+}
+
+/// A refund's home: the arrival epoch of its first applied event (audit
+/// sequence / 2^14), fixed for the refund's life. Rows are keyed
+/// `tenant | home | refund id`, so a batch's new refunds land together at the
+/// end of each tenant's rows instead of at random places among all of them:
+/// a write transaction copies a few leaf pages of `refunds` instead of one
+/// per refund.
+pub fn home_of(seq: u64) -> u32 {
+    u32::try_from(seq >> 14).unwrap_or(u32::MAX)
+}
+
+/// `tenant | home | refund id`: the key of a refund's row.
+pub fn row_key(tenant: TenantNo, home: u32, refund_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + refund_id.len());
+    key.extend_from_slice(&tenant.prefix());
+    key.extend_from_slice(&home.to_be_bytes());
     key.extend_from_slice(refund_id.as_bytes());
     key
 }
@@ -97,7 +116,7 @@ impl Index {
         Index::Text(TextField::ReferenceId),
     ];
 
-    pub fn table(self) -> Option<TableDefinition<'static, &'static [u8], ()>> {
+    pub fn table(self) -> Option<TableDefinition<'static, &'static [u8], u32>> {
         Some(match self {
             Index::Created => tables::BY_CREATED,
             Index::Status => tables::BY_STATUS,

@@ -19,11 +19,15 @@
 //!
 //! Tenant ids are interned to a 4-byte big-endian number (`names`), so every
 //! tenant-scoped key starts with a fixed `tenant` prefix. `refunds` is keyed
-//! `tenant | refund id` and holds the compact encoded state followed by the
-//! audit sequences of the refund's events. Each secondary
+//! `tenant | home | refund id` and holds the compact encoded state followed by
+//! the audit sequences of the refund's events; the home is the arrival epoch
+//! of the refund's first event (`keys::home_of`), so new rows cluster at the
+//! end of each tenant instead of at random places, and `refund_homes` maps
+//! `tenant | refund id` to it. Each secondary
 //! index (`by_created`, `by_status`, `by_currency`, `by_amount`, and one per
 //! exact-match text filter) is keyed `tenant | value | created_at | refund id`
-//! with an empty value: status is one byte (rank order), currency three,
+//! with the refund's home as the value, so an index entry leads straight to
+//! its row: status is one byte (rank order), currency three,
 //! amount eight big-endian, text values carry a 2-byte length, and
 //! `created_at` is big-endian milliseconds with the sign bit flipped. The refund
 //! id comes last, unprefixed, so keys sort by (created_at, id) within a value
@@ -63,7 +67,7 @@ pub use read::{DeadLetter, ExportError, StoreStats, decode_row_state, source_jso
 pub use redb::Durability;
 
 /// The on-disk format this build writes. A store of another format is refused.
-const FORMAT_VERSION: &[u8] = b"refunds-store/1";
+const FORMAT_VERSION: &[u8] = b"refunds-store/2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

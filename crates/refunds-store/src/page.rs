@@ -59,6 +59,8 @@ struct Candidate {
     created_at: Timestamp,
     tenant: usize,
     id: String,
+    /// Where the refund's row lives (the index entry's value).
+    home: u32,
     /// The index key alone proves the match (no row check needed).
     keys_suffice: bool,
 }
@@ -100,8 +102,8 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
         for value in &plan.values {
             if plan.index.windowed() {
                 let mut found = Vec::new();
-                for_each_with_value(&table, plan.index, tenant, value, min, max, |created_at, id| {
-                    found.push(Candidate { created_at, tenant: position, id: id.to_owned(), keys_suffice });
+                for_each_with_value(&table, plan.index, tenant, value, min, max, |created_at, id, home| {
+                    found.push(Candidate { created_at, tenant: position, id: id.to_owned(), home, keys_suffice });
                     Ok(())
                 })?;
                 found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
@@ -123,10 +125,10 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
             let range = table.range::<&[u8]>((Bound::Included(lower.as_slice()), Bound::Excluded(upper.as_slice())))?;
             let prefix_len = prefix.len();
             let entries = range.map(move |entry| {
-                let (key, _) = entry?;
+                let (key, home) = entry?;
                 let (created_at, id) = keys::split_index_key(key.value(), prefix_len)
                     .ok_or_else(|| StoreError::Corrupt("index key".into()))?;
-                Ok(Candidate { created_at, tenant: position, id: id.to_owned(), keys_suffice })
+                Ok(Candidate { created_at, tenant: position, id: id.to_owned(), home: home.value(), keys_suffice })
             });
             if descending {
                 streams.push(Box::new(entries.rev()));
@@ -156,7 +158,7 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
         }
         let tenant = tenants[candidate.tenant].1;
         let row = refunds
-            .get(keys::refund_key(tenant, &candidate.id).as_slice())?
+            .get(keys::row_key(tenant, candidate.home, &candidate.id).as_slice())?
             .ok_or_else(|| StoreError::Corrupt(format!("index names a missing refund {}", candidate.id)))?;
         let state = decode_row_state(row.value())?;
         if !candidate.keys_suffice && !filter.matches(&state) {

@@ -236,14 +236,14 @@ fn scan_count(txn: &ReadTransaction, tenant: TenantNo, filter: &Filter, plan: &P
             value,
             filter.created_min,
             filter.created_max,
-            |_, refund_id| {
+            |_, refund_id, home| {
                 // Keys alone answer the filter when it asks nothing beyond them.
                 if index_only {
                     n += 1;
                     return Ok(());
                 }
                 let row = refunds
-                    .get(keys::refund_key(tenant, refund_id).as_slice())?
+                    .get(keys::row_key(tenant, home, refund_id).as_slice())?
                     .ok_or_else(|| StoreError::Corrupt(format!("index names a missing refund {refund_id}")))?;
                 if filter.matches(&decode_row_state(row.value())?) {
                     n += 1;
@@ -258,7 +258,7 @@ fn scan_count(txn: &ReadTransaction, tenant: TenantNo, filter: &Filter, plan: &P
 /// Counts the refunds with an amount in the filter's bounds (and created in
 /// its bounds) from the amount index's keys: one range per created window.
 fn count_amount_range(
-    table: &ReadOnlyTable<&'static [u8], ()>,
+    table: &ReadOnlyTable<&'static [u8], u32>,
     tenant: TenantNo,
     filter: &Filter,
 ) -> Result<u64, StoreError> {
@@ -288,16 +288,17 @@ fn count_amount_range(
     Ok(n)
 }
 
-/// Calls `f(created_at, refund id)` for every refund of `tenant` with `value`
-/// under `index` and created within the bounds, in (created_at, id) order.
+/// Calls `f(created_at, refund id, home)` for every refund of `tenant` with
+/// `value` under `index` and created within the bounds, in (created_at, id)
+/// order within each created window.
 pub(crate) fn for_each_with_value(
-    table: &ReadOnlyTable<&'static [u8], ()>,
+    table: &ReadOnlyTable<&'static [u8], u32>,
     index: Index,
     tenant: TenantNo,
     value: &[u8],
     created_min: Option<Timestamp>,
     created_max: Option<Timestamp>,
-    mut f: impl FnMut(Timestamp, &str) -> Result<(), StoreError>,
+    mut f: impl FnMut(Timestamp, &str, u32) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     if !index.windowed() {
         let prefix = keys::index_prefix(tenant, value);
@@ -312,7 +313,7 @@ pub(crate) fn for_each_with_value(
 /// bounds, that holds a key at or after `tenant | window | seek`: a skip scan,
 /// one seek per window that exists, however many windows lie between.
 fn for_each_window(
-    table: &ReadOnlyTable<&'static [u8], ()>,
+    table: &ReadOnlyTable<&'static [u8], u32>,
     tenant: TenantNo,
     created_min: Option<Timestamp>,
     created_max: Option<Timestamp>,
@@ -347,18 +348,18 @@ fn for_each_window(
 
 /// Every key starting with `prefix` (followed by created_at and id), within the bounds.
 fn scan_prefix(
-    table: &ReadOnlyTable<&'static [u8], ()>,
+    table: &ReadOnlyTable<&'static [u8], u32>,
     prefix: &[u8],
     created_min: Option<Timestamp>,
     created_max: Option<Timestamp>,
-    f: &mut impl FnMut(Timestamp, &str) -> Result<(), StoreError>,
+    f: &mut impl FnMut(Timestamp, &str, u32) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let start = match created_min {
         Some(min) => [prefix, &keys::time_bytes(min)].concat(),
         None => prefix.to_vec(),
     };
     for entry in table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
-        let (key, _) = entry?;
+        let (key, home) = entry?;
         let key = key.value();
         if !key.starts_with(prefix) {
             break;
@@ -368,7 +369,7 @@ fn scan_prefix(
         if created_max.is_some_and(|max| created > max) {
             break;
         }
-        f(created, refund_id)?;
+        f(created, refund_id, home.value())?;
     }
     Ok(())
 }

@@ -110,6 +110,7 @@ impl Store {
 
     fn export_in(&self, txn: &ReadTransaction, out: &mut impl Write) -> Result<u64, ExportError> {
         let refunds = txn.open_table(tables::REFUNDS).map_err(StoreError::from)?;
+        let homes = txn.open_table(tables::REFUND_HOMES).map_err(StoreError::from)?;
         // The tenants of this snapshot (the shared cache may lag a commit).
         let names = txn.open_table(tables::NAMES).map_err(StoreError::from)?;
         let mut tenants = Vec::new();
@@ -125,9 +126,15 @@ impl Store {
         for (_, tenant) in tenants {
             let start = tenant.prefix();
             let end = TenantNo(tenant.0 + 1).prefix();
-            for row in refunds.range(start.as_slice()..end.as_slice()).map_err(StoreError::from)? {
-                let (_, value) = row.map_err(StoreError::from)?;
-                let state = decode_row_state(value.value())?;
+            // `refund_homes` is in (tenant, id) order; rows are in arrival order.
+            for entry in homes.range(start.as_slice()..end.as_slice()).map_err(StoreError::from)? {
+                let (key, home) = entry.map_err(StoreError::from)?;
+                let refund_id = std::str::from_utf8(&key.value()[4..]).map_err(|_| corrupt("refund home key"))?;
+                let row = refunds
+                    .get(keys::row_key(tenant, home.value(), refund_id).as_slice())
+                    .map_err(StoreError::from)?
+                    .ok_or_else(|| corrupt(format!("refund {refund_id} has a home but no row")))?;
+                let state = decode_row_state(row.value())?;
                 out.write_all(render_refund(&state).as_bytes())?;
                 out.write_all(b"\n")?;
                 written += 1;
@@ -142,12 +149,11 @@ impl Store {
             return Ok(Vec::new());
         };
         let txn = self.read()?;
-        let refunds = txn.open_table(tables::REFUNDS)?;
         let orphans = txn.open_table(tables::AUDIT_ORPHANS)?;
         let log = txn.open_table(tables::AUDIT_LOG)?;
-        let mut sequences = match refunds.get(keys::refund_key(tenant, refund_id).as_slice())? {
+        let mut sequences = match row_in(&txn, tenant, refund_id)? {
             Some(row) => {
-                let (_, seqs) = row::split(row.value()).ok_or_else(|| corrupt(format!("row of {refund_id}")))?;
+                let (_, seqs) = row::split(&row).ok_or_else(|| corrupt(format!("row of {refund_id}")))?;
                 row::seqs(seqs).ok_or_else(|| corrupt(format!("row of {refund_id}")))?
             }
             None => Vec::new(),
@@ -284,12 +290,23 @@ pub(crate) fn get_refund_in(
     tenant: TenantNo,
     refund_id: &str,
 ) -> Result<Option<RefundState>, StoreError> {
-    let refunds = txn.open_table(tables::REFUNDS)?;
-    let key = keys::refund_key(tenant, refund_id);
-    let Some(row) = refunds.get(key.as_slice())? else {
+    match row_in(txn, tenant, refund_id)? {
+        Some(row) => decode_row_state(&row).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A refund's row, found through its home.
+fn row_in(txn: &ReadTransaction, tenant: TenantNo, refund_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let homes = txn.open_table(tables::REFUND_HOMES)?;
+    let Some(home) = homes.get(keys::refund_key(tenant, refund_id).as_slice())?.map(|h| h.value()) else {
         return Ok(None);
     };
-    decode_row_state(row.value()).map(Some)
+    let refunds = txn.open_table(tables::REFUNDS)?;
+    let row = refunds
+        .get(keys::row_key(tenant, home, refund_id).as_slice())?
+        .ok_or_else(|| corrupt(format!("refund {refund_id} has a home but no row")))?;
+    Ok(Some(row.value().to_vec()))
 }
 
 /// The refund state held in a `refunds` row.

@@ -12,9 +12,12 @@ pub const NAMES_BY_NUMBER: TableDefinition<u32, &str> = TableDefinition::new("na
 /// Store totals (`events_applied`, `refunds`, ...): name -> value.
 pub const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
 
-/// Primary table: `tenant | refund id` -> row (encoded `RefundState`, then the
-/// audit sequences of every event received for the refund; see `row.rs`).
+/// Primary table: `tenant | home | refund id` -> row (encoded `RefundState`,
+/// then the audit sequences of every event received for the refund; see
+/// `row.rs`). The home ([`crate::keys::home_of`]) clusters rows by arrival.
 pub const REFUNDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refunds");
+/// Where each refund's row lives: `tenant | refund id` -> home.
+pub const REFUND_HOMES: TableDefinition<&[u8], u32> = TableDefinition::new("refund_homes");
 
 /// Exact counts of refunds: `tenant | dimension | value` -> count.
 pub const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("counts");
@@ -38,15 +41,16 @@ pub const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead
 /// The outbox: dead letters not yet delivered to their destination.
 pub const DEAD_LETTERS_PENDING: TableDefinition<u64, ()> = TableDefinition::new("dead_letters_pending");
 
-pub const BY_CREATED: TableDefinition<&[u8], ()> = TableDefinition::new("by_created");
-pub const BY_STATUS: TableDefinition<&[u8], ()> = TableDefinition::new("by_status");
-pub const BY_CURRENCY: TableDefinition<&[u8], ()> = TableDefinition::new("by_currency");
-pub const BY_PROCESSOR: TableDefinition<&[u8], ()> = TableDefinition::new("by_processor");
-pub const BY_PAYMENT_METHOD_TYPE: TableDefinition<&[u8], ()> = TableDefinition::new("by_payment_method_type");
-pub const BY_PRODUCT_TYPE: TableDefinition<&[u8], ()> = TableDefinition::new("by_product_type");
-pub const BY_ORDER_NO: TableDefinition<&[u8], ()> = TableDefinition::new("by_order_no");
-pub const BY_TRANSACTION_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by_transaction_id");
-pub const BY_EXTERNAL_REFUND_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by_external_refund_id");
-pub const BY_STORE_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by_store_id");
-pub const BY_REFERENCE_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by_reference_id");
-pub const BY_AMOUNT: TableDefinition<&[u8], ()> = TableDefinition::new("by_amount");
+/// Secondary indexes: key layout in `keys::Index`; the value is the refund's home.
+pub const BY_CREATED: TableDefinition<&[u8], u32> = TableDefinition::new("by_created");
+pub const BY_STATUS: TableDefinition<&[u8], u32> = TableDefinition::new("by_status");
+pub const BY_CURRENCY: TableDefinition<&[u8], u32> = TableDefinition::new("by_currency");
+pub const BY_PROCESSOR: TableDefinition<&[u8], u32> = TableDefinition::new("by_processor");
+pub const BY_PAYMENT_METHOD_TYPE: TableDefinition<&[u8], u32> = TableDefinition::new("by_payment_method_type");
+pub const BY_PRODUCT_TYPE: TableDefinition<&[u8], u32> = TableDefinition::new("by_product_type");
+pub const BY_ORDER_NO: TableDefinition<&[u8], u32> = TableDefinition::new("by_order_no");
+pub const BY_TRANSACTION_ID: TableDefinition<&[u8], u32> = TableDefinition::new("by_transaction_id");
+pub const BY_EXTERNAL_REFUND_ID: TableDefinition<&[u8], u32> = TableDefinition::new("by_external_refund_id");
+pub const BY_STORE_ID: TableDefinition<&[u8], u32> = TableDefinition::new("by_store_id");
+pub const BY_REFERENCE_ID: TableDefinition<&[u8], u32> = TableDefinition::new("by_reference_id");
+pub const BY_AMOUNT: TableDefinition<&[u8], u32> = TableDefinition::new("by_amount");

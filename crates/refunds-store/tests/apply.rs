@@ -53,20 +53,27 @@ fn export(store: &Store) -> String {
     String::from_utf8(out).unwrap()
 }
 
-/// Every index entry and every counter, recomputed from the rows, must equal
-/// what the incremental writes left behind.
+/// Every index entry (with the row's home as its value), every home and
+/// every counter, recomputed from the rows, must equal what the incremental
+/// writes left behind.
 fn assert_indexes_match_rows(store: &Store) {
     let txn = store.database().begin_read().unwrap();
     let refunds = txn.open_table(tables::REFUNDS).unwrap();
-    let mut expected_index: Vec<(usize, Vec<u8>)> = Vec::new();
+    let homes = txn.open_table(tables::REFUND_HOMES).unwrap();
+    let mut expected_index: Vec<(usize, (Vec<u8>, u32))> = Vec::new();
+    let mut expected_homes: Vec<(Vec<u8>, u32)> = Vec::new();
     let mut expected_counts: std::collections::BTreeMap<Vec<u8>, u64> = Default::default();
     for row in refunds.iter().unwrap() {
         let (key, value) = row.unwrap();
-        let tenant = refunds_store::TenantNo(u32::from_be_bytes(key.value()[..4].try_into().unwrap()));
+        let key = key.value();
+        let tenant = refunds_store::TenantNo(u32::from_be_bytes(key[..4].try_into().unwrap()));
+        let home = u32::from_be_bytes(key[4..8].try_into().unwrap());
         let state = refunds_store::decode_row_state(value.value()).unwrap();
+        assert_eq!(key, refunds_store::keys::row_key(tenant, home, &state.id));
+        expected_homes.push((refunds_store::keys::refund_key(tenant, &state.id), home));
         for (i, index) in Index::ALL.iter().enumerate() {
             if let Some(k) = index.key_of(tenant, &state) {
-                expected_index.push((i, k));
+                expected_index.push((i, (k, home)));
             }
         }
         for dim in CountDim::ALL {
@@ -77,12 +84,17 @@ fn assert_indexes_match_rows(store: &Store) {
     }
     for (i, index) in Index::ALL.iter().enumerate() {
         let table = txn.open_table(index.table().unwrap()).unwrap();
-        let actual: Vec<Vec<u8>> = table.iter().unwrap().map(|r| r.unwrap().0.value().to_vec()).collect();
-        let mut expected: Vec<Vec<u8>> =
+        let actual: Vec<(Vec<u8>, u32)> =
+            table.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_vec(), v.value())).collect();
+        let mut expected: Vec<(Vec<u8>, u32)> =
             expected_index.iter().filter(|(j, _)| *j == i).map(|(_, k)| k.clone()).collect();
         expected.sort();
         assert_eq!(actual, expected, "index {index:?} disagrees with the rows");
     }
+    let actual_homes: Vec<(Vec<u8>, u32)> =
+        homes.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_vec(), v.value())).collect();
+    expected_homes.sort();
+    assert_eq!(actual_homes, expected_homes, "refund_homes disagrees with the rows");
     let counts = txn.open_table(tables::COUNTS).unwrap();
     let actual: std::collections::BTreeMap<Vec<u8>, u64> =
         counts.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_vec(), v.value())).collect();
