@@ -64,7 +64,7 @@ struct KafkaArgs {
     #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value, env = "REFUND_PROJECTOR_KAFKA_OPTION", value_delimiter = ';')]
     kafka_options: Vec<(String, String)>,
     /// Most events per write transaction.
-    #[arg(long, default_value_t = 20_000, env = "REFUND_PROJECTOR_BATCH_EVENTS")]
+    #[arg(long, default_value_t = refunds_ingest::DEFAULT_BATCH_EVENTS, env = "REFUND_PROJECTOR_BATCH_EVENTS")]
     batch_events: usize,
     /// A batch is committed at most this many milliseconds after its first message.
     #[arg(long, default_value_t = 100, env = "REFUND_PROJECTOR_BATCH_WAIT_MS")]
@@ -210,7 +210,7 @@ enum Command {
         #[arg(long, env = "REFUND_PROJECTOR_DLQ")]
         dlq: Option<PathBuf>,
         /// Events per write transaction.
-        #[arg(long, default_value_t = 20_000, env = "REFUND_PROJECTOR_BATCH_EVENTS")]
+        #[arg(long, default_value_t = refunds_ingest::DEFAULT_BATCH_EVENTS, env = "REFUND_PROJECTOR_BATCH_EVENTS")]
         batch_events: usize,
         /// Milliseconds between durable (fsynced) commits; commits in between
         /// are atomic and replayed from the input after a crash.

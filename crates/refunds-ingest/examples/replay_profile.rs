@@ -17,7 +17,8 @@ fn main() {
     let cache_mb: usize = std::env::var("CACHE_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
     let mut store = Store::open(&db, &StoreParams { cache_bytes: cache_mb << 20 }).expect("open");
     let mut params = ReplayParams::new(Input::File(input));
-    params.batch_events = std::env::var("BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    params.batch_events =
+        std::env::var("BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(refunds_ingest::DEFAULT_BATCH_EVENTS);
     if let Some(ms) = std::env::var("DURABLE_MS").ok().and_then(|v| v.parse().ok()) {
         params.durable_every = std::time::Duration::from_millis(ms);
     }

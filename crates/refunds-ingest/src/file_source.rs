@@ -64,7 +64,12 @@ pub struct ReplayParams {
 
 impl ReplayParams {
     pub fn new(input: Input) -> ReplayParams {
-        ReplayParams { input, dlq: None, batch_events: 20_000, durable_every: Duration::from_secs(1) }
+        ReplayParams {
+            input,
+            dlq: None,
+            batch_events: crate::DEFAULT_BATCH_EVENTS,
+            durable_every: Duration::from_secs(1),
+        }
     }
 }
 

@@ -77,7 +77,7 @@ impl KafkaParams {
             topic: topic.to_owned(),
             group_id: group_id.to_owned(),
             dlq_topic: format!("{topic}.dlq"),
-            batch_events: 20_000,
+            batch_events: crate::DEFAULT_BATCH_EVENTS,
             batch_wait: Duration::from_millis(100),
             durable_every: Duration::from_secs(1),
             options: Vec::new(),

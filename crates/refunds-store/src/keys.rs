@@ -184,11 +184,18 @@ impl Index {
     }
 }
 
-/// A created-at window: the first four bytes of [`time_bytes`], so windows
-/// are 2^32 ms (about 49.7 days) long and sort like the times in them.
+/// Windows are 2^28 ms (about 3.1 days) long. Short windows keep a batch's
+/// new keys together: each window then holds few older keys to interleave
+/// with, so the sorted inserts of a batch go in as long runs. Measured on
+/// 912,612 generated events, 2^28 against 2^32 (50 days): see the README.
+/// A lookup by value seeks once per window that holds keys (about 235 over
+/// two years), however dense the windows are.
+pub const WINDOW_BITS: u32 = 28;
+
+/// A created-at window; windows sort like the times in them.
 pub fn window_of(t: Timestamp) -> u32 {
-    let bytes = time_bytes(t);
-    u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+    // Valid timestamps lie within ±2^48 ms, so the window fits with room.
+    u32::try_from((t.millis() >> WINDOW_BITS) + (1 << 31)).expect("timestamps are within ±2^48 ms")
 }
 
 /// `tenant | window | value`: the keys of one value within one window.
@@ -337,12 +344,16 @@ mod tests {
 
     #[test]
     fn windows_sort_like_time_and_contain_their_times() {
-        let times = [Timestamp::MIN, ts(-1), ts(0), ts((1 << 32) - 1), ts(1 << 32), Timestamp::MAX];
+        let width = 1i64 << WINDOW_BITS;
+        let times = [Timestamp::MIN, ts(-width - 1), ts(-1), ts(0), ts(width - 1), ts(width), Timestamp::MAX];
         for pair in times.windows(2) {
             assert!(window_of(pair[0]) <= window_of(pair[1]));
         }
-        assert_eq!(window_of(ts(0)), window_of(ts((1 << 32) - 1)));
-        assert_eq!(window_of(ts(1 << 32)), window_of(ts(0)) + 1);
+        assert_eq!(window_of(ts(0)), window_of(ts(width - 1)));
+        assert_eq!(window_of(ts(width)), window_of(ts(0)) + 1);
+        assert_eq!(window_of(ts(-1)), window_of(ts(0)) - 1);
+        assert_eq!(window_of(ts(-width)), window_of(ts(-1)));
+        assert!(window_of(Timestamp::MIN) > 0 && window_of(Timestamp::MAX) < u32::MAX);
     }
 
     #[test]

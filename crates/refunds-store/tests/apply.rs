@@ -408,7 +408,7 @@ fn exact_match_counts_span_every_created_window_and_respect_bounds() {
     let day = 86_400_000i64;
     let start = 1_767_225_600_000i64; // 2026-01-01
     let at = |k: i64| Timestamp::from_millis(start + k * 40 * day).unwrap();
-    // Windows are about 49.7 days: refunds 40 days apart fall in several of them,
+    // Windows are about 3.1 days: refunds 40 days apart fall in several of them,
     // and other tenants' refunds sit between them in the key space.
     let lines: Vec<String> = (0..8)
         .flat_map(|k| {
