@@ -45,8 +45,21 @@ pub(crate) enum StoredSource {
     Kafka { name: u32, partition: i32, offset: i64 },
 }
 
+#[cfg(test)]
 pub(crate) fn encode_entry(outcome: Outcome, received_at: Timestamp, source: StoredSource, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(30 + payload.len());
+    encode_entry_into(&mut out, outcome, received_at, source, payload);
+    out
+}
+
+/// Appends the entry's bytes to `out` (so one buffer serves a whole batch).
+pub(crate) fn encode_entry_into(
+    out: &mut Vec<u8>,
+    outcome: Outcome,
+    received_at: Timestamp,
+    source: StoredSource,
+    payload: &[u8],
+) {
     out.push(outcome.code());
     out.extend_from_slice(&received_at.millis().to_be_bytes());
     match source {
@@ -63,7 +76,6 @@ pub(crate) fn encode_entry(outcome: Outcome, received_at: Timestamp, source: Sto
         }
     }
     out.extend_from_slice(payload);
-    out
 }
 
 pub(crate) struct DecodedEntry<'a> {
