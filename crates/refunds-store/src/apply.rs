@@ -157,8 +157,13 @@ impl Store {
                 drop(homes);
                 touched.sort_unstable_by(|a, b| (a.tenant, a.home, a.refund_id).cmp(&(b.tenant, b.home, b.refund_id)));
                 let mut changes: Vec<Change> = Vec::with_capacity(touched.len());
+                let mut new_rows = Vec::new();
                 for touched in &touched {
-                    apply_refund(touched, &mut refunds, &mut audit_orphans, &mut changes, &mut summary)?;
+                    apply_refund(touched, &mut refunds, &mut audit_orphans, &mut changes, &mut new_rows, &mut summary)?;
+                }
+                // Keys in order (touched is sorted by row key); a new refund has no row yet.
+                if insert_sorted(&mut refunds, &new_rows, |(key, row)| (key.as_slice(), row.as_slice()))? > 0 {
+                    return Err(StoreError::Corrupt("a refund without a home has a row".into()));
                 }
                 drop((refunds, audit_orphans));
 
@@ -412,6 +417,7 @@ fn apply_refund(
     refunds: &mut Table<'_, &'static [u8], &'static [u8]>,
     audit_orphans: &mut Table<'_, &'static [u8], ()>,
     changes: &mut Vec<Change>,
+    new_rows: &mut Vec<(Vec<u8>, Vec<u8>)>,
     summary: &mut BatchSummary,
 ) -> Result<(), StoreError> {
     let Touched { tenant, refund_id, applied, seqs, home, new: created } = touched;
@@ -456,7 +462,14 @@ fn apply_refund(
         summary.refunds_created += 1;
     }
     summary.refunds_touched += 1;
-    refunds.insert(key.as_slice(), row::encode(&new.encode(), old_seqs, seqs).as_slice())?;
+    let row = row::encode(&new.encode(), old_seqs, seqs);
+    match old {
+        Some(_) => {
+            refunds.insert(key.as_slice(), row.as_slice())?;
+        }
+        // Appended at the end of the tenant's rows of this home, by cursor runs.
+        None => new_rows.push((key, row)),
+    }
     changes.push(Change { tenant: *tenant, home, old, new });
     Ok(())
 }
@@ -513,7 +526,8 @@ fn write_index_entries(
             table.remove(key.as_slice())?;
         }
         inserts.sort_unstable();
-        insert_sorted(&mut table, &inserts)?;
+        // A key already present carries the same home (it is fixed): leave it.
+        insert_sorted(&mut table, &inserts, |(key, home)| (key.as_slice(), *home))?;
     }
     Ok(())
 }
@@ -541,15 +555,20 @@ fn count_deltas(changes: &[Change]) -> HashMap<Vec<u8>, i64> {
 
 /// Inserts entries sorted by key. Each run of keys that falls into one gap
 /// between existing keys goes through one cursor (redb splices such runs into
-/// the leaves instead of descending the tree for every key); a key that is
-/// already present is left as it is (its value, the refund's home, is fixed).
-fn insert_sorted(table: &mut Table<'_, &'static [u8], u32>, entries: &[(Vec<u8>, u32)]) -> Result<(), StoreError> {
-    let mut next = 0;
-    while let Some((first, _)) = entries.get(next) {
-        let mut cursor = table.lower_bound_mut(Bound::Included(first.as_slice()))?;
+/// the leaves instead of descending the tree for every key). A key that is
+/// already present is left as it is; returns how many were.
+fn insert_sorted<'e, V: redb::Value + 'static, E>(
+    table: &mut Table<'_, &'static [u8], V>,
+    entries: &'e [E],
+    entry: impl Fn(&'e E) -> (&'e [u8], V::SelfType<'e>),
+) -> Result<usize, StoreError> {
+    let (mut next, mut present) = (0, 0);
+    while let Some(first) = entries.get(next) {
+        let mut cursor = table.lower_bound_mut(Bound::Included(entry(first).0))?;
         let run_start = next;
-        while let Some((key, home)) = entries.get(next) {
-            match cursor.insert_before(key.as_slice(), home) {
+        while let Some(e) = entries.get(next) {
+            let (key, value) = entry(e);
+            match cursor.insert_before(key, value) {
                 Ok(()) => next += 1,
                 Err(CursorError::UnorderedKey) => break,
                 Err(err) => return Err(redb::Error::from(err).into()),
@@ -557,11 +576,12 @@ fn insert_sorted(table: &mut Table<'_, &'static [u8], u32>, entries: &[(Vec<u8>,
         }
         cursor.close()?;
         if next == run_start {
-            // The gap's next entry is this very key: it is already indexed.
+            // The gap's next entry is this very key: it is already there.
             next += 1;
+            present += 1;
         }
     }
-    Ok(())
+    Ok(present)
 }
 
 /// An audit entry to write: what [`encode_entry_into`] takes.
