@@ -15,6 +15,7 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 for refunds in ${REFUNDS:-330000}; do
   events="$work/events-$refunds.ndjson"
   "$bin" generate --refunds "$refunds" --seed 1 > "$events"
+  sync  # the 400 MB just written must not be flushed during the timed replay
   lines=$(wc -l < "$events")
   rm -f "$work/store.redb"
   start=$(date +%s.%N)
