@@ -34,7 +34,8 @@
 //! and a filtered page in either direction is one range scan inside one
 //! tenant. The indexes of nearly unique or spread values (amount, order_no,
 //! transaction_id, external_refund_id, store_id, reference_id) insert a
-//! created-at window after the tenant (`keys::window_of`, about 3 days), so
+//! created-at window after the tenant (`Index::window_bits`: about 3 days for
+//! amount, 12 for the text values), so
 //! that new refunds touch few pages; a value is then read window by window.
 //! `counts` holds exact refund counts per `tenant | dimension | value` for the
 //! low-cardinality filters. `event_ids` maps `tenant | event id` to the
@@ -67,7 +68,7 @@ pub use read::{DeadLetter, ExportError, StoreStats, decode_row_state, source_jso
 pub use redb::Durability;
 
 /// The on-disk format this build writes. A store of another format is refused.
-const FORMAT_VERSION: &[u8] = b"refunds-store/3";
+const FORMAT_VERSION: &[u8] = b"refunds-store/4";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

@@ -264,7 +264,7 @@ fn count_amount_range(
 ) -> Result<u64, StoreError> {
     let (min, max) = (keys::amount_value(filter.amount_min.unwrap_or(0)), filter.amount_max.unwrap_or(u64::MAX));
     let mut n = 0;
-    for_each_window(table, tenant, filter.created_min, filter.created_max, &min, |window| {
+    for_each_window(table, Index::Amount, tenant, filter.created_min, filter.created_max, &min, |window| {
         let start = keys::windowed_prefix(tenant, window, &min);
         for entry in table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
             let (key, _) = entry?;
@@ -304,16 +304,57 @@ pub(crate) fn for_each_with_value(
         let prefix = keys::index_prefix(tenant, value);
         return scan_prefix(table, &prefix, created_min, created_max, &mut f);
     }
-    for_each_window(table, tenant, created_min, created_max, value, |window| {
-        scan_prefix(table, &keys::windowed_prefix(tenant, window, value), created_min, created_max, &mut f)
-    })
+    // One seek per window that has keys: it lands on the window's keys of
+    // `value` (read them), or on the first key after them, which names the
+    // next window to try.
+    let tenant_prefix = tenant.prefix();
+    let bits = index.window_bits();
+    let last = created_max.map_or(u32::MAX, |t| keys::window_of(t, bits));
+    let mut window = created_min.map_or(0, |t| keys::window_of(t, bits));
+    while window <= last {
+        let prefix = keys::windowed_prefix(tenant, window, value);
+        let start = match created_min {
+            Some(min) => [prefix.as_slice(), &keys::time_bytes(min)].concat(),
+            None => prefix.clone(),
+        };
+        let mut next_window = None;
+        for entry in table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
+            let (key, home) = entry?;
+            let key = key.value();
+            if key.starts_with(&prefix) {
+                let (created, refund_id) =
+                    keys::split_index_key(key, prefix.len()).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
+                if created_max.is_some_and(|max| created > max) {
+                    // Later windows hold later refunds still.
+                    return Ok(());
+                }
+                f(created, refund_id, home.value())?;
+                continue;
+            }
+            if !key.starts_with(&tenant_prefix) {
+                break;
+            }
+            let found = u32::from_be_bytes(key[4..8].try_into().map_err(|_| StoreError::Corrupt("index key".into()))?);
+            // Another value of this window: try the next window; otherwise
+            // no window between holds keys, so go straight to the found one.
+            next_window = if found == window { window.checked_add(1) } else { Some(found) };
+            break;
+        }
+        match next_window {
+            Some(next) => window = next,
+            None => break,
+        }
+    }
+    Ok(())
 }
 
 /// Calls `f(window)` for each created window of `tenant`, within the created
 /// bounds, that holds a key at or after `tenant | window | seek`: a skip scan,
 /// one seek per window that exists, however many windows lie between.
+#[allow(clippy::too_many_arguments)]
 fn for_each_window(
     table: &ReadOnlyTable<&'static [u8], u32>,
+    index: Index,
     tenant: TenantNo,
     created_min: Option<Timestamp>,
     created_max: Option<Timestamp>,
@@ -321,8 +362,8 @@ fn for_each_window(
     mut f: impl FnMut(u32) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let tenant_prefix = tenant.prefix();
-    let last = created_max.map_or(u32::MAX, keys::window_of);
-    let mut window = created_min.map_or(0, keys::window_of);
+    let last = created_max.map_or(u32::MAX, |t| keys::window_of(t, index.window_bits()));
+    let mut window = created_min.map_or(0, |t| keys::window_of(t, index.window_bits()));
     while window <= last {
         let start = keys::windowed_prefix(tenant, window, seek);
         let mut range = table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))?;
