@@ -758,7 +758,13 @@ fn a_full_disk_holds_the_consumer_back_with_no_offset_past_what_was_applied_and_
             );
         }
     }
-    assert!(runner.log.lock().unwrap().iter().any(|l| l.contains("No space left on device")), "the log says why");
+    // The child's log is read by another thread: give the line a moment.
+    let says_why = || runner.log.lock().unwrap().iter().any(|l| l.contains("No space left on device"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !says_why() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(says_why(), "the log says why:\n{}", runner.log_tail());
 
     disk.grow(600);
     let status = runner.wait_caught_up(scenario.messages, Duration::from_secs(180));
