@@ -526,6 +526,11 @@ pub fn consume(
     while !shutdown.is_triggered() {
         let batch = poll_batch(&consumer, params, &shutdown);
         if batch.items.is_empty() {
+            // Idle: a writer that stopped (the store failed) must be noticed
+            // here too, or nothing would ever hand it a batch to fail on.
+            if writer.is_finished() {
+                break;
+            }
             continue;
         }
         if messages == 0 {

@@ -79,6 +79,7 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
     tenants.sort();
 
     let mut streams: Vec<Box<dyn Iterator<Item = Result<Candidate, StoreError>>>> = Vec::new();
+    let mut pre_skipped = 0;
     for (position, (_, tenant)) in tenants.iter().enumerate() {
         let tenant = *tenant;
         // Narrow the created range by the starting key where it is this tenant's.
@@ -122,7 +123,18 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
                 Some(t) => [prefix.as_slice(), &keys::time_bytes(t)].concat(),
                 None => prefix_end(&prefix),
             };
-            let range = table.range::<&[u8]>((Bound::Included(lower.as_slice()), Bound::Excluded(upper.as_slice())))?;
+            let mut range =
+                table.range::<&[u8]>((Bound::Included(lower.as_slice()), Bound::Excluded(upper.as_slice())))?;
+            // An offset into the only stream, whose keys prove the match, is
+            // skipped on the range itself: no candidate is built for it.
+            if keys_suffice && request.after.is_none() && request.tenants.len() == 1 && plan.values.len() == 1 {
+                while pre_skipped < request.skip {
+                    let entry = if descending { range.next_back() } else { range.next() };
+                    let Some(entry) = entry else { break };
+                    entry?;
+                    pre_skipped += 1;
+                }
+            }
             let prefix_len = prefix.len();
             let entries = range.map(move |entry| {
                 let (key, home) = entry?;
@@ -139,7 +151,7 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
     }
 
     let mut merge = Merge::new(streams, descending)?;
-    let mut skipped = 0;
+    let mut skipped = pre_skipped;
     let mut out = Vec::with_capacity(request.take.min(1024));
     while let Some(candidate) = merge.next()? {
         let tenant_id = &tenants[candidate.tenant].0;
