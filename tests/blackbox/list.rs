@@ -198,3 +198,27 @@ fn bad_list_requests_are_400_naming_the_parameter() {
     // Another limit with the same cursor is fine.
     assert_eq!(server.get(&format!("/v1/refunds?cursor={cursor}&limit=3"), ADMIN).0, 200);
 }
+
+#[test]
+fn an_offset_page_is_the_same_slice_of_the_whole_ordering_either_way_for_one_tenant_or_all() {
+    let f = fixture();
+    let server = Server::start(&f.db, &f.keys);
+    // One tenant's key (one index range: the offset is skipped on the range)
+    // and the admin key over every tenant (several ranges, merged).
+    for (auth, refunds) in
+        [(Some("Api-Key secret-a"), tenant_refunds(&f, &f.tenant_a)), (ADMIN, f.refunds.iter().collect())]
+    {
+        let newest = newest_first(refunds);
+        let oldest: Vec<String> = newest.iter().rev().cloned().collect();
+        for (ordering, expected) in [("-created", &newest), ("created", &oldest)] {
+            let n = expected.len();
+            for offset in [0, 1, 7, n / 2, n - 1, n, n + 3] {
+                let path = format!("/v1/refunds?ordering={ordering}&limit=5&offset={offset}");
+                let (status, body, _) = server.get(&path, auth);
+                assert_eq!(status, 200, "{path}: {body}");
+                assert_eq!(ids(&body), expected[offset.min(n)..(offset + 5).min(n)], "{path}");
+                assert_eq!(body["count"].as_u64().unwrap(), n as u64, "{path}");
+            }
+        }
+    }
+}
