@@ -523,8 +523,9 @@ pub fn consume(
             .spawn(move || write_batches(&store, &consumer, &params, &status, &outbox, &rx, &shutdown))?
     };
     let mut messages = 0u64;
+    let topic: Arc<str> = Arc::from(params.topic.as_str());
     while !shutdown.is_triggered() {
-        let batch = poll_batch(&consumer, params, &shutdown);
+        let batch = poll_batch(&consumer, &topic, params, &shutdown);
         if batch.items.is_empty() {
             // Idle: a writer that stopped (the store failed) must be noticed
             // here too, or nothing would ever hand it a batch to fail on.
@@ -536,7 +537,7 @@ pub fn consume(
         if messages == 0 {
             status.lock().first_message_at.get_or_insert(batch.started);
         }
-        let Some(sent) = send_batch(&tx, batch, &consumer, params, &shutdown, &writer) else {
+        let Some(sent) = send_batch(&tx, batch, &consumer, &topic, params, &shutdown, &writer) else {
             break;
         };
         messages += sent;
@@ -576,23 +577,19 @@ fn send_batch(
     tx: &SyncSender<PolledBatch>,
     mut batch: PolledBatch,
     consumer: &Consumer_,
+    topic: &Arc<str>,
     params: &KafkaParams,
     shutdown: &Shutdown,
     writer: &thread::JoinHandle<WriterReport>,
 ) -> Option<u64> {
-    let topic: Arc<str> = Arc::from(params.topic.as_str());
-    let mut grown = 0;
-    loop {
+    let (received, handed_over) = loop {
         let len = batch.items.len() as u64;
         match tx.try_send(batch) {
-            Ok(()) => {
-                metrics::counter!("refund_projector_events_received_total", "source" => "kafka").increment(grown);
-                return Some(len);
-            }
-            Err(TrySendError::Disconnected(_)) => return None,
+            Ok(()) => break (len, true),
+            Err(TrySendError::Disconnected(_)) => break (len, false),
             Err(TrySendError::Full(back)) => {
                 if writer.is_finished() {
-                    return None;
+                    break (len, false);
                 }
                 batch = back;
                 // On shutdown the batch in hand is still handed over: the
@@ -603,13 +600,13 @@ fn send_batch(
                 }
                 let deadline = Instant::now() + Duration::from_millis(2);
                 while batch.items.len() < params.batch_events && Instant::now() < deadline {
-                    if let Polled::Message = poll_one(consumer, &topic, &mut batch.items, Duration::from_millis(1)) {
-                        grown += 1;
-                    }
+                    poll_one(consumer, topic, &mut batch.items, Duration::from_millis(1));
                 }
             }
         }
-    }
+    };
+    metrics::counter!("refund_projector_events_received_total", "source" => "kafka").increment(received);
+    handed_over.then_some(received)
 }
 
 struct PolledBatch {
@@ -618,11 +615,10 @@ struct PolledBatch {
 }
 
 /// Polls until the batch is full, its deadline passes, or shutdown.
-fn poll_batch(consumer: &Consumer_, params: &KafkaParams, shutdown: &Shutdown) -> PolledBatch {
+fn poll_batch(consumer: &Consumer_, topic: &Arc<str>, params: &KafkaParams, shutdown: &Shutdown) -> PolledBatch {
     let mut items = Vec::new();
     let started = Instant::now();
     let mut first_at: Option<Instant> = None;
-    let topic: Arc<str> = Arc::from(params.topic.as_str());
     while items.len() < params.batch_events && !shutdown.is_triggered() {
         let wait = match first_at {
             Some(first) => match params.batch_wait.checked_sub(first.elapsed()) {
@@ -631,7 +627,7 @@ fn poll_batch(consumer: &Consumer_, params: &KafkaParams, shutdown: &Shutdown) -
             },
             None => Duration::from_millis(100),
         };
-        match poll_one(consumer, &topic, &mut items, wait) {
+        match poll_one(consumer, topic, &mut items, wait) {
             Polled::Message => {
                 first_at.get_or_insert_with(Instant::now);
             }
@@ -639,7 +635,6 @@ fn poll_batch(consumer: &Consumer_, params: &KafkaParams, shutdown: &Shutdown) -
             Polled::Nothing => {}
         }
     }
-    metrics::counter!("refund_projector_events_received_total", "source" => "kafka").increment(items.len() as u64);
     PolledBatch { items, started }
 }
 

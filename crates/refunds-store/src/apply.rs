@@ -90,11 +90,12 @@ impl Store {
     /// later `Immediate` commit lands.
     ///
     /// The work runs in three steps inside the transaction: event identity
-    /// (in arrival order), then the refund rows (one read and one write per
-    /// refund, in key order), then the index entries, each index's keys sorted
-    /// and written by cursor. The audit log and half of the indexes are written
-    /// on scoped worker threads while this thread does the rest: a redb write
-    /// transaction lets distinct tables be mutated from distinct threads.
+    /// (outcomes in arrival order), then the refund rows (homes, then one read
+    /// and one write per refund, in key order), then the index entries, each
+    /// index's keys sorted and written by cursor. The audit log and half of the
+    /// indexes are written on scoped worker threads while this thread does the
+    /// rest: a redb write transaction lets distinct tables be mutated from
+    /// distinct threads.
     pub fn apply_batch(&self, batch: &Batch, durability: Durability) -> Result<BatchSummary, StoreError> {
         let started = std::time::Instant::now();
         let mut invalid_by_reason: HashMap<&'static str, u64> = HashMap::default();
@@ -136,25 +137,8 @@ impl Store {
 
                 let mut refunds = txn.open_table(tables::REFUNDS)?;
                 let mut audit_orphans = txn.open_table(tables::AUDIT_ORPHANS)?;
-                let mut homes = txn.open_table(tables::REFUND_HOMES)?;
-                // Find (or give) every refund its home in key order, then
-                // visit the rows in their own key order.
-                touched.sort_unstable_by(|a, b| (a.tenant, a.refund_id).cmp(&(b.tenant, b.refund_id)));
-                for touched in &mut touched {
-                    let key = keys::refund_key(touched.tenant, touched.refund_id);
-                    let found = homes.get(key.as_slice())?.map(|home| home.value());
-                    touched.home = match found {
-                        Some(home) => Some(home),
-                        None if touched.applied.is_empty() => None,
-                        None => {
-                            let home = keys::home_of(touched.seqs[0]);
-                            homes.insert(key.as_slice(), home)?;
-                            touched.new = true;
-                            Some(home)
-                        }
-                    };
-                }
-                drop(homes);
+                assign_homes(&mut txn.open_table(tables::REFUND_HOMES)?, &mut touched)?;
+                // The rows in their key order.
                 touched.sort_unstable_by(|a, b| (a.tenant, a.home, a.refund_id).cmp(&(b.tenant, b.home, b.refund_id)));
                 let mut changes: Vec<Change> = Vec::with_capacity(touched.len());
                 let mut new_rows = Vec::new();
@@ -175,11 +159,11 @@ impl Store {
                         .collect()
                 };
                 let (mine, theirs) = (open(&INDEXES_HERE)?, open(&INDEXES_ON_WORKER)?);
-                // Shared with a thread that must not borrow this closure's locals.
-                let changes = std::sync::Arc::new(changes);
-                let shared = std::sync::Arc::clone(&changes);
-                let worker = scope.spawn(move || write_index_entries(theirs, &shared));
-                write_index_entries(mine, &changes)?;
+                std::thread::scope(|indexes| {
+                    let worker = indexes.spawn(|| write_index_entries(theirs, &changes));
+                    write_index_entries(mine, &changes)?;
+                    worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })?;
 
                 let mut counts = txn.open_table(tables::COUNTS)?;
                 apply_count_deltas(&mut counts, count_deltas(&changes))?;
@@ -205,7 +189,6 @@ impl Store {
                     let checkpoint = Checkpoint { position: delta.to, state: delta.state.clone() };
                     checkpoints.insert(delta.source.as_str(), checkpoint.encode().as_slice())?;
                 }
-                worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
                 audit.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
                 Ok(())
             })?;
@@ -410,8 +393,30 @@ fn identify<'b>(
     Ok(Identified { first_seq, audit_rows, touched, last_applied_at })
 }
 
-/// Step two for one refund: read its row, merge the batch's events, write the
-/// row, and note which index keys and counters change.
+/// Gives every touched refund its home, in key order: the stored one, or for
+/// a refund an applied event creates, a new one (its row is then new).
+fn assign_homes(homes: &mut Table<'_, &'static [u8], u32>, touched: &mut [Touched<'_>]) -> Result<(), StoreError> {
+    touched.sort_unstable_by(|a, b| (a.tenant, a.refund_id).cmp(&(b.tenant, b.refund_id)));
+    for touched in touched {
+        let key = keys::refund_key(touched.tenant, touched.refund_id);
+        let found = homes.get(key.as_slice())?.map(|home| home.value());
+        touched.home = match found {
+            Some(home) => Some(home),
+            None if touched.applied.is_empty() => None,
+            None => {
+                let home = keys::home_of(touched.seqs[0]);
+                homes.insert(key.as_slice(), home)?;
+                touched.new = true;
+                Some(home)
+            }
+        };
+    }
+    Ok(())
+}
+
+/// Step two for one refund: read its row and merge the batch's events; write
+/// the row (a new one is left in `new_rows`, to be appended in order) and
+/// note the change for the index entries and counters.
 fn apply_refund(
     touched: &Touched<'_>,
     refunds: &mut Table<'_, &'static [u8], &'static [u8]>,

@@ -264,26 +264,17 @@ fn count_amount_range(
 ) -> Result<u64, StoreError> {
     let (min, max) = (keys::amount_value(filter.amount_min.unwrap_or(0)), filter.amount_max.unwrap_or(u64::MAX));
     let mut n = 0;
-    for_each_window(table, Index::Amount, tenant, filter.created_min, filter.created_max, &min, |window| {
-        let start = keys::windowed_prefix(tenant, window, &min);
-        for entry in table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
-            let (key, _) = entry?;
-            let key = key.value();
-            // `tenant | window` is the first 8 bytes; the amount the next 8.
-            if key.get(..8) != Some(&start[..8]) {
-                break;
-            }
-            let amount =
-                u64::from_be_bytes(key[8..16].try_into().map_err(|_| StoreError::Corrupt("index key".into()))?);
-            if amount > max {
-                break;
-            }
-            let (created, _) = keys::split_index_key(key, 16).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
-            if filter.created_min.is_none_or(|m| created >= m) && filter.created_max.is_none_or(|m| created <= m) {
-                n += 1;
-            }
+    skip_scan(table, Index::Amount, tenant, filter.created_min, filter.created_max, &min, |key, _| {
+        // `tenant | window` is the first 8 bytes; the amount the next 8.
+        let amount = u64::from_be_bytes(key[8..16].try_into().map_err(|_| StoreError::Corrupt("index key".into()))?);
+        if amount > max {
+            return Ok(Step::NextWindow);
         }
-        Ok(())
+        let (created, _) = keys::split_index_key(key, 16).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
+        if filter.created_min.is_none_or(|m| created >= m) && filter.created_max.is_none_or(|m| created <= m) {
+            n += 1;
+        }
+        Ok(Step::Take)
     })?;
     Ok(n)
 }
@@ -304,85 +295,77 @@ pub(crate) fn for_each_with_value(
         let prefix = keys::index_prefix(tenant, value);
         return scan_prefix(table, &prefix, created_min, created_max, &mut f);
     }
-    // One seek per window that has keys: it lands on the window's keys of
-    // `value` (read them), or on the first key after them, which names the
-    // next window to try.
-    let tenant_prefix = tenant.prefix();
-    let bits = index.window_bits();
-    let last = created_max.map_or(u32::MAX, |t| keys::window_of(t, bits));
-    let mut window = created_min.map_or(0, |t| keys::window_of(t, bits));
-    while window <= last {
-        let prefix = keys::windowed_prefix(tenant, window, value);
-        let start = match created_min {
-            Some(min) => [prefix.as_slice(), &keys::time_bytes(min)].concat(),
-            None => prefix.clone(),
-        };
-        let mut next_window = None;
-        for entry in table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
-            let (key, home) = entry?;
-            let key = key.value();
-            if key.starts_with(&prefix) {
-                let (created, refund_id) =
-                    keys::split_index_key(key, prefix.len()).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
-                if created_max.is_some_and(|max| created > max) {
-                    // Later windows hold later refunds still.
-                    return Ok(());
-                }
-                f(created, refund_id, home.value())?;
-                continue;
-            }
-            if !key.starts_with(&tenant_prefix) {
-                break;
-            }
-            let found = u32::from_be_bytes(key[4..8].try_into().map_err(|_| StoreError::Corrupt("index key".into()))?);
-            // Another value of this window: try the next window; otherwise
-            // no window between holds keys, so go straight to the found one.
-            next_window = if found == window { window.checked_add(1) } else { Some(found) };
-            break;
+    let seek = match created_min {
+        Some(min) => [value, &keys::time_bytes(min)].concat(),
+        None => value.to_vec(),
+    };
+    // After `tenant | window` (8 bytes): the value, created_at and id.
+    skip_scan(table, index, tenant, created_min, created_max, &seek, |key, home| {
+        if key.get(8..8 + value.len()) != Some(value) {
+            return Ok(Step::NextWindow);
         }
-        match next_window {
-            Some(next) => window = next,
-            None => break,
+        let (created, refund_id) =
+            keys::split_index_key(key, 8 + value.len()).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
+        if created_max.is_some_and(|max| created > max) {
+            // Later windows hold later refunds still.
+            return Ok(Step::Stop);
         }
-    }
-    Ok(())
+        f(created, refund_id, home)?;
+        Ok(Step::Take)
+    })
 }
 
-/// Calls `f(window)` for each created window of `tenant`, within the created
-/// bounds, that holds a key at or after `tenant | window | seek`: a skip scan,
-/// one seek per window that exists, however many windows lie between.
-#[allow(clippy::too_many_arguments)]
-fn for_each_window(
+/// What a skip scan does after an entry of the window it is in.
+enum Step {
+    Take,
+    NextWindow,
+    Stop,
+}
+
+/// A skip scan over the created windows of `tenant` in a windowed index,
+/// within the created bounds: one seek per window that holds keys, to
+/// `tenant | window | seek`, then `visit(key, home)` for the window's entries
+/// in key order until it moves on. The first key past the window names the
+/// next window that has keys, however many lie between.
+fn skip_scan(
     table: &ReadOnlyTable<&'static [u8], u32>,
     index: Index,
     tenant: TenantNo,
     created_min: Option<Timestamp>,
     created_max: Option<Timestamp>,
     seek: &[u8],
-    mut f: impl FnMut(u32) -> Result<(), StoreError>,
+    mut visit: impl FnMut(&[u8], u32) -> Result<Step, StoreError>,
 ) -> Result<(), StoreError> {
     let tenant_prefix = tenant.prefix();
-    let last = created_max.map_or(u32::MAX, |t| keys::window_of(t, index.window_bits()));
-    let mut window = created_min.map_or(0, |t| keys::window_of(t, index.window_bits()));
+    let bits = index.window_bits();
+    let last = created_max.map_or(u32::MAX, |t| keys::window_of(t, bits));
+    let mut window = created_min.map_or(0, |t| keys::window_of(t, bits));
     while window <= last {
         let start = keys::windowed_prefix(tenant, window, seek);
-        let mut range = table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))?;
-        let Some(entry) = range.next() else { break };
-        let (key, _) = entry?;
-        let key = key.value();
-        if !key.starts_with(&tenant_prefix) {
+        let mut next_window = None;
+        for entry in table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
+            let (key, home) = entry?;
+            let key = key.value();
+            if !key.starts_with(&tenant_prefix) {
+                break;
+            }
+            let found = u32::from_be_bytes(key[4..8].try_into().map_err(|_| StoreError::Corrupt("index key".into()))?);
+            if found == window {
+                match visit(key, home.value())? {
+                    Step::Take => continue,
+                    Step::NextWindow => next_window = window.checked_add(1),
+                    Step::Stop => return Ok(()),
+                }
+            } else {
+                // No key of this window lies at or after `seek`.
+                next_window = Some(found);
+            }
             break;
         }
-        let found: [u8; 4] = key[4..8].try_into().map_err(|_| StoreError::Corrupt("index key".into()))?;
-        let found = u32::from_be_bytes(found);
-        if found != window {
-            // No key of this window lies at or after `seek`: go to the next one that has keys.
-            window = found;
-            continue;
+        match next_window {
+            Some(next) => window = next,
+            None => break,
         }
-        f(window)?;
-        let Some(next) = window.checked_add(1) else { break };
-        window = next;
     }
     Ok(())
 }
