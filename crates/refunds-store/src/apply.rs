@@ -19,6 +19,7 @@ use refunds_domain::{RefundEvent, RefundState, TextField, Timestamp, merge};
 
 use crate::audit::{Outcome, StoredSource, decode_entry, encode_entry_into};
 use crate::batch::{Batch, BatchSummary, Checkpoint, Item, ItemKind, SourcePos};
+use crate::histogram;
 use crate::keys::{self, CountDim, Index, TenantNo};
 use crate::read::{dead_letter_document, stat_names};
 use crate::{FILE_KIND, Store, StoreError, TENANT_KIND, TOPIC_KIND, row, tables};
@@ -540,6 +541,7 @@ fn write_index_entries(
 /// The counter changes of a batch, summed per counter row.
 fn count_deltas(changes: &[Change]) -> HashMap<Vec<u8>, i64> {
     let mut deltas: HashMap<Vec<u8>, i64> = HashMap::default();
+    let mut rows_buf = Vec::new();
     for Change { tenant, old, new, .. } in changes {
         for dim in CountDim::ALL {
             let old_value = old.as_ref().and_then(|s| dim.value_of(s));
@@ -552,6 +554,26 @@ fn count_deltas(changes: &[Change]) -> HashMap<Vec<u8>, i64> {
             }
             if let Some(v) = new_value {
                 *deltas.entry(keys::count_key(*tenant, dim, &v)).or_default() += 1;
+            }
+        }
+        let (created_moved, amount_moved) = old.as_ref().map_or((true, true), |old| histogram::moved(old, new));
+        for (moved, rows) in [
+            (created_moved, histogram::created_rows as fn(TenantNo, &RefundState, &mut Vec<Vec<u8>>)),
+            (amount_moved, histogram::amount_rows),
+        ] {
+            if !moved {
+                continue;
+            }
+            rows_buf.clear();
+            if let Some(old) = old {
+                rows(*tenant, old, &mut rows_buf);
+                for key in rows_buf.drain(..) {
+                    *deltas.entry(key).or_default() -= 1;
+                }
+            }
+            rows(*tenant, new, &mut rows_buf);
+            for key in rows_buf.drain(..) {
+                *deltas.entry(key).or_default() += 1;
             }
         }
     }

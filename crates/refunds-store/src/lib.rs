@@ -38,7 +38,9 @@
 //! amount, 12 for the text values), so
 //! that new refunds touch few pages; a value is then read window by window.
 //! `counts` holds exact refund counts per `tenant | dimension | value` for the
-//! low-cardinality filters. `event_ids` maps `tenant | event id` to the
+//! low-cardinality filters, and histogram rows (see [`histogram`]) that count
+//! created ranges by status and currency and amount ranges in a few reads.
+//! `event_ids` maps `tenant | event id` to the
 //! audit sequence of the applied event; `audit_log` is an append-only log by
 //! sequence, and each `refunds` row ends with the sequences of its refund's
 //! entries (`audit_orphans` keeps the rare repeat that names no refund).
@@ -46,6 +48,7 @@
 mod apply;
 mod audit;
 mod batch;
+pub mod histogram;
 pub mod keys;
 pub mod page;
 pub mod query;
@@ -68,7 +71,7 @@ pub use read::{DeadLetter, ExportError, StoreStats, decode_row_state, source_jso
 pub use redb::Durability;
 
 /// The on-disk format this build writes. A store of another format is refused.
-const FORMAT_VERSION: &[u8] = b"refunds-store/4";
+const FORMAT_VERSION: &[u8] = b"refunds-store/5";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

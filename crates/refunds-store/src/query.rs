@@ -2,14 +2,17 @@
 //!
 //! The planner answers from the `counts` rows when the filter is a tenant
 //! plus at most one low-cardinality dimension (the dashboard's common
-//! questions), and otherwise scans the most selective index range, checking
-//! the remaining predicates on each refund. Either way the count is exact.
+//! questions), from the histogram rows when it is a created range by status
+//! and currency or an amount range (see [`crate::histogram`]), and otherwise
+//! scans the most selective index range, checking the remaining predicates on
+//! each refund. Either way the count is exact.
 
 use std::ops::Bound;
 
 use redb::{ReadOnlyTable, ReadTransaction};
 use refunds_domain::{EventType, RefundState, TextField, Timestamp};
 
+use crate::histogram;
 use crate::keys::{self, CountDim, Index, TenantNo};
 use crate::read::decode_row_state;
 use crate::{Store, StoreError, tables};
@@ -109,6 +112,27 @@ impl Filter {
             && self.exact.is_empty()
     }
 
+    /// The histogram that counts this filter, if any: created bounds (or
+    /// both a status and a currency list) with no predicate beyond status and
+    /// currency, or amount bounds alone.
+    fn histogram(&self) -> Option<Histogram> {
+        let others = !self.processors.is_empty()
+            || !self.payment_method_types.is_empty()
+            || !self.product_types.is_empty()
+            || !self.exact.is_empty();
+        let created = self.created_min.is_some() || self.created_max.is_some();
+        let amount = self.amount_min.is_some() || self.amount_max.is_some();
+        if others {
+            None
+        } else if amount {
+            (!created && self.statuses.is_empty() && self.currencies.is_empty()).then_some(Histogram::Amount)
+        } else if created || (!self.statuses.is_empty() && !self.currencies.is_empty()) {
+            Some(Histogram::Created)
+        } else {
+            None
+        }
+    }
+
     /// The one low-cardinality dimension a counter row can answer, if the
     /// filter is nothing but that (or nothing at all).
     fn counter_dimension(&self) -> Option<(CountDim, Vec<Vec<u8>>)> {
@@ -135,6 +159,12 @@ impl Filter {
             _ => None,
         }
     }
+}
+
+/// Which histogram rows answer a count.
+enum Histogram {
+    Created,
+    Amount,
 }
 
 /// How a scan finds its candidates: one index and the value prefixes to read.
@@ -214,9 +244,78 @@ pub fn count_in(txn: &ReadTransaction, tenants: &[TenantNo], filter: &Filter) ->
             continue;
         }
         let plan = plan(filter, &counter)?;
-        total += scan_count(txn, tenant, filter, &plan)?;
+        total += match filter.histogram() {
+            Some(Histogram::Created) => count_created(txn, &counts, tenant, filter, &plan)?,
+            Some(Histogram::Amount) => count_amount(txn, &counts, tenant, filter)?,
+            None => scan_count(txn, tenant, filter, &plan)?,
+        };
     }
     Ok(total)
+}
+
+/// Counts with the created histogram: the whole hours of the range from its
+/// rows (one combination per listed status and currency), the parts of an
+/// hour at either end by a scan.
+fn count_created(
+    txn: &ReadTransaction,
+    counts: &ReadOnlyTable<&'static [u8], u64>,
+    tenant: TenantNo,
+    filter: &Filter,
+    plan: &Plan,
+) -> Result<u64, StoreError> {
+    let Some(span) = histogram::created_span(filter.created_min, filter.created_max) else {
+        return scan_count(txn, tenant, filter, plan);
+    };
+    let statuses: Vec<Option<EventType>> = match filter.statuses.as_slice() {
+        [] => vec![None],
+        listed => listed.iter().copied().map(Some).collect(),
+    };
+    let currencies: Vec<Option<&str>> = match filter.currencies.as_slice() {
+        [] => vec![None],
+        listed => listed.iter().map(|c| Some(c.as_str())).collect(),
+    };
+    let mut n = 0;
+    for &status in &statuses {
+        for &currency in &currencies {
+            n += histogram::count_created(counts, tenant, &span, status, currency)?;
+        }
+    }
+    // An unbounded end starts (or ends) with the first (or last) timestamp.
+    if filter.created_min.unwrap_or(Timestamp::MIN).millis() < span.from {
+        let before = Timestamp::from_millis(span.from - 1).expect("within the filter's bounds");
+        n += scan_count(txn, tenant, &Filter { created_max: Some(before), ..filter.clone() }, plan)?;
+    }
+    if filter.created_max.unwrap_or(Timestamp::MAX).millis() >= span.to {
+        let after = Timestamp::from_millis(span.to).expect("within the filter's bounds");
+        n += scan_count(txn, tenant, &Filter { created_min: Some(after), ..filter.clone() }, plan)?;
+    }
+    Ok(n)
+}
+
+/// Counts an amount range with the amount histogram: whole steps of 100 from
+/// its rows, the amounts at either end from the amount index.
+fn count_amount(
+    txn: &ReadTransaction,
+    counts: &ReadOnlyTable<&'static [u8], u64>,
+    tenant: TenantNo,
+    filter: &Filter,
+) -> Result<u64, StoreError> {
+    let table = txn.open_table(Index::Amount.table().expect("the amount index has a table"))?;
+    let (min, max) = (filter.amount_min.unwrap_or(0), filter.amount_max.unwrap_or(u64::MAX));
+    let Some(span) = histogram::amount_span(min, max) else {
+        return count_amount_range(&table, tenant, filter);
+    };
+    let mut n = histogram::count_amount(counts, tenant, &span)?;
+    let from = u64::try_from(span.from).expect("the span starts within the filter's bounds");
+    if min < from {
+        n += count_amount_range(&table, tenant, &Filter { amount_max: Some(from - 1), ..filter.clone() })?;
+    }
+    if let Ok(to) = u64::try_from(span.to)
+        && to <= max
+    {
+        n += count_amount_range(&table, tenant, &Filter { amount_min: Some(to), ..filter.clone() })?;
+    }
+    Ok(n)
 }
 
 fn scan_count(txn: &ReadTransaction, tenant: TenantNo, filter: &Filter, plan: &Plan) -> Result<u64, StoreError> {

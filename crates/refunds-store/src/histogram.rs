@@ -1,0 +1,299 @@
+//! Histogram rows in `counts`: exact counts of a tenant's refunds per bucket
+//! of created_at (by status and currency) and per bucket of amount, so that a
+//! count over a range reads a few dozen rows instead of every matching
+//! refund.
+//!
+//! - Created: `tenant | 0x10 | level | status | currency | bucket`, with
+//!   level 0 an hour and level 1 a day (UTC), and status and currency each
+//!   either a value or "any" (`0xff`, `000`), so a filter on status, on
+//!   currency, on both or on neither sums one combination per listed value.
+//!   A range is the whole days inside it, the whole hours around those, and
+//!   the parts of an hour at its two ends, which are counted from an index
+//!   (a few minutes' refunds at most; none for date-only bounds).
+//! - Amount: `tenant | 0x11 | level | bucket`, where the bucket of level `k`
+//!   is `amount / (100 * 10^k)`: a decimal tree over amounts in steps of 100
+//!   minor units, so `amount_min=1000&amount_max=5000` is four rows of level
+//!   1 plus the amounts of 5000 itself, counted from the amount index.
+//!
+//! A refund adds one to each row it falls in: 8 created rows (2 levels x 4
+//! combinations; fewer without a currency) and 18 amount rows. A batch sums
+//! its changes per row before writing, so the upper levels cost one write
+//! per tenant and batch.
+
+use std::ops::Bound;
+
+use redb::ReadableTable;
+use refunds_domain::{EventType, RefundState, Timestamp};
+
+use crate::StoreError;
+use crate::keys::TenantNo;
+
+const CREATED: u8 = 0x10;
+const AMOUNT: u8 = 0x11;
+const ANY_STATUS: u8 = 0xff;
+const ANY_CURRENCY: [u8; 3] = [0; 3];
+
+/// The bucket widths of the created levels, in milliseconds.
+const CREATED_WIDTHS: [i64; 2] = [3_600_000, 86_400_000];
+/// Minor units per amount bucket of level 0; each level is 10x the one below.
+const AMOUNT_UNIT: u64 = 100;
+/// Levels 0..=17 cover every u64 amount (u64::MAX / 100 < 10^18).
+const AMOUNT_LEVELS: u8 = 18;
+
+fn ordered(bucket: i64) -> [u8; 8] {
+    ((bucket as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// A currency as the 3 bytes of a histogram key; `None` if it is not 3 bytes
+/// (validation admits only 3 ASCII letters, so such a value matches nothing).
+fn currency_bytes(currency: &str) -> Option<[u8; 3]> {
+    currency.as_bytes().try_into().ok()
+}
+
+fn created_key(tenant: TenantNo, level: u8, status: u8, currency: [u8; 3], bucket: i64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(18);
+    key.extend_from_slice(&tenant.prefix());
+    key.extend_from_slice(&[CREATED, level, status]);
+    key.extend_from_slice(&currency);
+    key.extend_from_slice(&ordered(bucket));
+    key
+}
+
+fn amount_key(tenant: TenantNo, level: u8, bucket: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(14);
+    key.extend_from_slice(&tenant.prefix());
+    key.extend_from_slice(&[AMOUNT, level]);
+    key.extend_from_slice(&bucket.to_be_bytes());
+    key
+}
+
+/// The created-histogram rows `state` counts in.
+pub fn created_rows(tenant: TenantNo, state: &RefundState, out: &mut Vec<Vec<u8>>) {
+    let created = state.created_at().millis();
+    let mut currencies = vec![ANY_CURRENCY];
+    currencies.extend(state.currency().and_then(currency_bytes));
+    for (level, width) in (0u8..).zip(CREATED_WIDTHS) {
+        let bucket = created.div_euclid(width);
+        for status in [ANY_STATUS, state.status.code()] {
+            for &currency in &currencies {
+                out.push(created_key(tenant, level, status, currency, bucket));
+            }
+        }
+    }
+}
+
+/// The amount-histogram rows `state` counts in (none without an amount).
+pub fn amount_rows(tenant: TenantNo, state: &RefundState, out: &mut Vec<Vec<u8>>) {
+    let Some(amount) = state.amount() else { return };
+    let mut bucket = amount / AMOUNT_UNIT;
+    for level in 0..AMOUNT_LEVELS {
+        out.push(amount_key(tenant, level, bucket));
+        bucket /= 10;
+    }
+}
+
+/// Whether a change from `old` to `new` moves any histogram row.
+pub fn moved(old: &RefundState, new: &RefundState) -> (bool, bool) {
+    let created = (old.created_at(), old.status, old.currency()) != (new.created_at(), new.status, new.currency());
+    (created, old.amount() != new.amount())
+}
+
+/// Buckets `[start, end)` of one level: a run of adjacent rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    level: u8,
+    start: i128,
+    end: i128,
+}
+
+/// Splits `[lo, hi)` (in units of the finest level) into runs of whole
+/// buckets, each level `factor` times as wide as the one below, up to
+/// `levels` levels, using the widest buckets that fit.
+fn decompose(mut lo: i128, mut hi: i128, factors: &[i128]) -> Vec<Run> {
+    let mut runs = Vec::new();
+    let mut width = 1i128;
+    for (level, factor) in (0u8..).zip(factors.iter().copied().chain(std::iter::once(0))) {
+        if lo >= hi {
+            break;
+        }
+        if factor == 0 {
+            // The top level: everything left.
+            runs.push(Run { level, start: lo.div_euclid(width), end: hi.div_euclid(width) });
+            break;
+        }
+        let up = width * factor;
+        let left_end = (lo.div_euclid(up) + i128::from(lo.rem_euclid(up) != 0)) * up;
+        let right_start = hi.div_euclid(up) * up;
+        if left_end >= right_start {
+            // No whole bucket of the next level fits: this level covers it all.
+            runs.push(Run { level, start: lo.div_euclid(width), end: hi.div_euclid(width) });
+            break;
+        }
+        if lo < left_end {
+            runs.push(Run { level, start: lo.div_euclid(width), end: left_end.div_euclid(width) });
+        }
+        if right_start < hi {
+            runs.push(Run { level, start: right_start.div_euclid(width), end: hi.div_euclid(width) });
+        }
+        (lo, hi) = (left_end, right_start);
+        width = up;
+    }
+    runs
+}
+
+fn sum_range(counts: &impl ReadableTable<&'static [u8], u64>, start: &[u8], end: &[u8]) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for entry in counts.range::<&[u8]>((Bound::Included(start), Bound::Excluded(end)))? {
+        n += entry?.1.value();
+    }
+    Ok(n)
+}
+
+/// The part of a created range the histogram answers: whole hours
+/// `[from, to)` in milliseconds.
+pub struct CreatedSpan {
+    pub from: i64,
+    pub to: i64,
+}
+
+/// The whole hours inside `[min, max]` (inclusive milliseconds), if any.
+pub fn created_span(min: Option<Timestamp>, max: Option<Timestamp>) -> Option<CreatedSpan> {
+    let hour = CREATED_WIDTHS[0];
+    let min = min.unwrap_or(Timestamp::MIN).millis();
+    let max = max.unwrap_or(Timestamp::MAX).millis();
+    let from = min.div_euclid(hour) + i64::from(min.rem_euclid(hour) != 0);
+    // Timestamps end in year 9999, so `max + 1` cannot overflow.
+    let to = (max + 1).div_euclid(hour);
+    (from < to).then(|| CreatedSpan { from: from * hour, to: to * hour })
+}
+
+/// Refunds of `tenant` created within `span` with `status` and `currency`
+/// (`None`: any).
+pub fn count_created(
+    counts: &impl ReadableTable<&'static [u8], u64>,
+    tenant: TenantNo,
+    span: &CreatedSpan,
+    status: Option<EventType>,
+    currency: Option<&str>,
+) -> Result<u64, StoreError> {
+    let status = status.map_or(ANY_STATUS, EventType::code);
+    let currency = match currency {
+        None => ANY_CURRENCY,
+        Some(c) => match currency_bytes(c) {
+            Some(bytes) => bytes,
+            None => return Ok(0),
+        },
+    };
+    let hour = i128::from(CREATED_WIDTHS[0]);
+    let factors = [i128::from(CREATED_WIDTHS[1] / CREATED_WIDTHS[0])];
+    let mut n = 0;
+    for run in decompose(i128::from(span.from) / hour, i128::from(span.to) / hour, &factors) {
+        let bucket = |b: i128| i64::try_from(b).expect("buckets of i64 milliseconds fit an i64");
+        let start = created_key(tenant, run.level, status, currency, bucket(run.start));
+        let end = created_key(tenant, run.level, status, currency, bucket(run.end));
+        n += sum_range(counts, &start, &end)?;
+    }
+    Ok(n)
+}
+
+/// The part of an amount range the histogram answers: whole steps
+/// `[from, to)` in minor units.
+pub struct AmountSpan {
+    pub from: u128,
+    pub to: u128,
+}
+
+/// The whole steps of 100 inside `[min, max]`, if any.
+pub fn amount_span(min: u64, max: u64) -> Option<AmountSpan> {
+    let unit = u128::from(AMOUNT_UNIT);
+    let from = u128::from(min).div_ceil(unit) * unit;
+    let to = (u128::from(max) + 1) / unit * unit;
+    (from < to).then_some(AmountSpan { from, to })
+}
+
+/// Refunds of `tenant` with an amount within `span`.
+pub fn count_amount(
+    counts: &impl ReadableTable<&'static [u8], u64>,
+    tenant: TenantNo,
+    span: &AmountSpan,
+) -> Result<u64, StoreError> {
+    let unit = u128::from(AMOUNT_UNIT);
+    let factors = [10i128; AMOUNT_LEVELS as usize - 1];
+    let (lo, hi) = ((span.from / unit) as i128, (span.to / unit) as i128);
+    let mut n = 0;
+    for run in decompose(lo, hi, &factors) {
+        // Buckets are at most (u64::MAX + 1) / 100.
+        let bucket = |b: i128| u64::try_from(b).expect("amount buckets fit a u64");
+        let start = amount_key(tenant, run.level, bucket(run.start));
+        let end = amount_key(tenant, run.level, bucket(run.end));
+        n += sum_range(counts, &start, &end)?;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every unit of `[lo, hi)` is covered by exactly one run's bucket.
+    fn covers_exactly(lo: i128, hi: i128, factors: &[i128]) {
+        let runs = decompose(lo, hi, factors);
+        let mut widths = vec![1i128];
+        for f in factors {
+            widths.push(widths.last().unwrap() * f);
+        }
+        let mut covered: Vec<i128> = Vec::new();
+        for run in &runs {
+            let w = widths[usize::from(run.level)];
+            assert!(run.start < run.end, "{run:?}");
+            covered.extend(run.start * w..run.end * w);
+        }
+        covered.sort();
+        assert_eq!(covered, (lo..hi).collect::<Vec<_>>(), "{lo}..{hi}: {runs:?}");
+    }
+
+    #[test]
+    fn a_range_is_covered_by_disjoint_whole_buckets() {
+        for lo in -30..60 {
+            for hi in lo..lo + 130 {
+                covers_exactly(lo, hi, &[24]);
+                covers_exactly(lo, hi, &[10, 10]);
+            }
+        }
+    }
+
+    #[test]
+    fn wide_ranges_use_few_rows() {
+        // 1,000..5,000 in steps of 100: four buckets of level 1.
+        assert_eq!(decompose(10, 50, &[10; 17]), vec![Run { level: 1, start: 1, end: 5 }]);
+        // 30 days on hour boundaries: whole days in the middle.
+        let runs = decompose(5, 5 + 30 * 24, &[24]);
+        assert_eq!(runs.len(), 3, "{runs:?}");
+    }
+
+    #[test]
+    fn created_span_holds_the_whole_hours_only() {
+        let t = |ms: i64| Some(Timestamp::from_millis(ms).unwrap());
+        let h = 3_600_000;
+        assert!(created_span(t(1), t(h - 1)).is_none());
+        let s = created_span(t(0), t(h - 1)).unwrap();
+        assert_eq!((s.from, s.to), (0, h));
+        let s = created_span(t(1), t(3 * h)).unwrap();
+        assert_eq!((s.from, s.to), (h, 3 * h));
+        let s = created_span(t(-h - 5), t(-1)).unwrap();
+        assert_eq!((s.from, s.to), (-h, 0));
+        assert!(created_span(None, None).is_some());
+    }
+
+    #[test]
+    fn amount_span_holds_the_whole_steps_only() {
+        let s = amount_span(1000, 5000).unwrap();
+        assert_eq!((s.from, s.to), (1000, 5000));
+        let s = amount_span(950, 5099).unwrap();
+        assert_eq!((s.from, s.to), (1000, 5100));
+        assert!(amount_span(1, 99).is_none());
+        let s = amount_span(0, u64::MAX).unwrap();
+        assert_eq!(s.from, 0);
+        assert!(s.to <= u128::from(u64::MAX) + 1);
+    }
+}
