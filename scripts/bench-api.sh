@@ -6,6 +6,7 @@
 #   scripts/bench-api.sh                  # 330,000 refunds
 #   REFUNDS=3300000 scripts/bench-api.sh  # the 10x store
 #   DURATION=10s scripts/bench-api.sh
+#   STORE=/tmp/big.redb REFUNDS=3300000 scripts/bench-api.sh  # keep the store for the next run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }
@@ -16,9 +17,13 @@ duration=${DURATION:-5s}
 work=$(mktemp -d "${TMPDIR:-/tmp}/refund-api-bench.XXXXXX")
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 
-"$bin" generate --refunds "$refunds" --seed 1 > "$work/events.ndjson"
-"$bin" replay --input "$work/events.ndjson" --db "$work/store.redb" 2>&1 | tail -n 1
-rm -f "$work/events.ndjson"
+# STORE=path keeps the store there (built once, reused by later runs).
+store=${STORE:-$work/store.redb}
+if [ ! -e "$store" ]; then
+  "$bin" generate --refunds "$refunds" --seed 1 > "$work/events.ndjson"
+  "$bin" replay --input "$work/events.ndjson" --db "$store" 2>&1 | tail -n 1
+  rm -f "$work/events.ndjson"
+fi
 cat > "$work/keys.toml" <<TOML
 [[keys]]
 id = "bench"
@@ -26,7 +31,7 @@ secret = "bench"
 tenant = "*"
 scopes = ["admin"]
 TOML
-"$bin" serve --db "$work/store.redb" --listen 127.0.0.1:0 --api-keys "$work/keys.toml" 2> "$work/serve.log" &
+"$bin" serve --db "$store" --listen 127.0.0.1:0 --api-keys "$work/keys.toml" 2> "$work/serve.log" &
 server=$!
 for _ in $(seq 100); do grep -q "listening on" "$work/serve.log" && break; sleep 0.1; done
 base=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$work/serve.log")

@@ -4,21 +4,26 @@
 //! refund.
 //!
 //! - Created: `tenant | 0x10 | level | status | currency | bucket`, with
-//!   level 0 an hour and level 1 a day (UTC), and status and currency each
-//!   either a value or "any" (`0xff`, `000`), so a filter on status, on
-//!   currency, on both or on neither sums one combination per listed value.
-//!   A range is the whole days inside it, the whole hours around those, and
-//!   the parts of an hour at its two ends, which are counted from an index
-//!   (a few minutes' refunds at most; none for date-only bounds).
+//!   level 0 a day and level 1 32 days (UTC, from 1970-01-01). Each refund
+//!   counts in its (status, currency) row (currency `000` when it has none)
+//!   and in the (any, any) row (`0xff`, `0xffffff`). A filter on status or
+//!   currency sums one row per combination it admits: the tenant's
+//!   currencies come from its currency counters, the statuses are five. A
+//!   range is the whole 32-day and whole-day buckets inside it, and the parts
+//!   of a day at its two ends, which are counted from an index (none for
+//!   date-only bounds).
 //! - Amount: `tenant | 0x11 | level | bucket`, where the bucket of level `k`
 //!   is `amount / (100 * 10^k)`: a decimal tree over amounts in steps of 100
 //!   minor units, so `amount_min=1000&amount_max=5000` is four rows of level
 //!   1 plus the amounts of 5000 itself, counted from the amount index.
 //!
-//! A refund adds one to each row it falls in: 8 created rows (2 levels x 4
-//! combinations; fewer without a currency) and 18 amount rows. A batch sums
-//! its changes per row before writing, so the upper levels cost one write
-//! per tenant and batch.
+//! A refund adds one to each row it falls in: 4 created rows (2 levels x 2)
+//! and 18 amount rows. Changing status moves only its (status, currency)
+//! rows. A batch sums its changes per row before writing, so the upper
+//! levels cost one write per tenant and batch. Hours were tried as the
+//! finest level: a batch of 50,000 generated events touches refunds created
+//! over about a month, and the hour rows alone made 51,000 writes per batch
+//! (replay 20% slower); days make a few thousand.
 
 use std::ops::Bound;
 
@@ -26,15 +31,16 @@ use redb::ReadableTable;
 use refunds_domain::{EventType, RefundState, Timestamp};
 
 use crate::StoreError;
-use crate::keys::TenantNo;
+use crate::keys::{self, CountDim, TenantNo};
 
 const CREATED: u8 = 0x10;
 const AMOUNT: u8 = 0x11;
 const ANY_STATUS: u8 = 0xff;
-const ANY_CURRENCY: [u8; 3] = [0; 3];
+const ANY_CURRENCY: [u8; 3] = [0xff; 3];
+const NO_CURRENCY: [u8; 3] = [0; 3];
 
 /// The bucket widths of the created levels, in milliseconds.
-const CREATED_WIDTHS: [i64; 2] = [3_600_000, 86_400_000];
+const CREATED_WIDTHS: [i64; 2] = [86_400_000, 32 * 86_400_000];
 /// Minor units per amount bucket of level 0; each level is 10x the one below.
 const AMOUNT_UNIT: u64 = 100;
 /// Levels 0..=17 cover every u64 amount (u64::MAX / 100 < 10^18).
@@ -70,15 +76,11 @@ fn amount_key(tenant: TenantNo, level: u8, bucket: u64) -> Vec<u8> {
 /// The created-histogram rows `state` counts in.
 pub fn created_rows(tenant: TenantNo, state: &RefundState, out: &mut Vec<Vec<u8>>) {
     let created = state.created_at().millis();
-    let mut currencies = vec![ANY_CURRENCY];
-    currencies.extend(state.currency().and_then(currency_bytes));
+    let currency = state.currency().and_then(currency_bytes).unwrap_or(NO_CURRENCY);
     for (level, width) in (0u8..).zip(CREATED_WIDTHS) {
         let bucket = created.div_euclid(width);
-        for status in [ANY_STATUS, state.status.code()] {
-            for &currency in &currencies {
-                out.push(created_key(tenant, level, status, currency, bucket));
-            }
-        }
+        out.push(created_key(tenant, level, ANY_STATUS, ANY_CURRENCY, bucket));
+        out.push(created_key(tenant, level, state.status.code(), currency, bucket));
     }
 }
 
@@ -149,49 +151,75 @@ fn sum_range(counts: &impl ReadableTable<&'static [u8], u64>, start: &[u8], end:
     Ok(n)
 }
 
-/// The part of a created range the histogram answers: whole hours
+/// The part of a created range the histogram answers: whole days
 /// `[from, to)` in milliseconds.
 pub struct CreatedSpan {
     pub from: i64,
     pub to: i64,
 }
 
-/// The whole hours inside `[min, max]` (inclusive milliseconds), if any.
+/// The whole days inside `[min, max]` (inclusive milliseconds), if any.
 pub fn created_span(min: Option<Timestamp>, max: Option<Timestamp>) -> Option<CreatedSpan> {
-    let hour = CREATED_WIDTHS[0];
+    let day = CREATED_WIDTHS[0];
     let min = min.unwrap_or(Timestamp::MIN).millis();
     let max = max.unwrap_or(Timestamp::MAX).millis();
-    let from = min.div_euclid(hour) + i64::from(min.rem_euclid(hour) != 0);
+    let from = min.div_euclid(day) + i64::from(min.rem_euclid(day) != 0);
     // Timestamps end in year 9999, so `max + 1` cannot overflow.
-    let to = (max + 1).div_euclid(hour);
-    (from < to).then(|| CreatedSpan { from: from * hour, to: to * hour })
+    let to = (max + 1).div_euclid(day);
+    (from < to).then(|| CreatedSpan { from: from * day, to: to * day })
 }
 
-/// Refunds of `tenant` created within `span` with `status` and `currency`
-/// (`None`: any).
+/// The (status, currency) rows whose sum counts a filter's statuses and
+/// currencies (empty lists: any), given the currencies the tenant has.
+pub fn combinations(
+    counts: &impl ReadableTable<&'static [u8], u64>,
+    tenant: TenantNo,
+    statuses: &[EventType],
+    currencies: &[String],
+) -> Result<Vec<(u8, [u8; 3])>, StoreError> {
+    if statuses.is_empty() && currencies.is_empty() {
+        return Ok(vec![(ANY_STATUS, ANY_CURRENCY)]);
+    }
+    let statuses: Vec<u8> = if statuses.is_empty() {
+        EventType::ALL.iter().map(|s| s.code()).collect()
+    } else {
+        statuses.iter().map(|s| s.code()).collect()
+    };
+    let currencies: Vec<[u8; 3]> = if currencies.is_empty() {
+        // Every currency the tenant's refunds have, and none.
+        let prefix = keys::count_key(tenant, CountDim::Currency, &[]);
+        let mut found = vec![NO_CURRENCY];
+        for entry in counts.range::<&[u8]>((Bound::Included(prefix.as_slice()), Bound::Unbounded))? {
+            let (key, _) = entry?;
+            let Some(currency) = key.value().strip_prefix(prefix.as_slice()) else { break };
+            found.extend(std::str::from_utf8(currency).ok().and_then(currency_bytes));
+        }
+        found
+    } else {
+        // A value that is not 3 bytes matches no refund.
+        currencies.iter().filter_map(|c| currency_bytes(c)).collect()
+    };
+    Ok(statuses.iter().flat_map(|&s| currencies.iter().map(move |&c| (s, c))).collect())
+}
+
+/// Refunds of `tenant` created within `span` in the rows of `combinations`.
 pub fn count_created(
     counts: &impl ReadableTable<&'static [u8], u64>,
     tenant: TenantNo,
     span: &CreatedSpan,
-    status: Option<EventType>,
-    currency: Option<&str>,
+    combinations: &[(u8, [u8; 3])],
 ) -> Result<u64, StoreError> {
-    let status = status.map_or(ANY_STATUS, EventType::code);
-    let currency = match currency {
-        None => ANY_CURRENCY,
-        Some(c) => match currency_bytes(c) {
-            Some(bytes) => bytes,
-            None => return Ok(0),
-        },
-    };
-    let hour = i128::from(CREATED_WIDTHS[0]);
+    let day = i128::from(CREATED_WIDTHS[0]);
     let factors = [i128::from(CREATED_WIDTHS[1] / CREATED_WIDTHS[0])];
+    let runs = decompose(i128::from(span.from) / day, i128::from(span.to) / day, &factors);
+    let bucket = |b: i128| i64::try_from(b).expect("buckets of i64 milliseconds fit an i64");
     let mut n = 0;
-    for run in decompose(i128::from(span.from) / hour, i128::from(span.to) / hour, &factors) {
-        let bucket = |b: i128| i64::try_from(b).expect("buckets of i64 milliseconds fit an i64");
-        let start = created_key(tenant, run.level, status, currency, bucket(run.start));
-        let end = created_key(tenant, run.level, status, currency, bucket(run.end));
-        n += sum_range(counts, &start, &end)?;
+    for &(status, currency) in combinations {
+        for run in &runs {
+            let start = created_key(tenant, run.level, status, currency, bucket(run.start));
+            let end = created_key(tenant, run.level, status, currency, bucket(run.end));
+            n += sum_range(counts, &start, &end)?;
+        }
     }
     Ok(n)
 }
@@ -257,6 +285,7 @@ mod tests {
         for lo in -30..60 {
             for hi in lo..lo + 130 {
                 covers_exactly(lo, hi, &[24]);
+                covers_exactly(lo, hi, &[32]);
                 covers_exactly(lo, hi, &[10, 10]);
             }
         }
@@ -266,15 +295,15 @@ mod tests {
     fn wide_ranges_use_few_rows() {
         // 1,000..5,000 in steps of 100: four buckets of level 1.
         assert_eq!(decompose(10, 50, &[10; 17]), vec![Run { level: 1, start: 1, end: 5 }]);
-        // 30 days on hour boundaries: whole days in the middle.
-        let runs = decompose(5, 5 + 30 * 24, &[24]);
+        // 90 days: whole 32-day buckets in the middle.
+        let runs = decompose(5, 5 + 90, &[32]);
         assert_eq!(runs.len(), 3, "{runs:?}");
     }
 
     #[test]
-    fn created_span_holds_the_whole_hours_only() {
+    fn created_span_holds_the_whole_days_only() {
         let t = |ms: i64| Some(Timestamp::from_millis(ms).unwrap());
-        let h = 3_600_000;
+        let h = 86_400_000;
         assert!(created_span(t(1), t(h - 1)).is_none());
         let s = created_span(t(0), t(h - 1)).unwrap();
         assert_eq!((s.from, s.to), (0, h));

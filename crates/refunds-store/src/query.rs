@@ -253,9 +253,9 @@ pub fn count_in(txn: &ReadTransaction, tenants: &[TenantNo], filter: &Filter) ->
     Ok(total)
 }
 
-/// Counts with the created histogram: the whole hours of the range from its
-/// rows (one combination per listed status and currency), the parts of an
-/// hour at either end by a scan.
+/// Counts with the created histogram: the whole days of the range from its
+/// rows (one per status and currency the filter admits), the parts of a day
+/// at either end by a scan.
 fn count_created(
     txn: &ReadTransaction,
     counts: &ReadOnlyTable<&'static [u8], u64>,
@@ -266,20 +266,8 @@ fn count_created(
     let Some(span) = histogram::created_span(filter.created_min, filter.created_max) else {
         return scan_count(txn, tenant, filter, plan);
     };
-    let statuses: Vec<Option<EventType>> = match filter.statuses.as_slice() {
-        [] => vec![None],
-        listed => listed.iter().copied().map(Some).collect(),
-    };
-    let currencies: Vec<Option<&str>> = match filter.currencies.as_slice() {
-        [] => vec![None],
-        listed => listed.iter().map(|c| Some(c.as_str())).collect(),
-    };
-    let mut n = 0;
-    for &status in &statuses {
-        for &currency in &currencies {
-            n += histogram::count_created(counts, tenant, &span, status, currency)?;
-        }
-    }
+    let combinations = histogram::combinations(counts, tenant, &filter.statuses, &filter.currencies)?;
+    let mut n = histogram::count_created(counts, tenant, &span, &combinations)?;
     // An unbounded end starts (or ends) with the first (or last) timestamp.
     if filter.created_min.unwrap_or(Timestamp::MIN).millis() < span.from {
         let before = Timestamp::from_millis(span.from - 1).expect("within the filter's bounds");

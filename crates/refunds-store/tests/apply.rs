@@ -551,12 +551,13 @@ proptest! {
     }
 }
 
-/// A time near the hour and day boundaries of 2026-01-01..04 (or anywhere in them).
+/// A time near the day boundaries of 100 days from 2026-01-01 (or anywhere
+/// in them), so that ranges span whole days and whole 32-day buckets.
 fn arb_time() -> impl Strategy<Value = i64> {
     let start = 1_767_225_600_000i64;
-    let hour = 3_600_000i64;
-    (0..72i64, prop_oneof![Just(0i64), Just(1), Just(hour - 1), Just(-1), 0..hour])
-        .prop_map(move |(h, offset)| start + h * hour + offset)
+    let day = 86_400_000i64;
+    (0..100i64, prop_oneof![Just(0i64), Just(1), Just(day - 1), Just(-1), 0..day])
+        .prop_map(move |(d, offset)| start + d * day + offset)
 }
 
 /// An amount near the histogram's steps (100, 1,000, ...), or any.
@@ -569,10 +570,13 @@ fn arb_amount() -> impl Strategy<Value = u64> {
 }
 
 fn arb_spread_event() -> impl Strategy<Value = String> {
-    (0..2usize, 0..8usize, 0..5usize, arb_time(), proptest::option::of(arb_amount()), 0..3usize).prop_map(
+    (0..2usize, 0..8usize, 0..5usize, arb_time(), proptest::option::of(arb_amount()), 0..4usize).prop_map(
         |(t, r, kind, at, amount, currency)| {
-            let currency = ["usd", "EUR", "gbp"][currency];
-            let mut extra = json!({ "currency": currency });
+            // A queued event always has one (`event` adds USD); others may not.
+            let mut extra = json!({});
+            if let Some(currency) = ["usd", "EUR", "gbp"].get(currency) {
+                extra["currency"] = json!(currency);
+            }
             if let Some(a) = amount {
                 extra["amount"] = json!(a);
             }
