@@ -15,10 +15,12 @@
 //! - Amount: `tenant | 0x11 | level | bucket`, where the bucket of level `k`
 //!   is `amount / (100 * 10^k)`: a decimal tree over amounts in steps of 100
 //!   minor units, so `amount_min=1000&amount_max=5000` is four rows of level
-//!   1 plus the amounts of 5000 itself, counted from the amount index.
+//!   1 plus the row of 5000 itself: multiples of 100 also have an exact row
+//!   (`level 0xff`), so a bound on or one past a step needs no scan; other
+//!   bounds count the rest of their step from the amount index.
 //!
 //! A refund adds one to each row it falls in: 4 created rows (2 levels x 2)
-//! and 18 amount rows. Changing status moves only its (status, currency)
+//! and 18 amount rows (19 for a multiple of 100). Changing status moves only its (status, currency)
 //! rows. A batch sums its changes per row before writing, so the upper
 //! levels cost one write per tenant and batch. Hours were tried as the
 //! finest level: a batch of 50,000 generated events touches refunds created
@@ -42,9 +44,12 @@ const NO_CURRENCY: [u8; 3] = [0; 3];
 /// The bucket widths of the created levels, in milliseconds.
 const CREATED_WIDTHS: [i64; 2] = [86_400_000, 32 * 86_400_000];
 /// Minor units per amount bucket of level 0; each level is 10x the one below.
-const AMOUNT_UNIT: u64 = 100;
+pub const AMOUNT_UNIT: u64 = 100;
 /// Levels 0..=17 cover every u64 amount (u64::MAX / 100 < 10^18).
 const AMOUNT_LEVELS: u8 = 18;
+/// The level of the rows that count one amount, a multiple of 100: bounds
+/// such as `amount_max=5000` (or `amount_min=1001`) need no scan.
+const EXACT: u8 = 0xff;
 
 fn ordered(bucket: i64) -> [u8; 8] {
     ((bucket as u64) ^ (1 << 63)).to_be_bytes()
@@ -91,6 +96,9 @@ pub fn amount_rows(tenant: TenantNo, state: &RefundState, out: &mut Vec<Vec<u8>>
     for level in 0..AMOUNT_LEVELS {
         out.push(amount_key(tenant, level, bucket));
         bucket /= 10;
+    }
+    if amount % AMOUNT_UNIT == 0 {
+        out.push(amount_key(tenant, EXACT, amount));
     }
 }
 
@@ -257,6 +265,19 @@ pub fn count_amount(
         n += sum_range(counts, &start, &end)?;
     }
     Ok(n)
+}
+
+/// Refunds of `tenant` with exactly `amount`, if that amount has its own row
+/// (multiples of 100 do).
+pub fn count_exact_amount(
+    counts: &impl ReadableTable<&'static [u8], u64>,
+    tenant: TenantNo,
+    amount: u64,
+) -> Result<Option<u64>, StoreError> {
+    if amount % AMOUNT_UNIT != 0 {
+        return Ok(None);
+    }
+    Ok(Some(counts.get(amount_key(tenant, EXACT, amount).as_slice())?.map_or(0, |v| v.value())))
 }
 
 #[cfg(test)]

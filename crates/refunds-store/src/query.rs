@@ -281,7 +281,8 @@ fn count_created(
 }
 
 /// Counts an amount range with the amount histogram: whole steps of 100 from
-/// its rows, the amounts at either end from the amount index.
+/// its rows; a bound on a multiple of 100 (or one past it) from the exact
+/// rows; the rest of a step at either end from the amount index.
 fn count_amount(
     txn: &ReadTransaction,
     counts: &ReadOnlyTable<&'static [u8], u64>,
@@ -290,18 +291,38 @@ fn count_amount(
 ) -> Result<u64, StoreError> {
     let table = txn.open_table(Index::Amount.table().expect("the amount index has a table"))?;
     let (min, max) = (filter.amount_min.unwrap_or(0), filter.amount_max.unwrap_or(u64::MAX));
+    let scan = |min: u64, max: u64| {
+        count_amount_range(&table, tenant, &Filter { amount_min: Some(min), amount_max: Some(max), ..filter.clone() })
+    };
     let Some(span) = histogram::amount_span(min, max) else {
-        return count_amount_range(&table, tenant, filter);
+        if min == max
+            && let Some(n) = histogram::count_exact_amount(counts, tenant, min)?
+        {
+            return Ok(n);
+        }
+        return scan(min, max);
     };
     let mut n = histogram::count_amount(counts, tenant, &span)?;
     let from = u64::try_from(span.from).expect("the span starts within the filter's bounds");
     if min < from {
-        n += count_amount_range(&table, tenant, &Filter { amount_max: Some(from - 1), ..filter.clone() })?;
+        // `[min, from)`: all of the step before `from` but its first amount, or a scan.
+        let step = from - histogram::AMOUNT_UNIT;
+        n += match histogram::count_exact_amount(counts, tenant, step)? {
+            Some(first) if min == step + 1 => {
+                histogram::count_amount(counts, tenant, &histogram::AmountSpan { from: step.into(), to: from.into() })?
+                    - first
+            }
+            _ => scan(min, from - 1)?,
+        };
     }
     if let Ok(to) = u64::try_from(span.to)
         && to <= max
     {
-        n += count_amount_range(&table, tenant, &Filter { amount_min: Some(to), ..filter.clone() })?;
+        // `[to, max]`: the exact row of `to` alone, or a scan.
+        n += match histogram::count_exact_amount(counts, tenant, to)? {
+            Some(exact) if max == to => exact,
+            _ => scan(to, max)?,
+        };
     }
     Ok(n)
 }
