@@ -97,7 +97,7 @@ pub fn amount_rows(tenant: TenantNo, state: &RefundState, out: &mut Vec<Vec<u8>>
         out.push(amount_key(tenant, level, bucket));
         bucket /= 10;
     }
-    if amount % AMOUNT_UNIT == 0 {
+    if amount.is_multiple_of(AMOUNT_UNIT) {
         out.push(amount_key(tenant, EXACT, amount));
     }
 }
@@ -274,7 +274,7 @@ pub fn count_exact_amount(
     tenant: TenantNo,
     amount: u64,
 ) -> Result<Option<u64>, StoreError> {
-    if amount % AMOUNT_UNIT != 0 {
+    if !amount.is_multiple_of(AMOUNT_UNIT) {
         return Ok(None);
     }
     Ok(Some(counts.get(amount_key(tenant, EXACT, amount).as_slice())?.map_or(0, |v| v.value())))
