@@ -167,7 +167,7 @@ impl Store {
                 })?;
 
                 let mut counts = txn.open_table(tables::COUNTS)?;
-                apply_count_deltas(&mut counts, count_deltas(&changes))?;
+                apply_count_deltas(&mut counts, &count_deltas(&changes))?;
 
                 let mut stats = txn.open_table(tables::STATS)?;
                 for (name, delta) in [
@@ -538,10 +538,12 @@ fn write_index_entries(
     Ok(())
 }
 
-/// The counter changes of a batch, summed per counter row.
-fn count_deltas(changes: &[Change]) -> HashMap<Vec<u8>, i64> {
+/// The counter changes of a batch, summed per counter row, sorted by key.
+fn count_deltas(changes: &[Change]) -> Vec<(Vec<u8>, i64)> {
     let mut deltas: HashMap<Vec<u8>, i64> = HashMap::default();
-    let mut rows_buf = Vec::new();
+    let mut histogram: HashMap<histogram::RowKey, i64> = HashMap::default();
+    histogram.reserve(changes.len());
+    let mut rows = Vec::new();
     for Change { tenant, old, new, .. } in changes {
         for dim in CountDim::ALL {
             let old_value = old.as_ref().and_then(|s| dim.value_of(s));
@@ -557,27 +559,29 @@ fn count_deltas(changes: &[Change]) -> HashMap<Vec<u8>, i64> {
             }
         }
         let (created_moved, amount_moved) = old.as_ref().map_or((true, true), |old| histogram::moved(old, new));
-        for (moved, rows) in [
-            (created_moved, histogram::created_rows as fn(TenantNo, &RefundState, &mut Vec<Vec<u8>>)),
+        for (moved, rows_of) in [
+            (created_moved, histogram::created_rows as fn(TenantNo, &RefundState, &mut Vec<histogram::RowKey>)),
             (amount_moved, histogram::amount_rows),
         ] {
             if !moved {
                 continue;
             }
-            rows_buf.clear();
             if let Some(old) = old {
-                rows(*tenant, old, &mut rows_buf);
-                for key in rows_buf.drain(..) {
-                    *deltas.entry(key).or_default() -= 1;
+                rows_of(*tenant, old, &mut rows);
+                for key in rows.drain(..) {
+                    *histogram.entry(key).or_default() -= 1;
                 }
             }
-            rows(*tenant, new, &mut rows_buf);
-            for key in rows_buf.drain(..) {
-                *deltas.entry(key).or_default() += 1;
+            rows_of(*tenant, new, &mut rows);
+            for key in rows.drain(..) {
+                *histogram.entry(key).or_default() += 1;
             }
         }
     }
-    deltas
+    let mut all: Vec<(Vec<u8>, i64)> = deltas.into_iter().filter(|(_, d)| *d != 0).collect();
+    all.extend(histogram.into_iter().filter(|(_, d)| *d != 0).map(|(k, d)| (k.as_slice().to_vec(), d)));
+    all.sort_unstable();
+    all
 }
 
 /// Inserts entries sorted by key. Each run of keys that falls into one gap
@@ -637,16 +641,11 @@ fn append_in_order(
     Ok(())
 }
 
-fn apply_count_deltas(
-    counts: &mut Table<'_, &'static [u8], u64>,
-    deltas: HashMap<Vec<u8>, i64>,
-) -> Result<(), StoreError> {
-    let mut deltas: Vec<(Vec<u8>, i64)> = deltas.into_iter().filter(|(_, d)| *d != 0).collect();
-    deltas.sort();
+fn apply_count_deltas(counts: &mut Table<'_, &'static [u8], u64>, deltas: &[(Vec<u8>, i64)]) -> Result<(), StoreError> {
     for (key, delta) in deltas {
         let current = counts.get(key.as_slice())?.map_or(0, |v| v.value());
         let updated = current
-            .checked_add_signed(delta)
+            .checked_add_signed(*delta)
             .ok_or_else(|| StoreError::Corrupt(format!("count would go negative ({current} {delta:+})")))?;
         if updated == 0 {
             counts.remove(key.as_slice())?;

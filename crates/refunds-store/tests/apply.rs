@@ -85,7 +85,7 @@ fn assert_indexes_match_rows(store: &Store) {
         refunds_store::histogram::created_rows(tenant, &state, &mut rows);
         refunds_store::histogram::amount_rows(tenant, &state, &mut rows);
         for key in rows {
-            *expected_counts.entry(key).or_default() += 1;
+            *expected_counts.entry(key.as_slice().to_vec()).or_default() += 1;
         }
     }
     for (i, index) in Index::ALL.iter().enumerate() {
