@@ -74,13 +74,13 @@ pub struct RowKey {
 
 impl RowKey {
     fn new(parts: &[&[u8]]) -> RowKey {
-        let mut key = RowKey { bytes: [0; 18], len: 0 };
+        let mut bytes = [0; 18];
+        let mut len = 0;
         for part in parts {
-            let at = usize::from(key.len);
-            key.bytes[at..at + part.len()].copy_from_slice(part);
-            key.len += part.len() as u8;
+            bytes[len..len + part.len()].copy_from_slice(part);
+            len += part.len();
         }
-        key
+        RowKey { bytes, len: u8::try_from(len).expect("at most 18 bytes") }
     }
 
     pub fn as_slice(&self) -> &[u8] {
