@@ -10,12 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }
-cargo build --release --bins -q
-bin=$PWD/target/release/refund-projector
+# BIN=path serves with another build (the one that built a kept STORE).
+if [ -z "${BIN:-}" ]; then cargo build --release --bins -q; fi
+bin=${BIN:-$PWD/target/release/refund-projector}
 refunds=${REFUNDS:-330000}
 duration=${DURATION:-5s}
 work=$(mktemp -d "${TMPDIR:-/tmp}/refund-api-bench.XXXXXX")
-trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $server 2>/dev/null && wait $server 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # STORE=path keeps the store there (built once, reused by later runs).
 store=${STORE:-$work/store.redb}
@@ -33,7 +34,7 @@ scopes = ["admin"]
 TOML
 "$bin" serve --db "$store" --listen 127.0.0.1:0 --api-keys "$work/keys.toml" 2> "$work/serve.log" &
 server=$!
-for _ in $(seq 100); do grep -q "listening on" "$work/serve.log" && break; sleep 0.1; done
+for _ in $(seq 600); do grep -q "listening on" "$work/serve.log" && break; sleep 0.1; done  # a big store may need a repair first
 base=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$work/serve.log")
 auth="Authorization: Api-Key bench"
 
@@ -89,6 +90,11 @@ run() {
   printf '%-24s %5s %10s %9s %9s %8s\n' "$name" "$connections" "$rps" "$p50" "$p99" "$errors"
 }
 cat "$work/report.lua" >> "$work/walk.lua"
+# Warm up (caches, connections) with every shape before measuring any.
+for name in "${!shapes[@]}"; do
+  wrk -t2 -c8 -d1s -H "$auth" "$base${shapes[$name]}" > /dev/null
+done
+wrk -t2 -c8 -d1s -H "$auth" -s "$work/walk.lua" "$base/" > /dev/null
 for connections in 8 64; do
   for name in $(echo "${!shapes[@]}" | tr ' ' '\n' | sort); do
     run "$name" "$connections" "$work/report.lua" "$base${shapes[$name]}"

@@ -518,7 +518,7 @@ fn a_config_file_supplies_flags_the_command_line_does_not_and_a_typo_is_named() 
 }
 
 #[test]
-fn sigterm_stops_the_server_promptly_and_cleanly() {
+fn sigterm_stops_the_server_promptly_and_closes_its_store() {
     let f = fixture();
     let mut server = Server::start(&f.db, &f.keys);
     assert_eq!(server.get("/healthz", None).0, 200);
@@ -534,6 +534,23 @@ fn sigterm_stops_the_server_promptly_and_cleanly() {
         assert!(started.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The store was closed: its next open needs no repair (which reads every
+    // page: minutes on a big store). A killed server's store does.
+    let reopen = |what: &str| {
+        let out = command().args(["export", "--db", f.db.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "export after {what}");
+        let repaired = String::from_utf8_lossy(&out.stderr).contains("not closed cleanly");
+        (String::from_utf8(out.stdout).unwrap(), repaired)
+    };
+    let (after_sigterm, repaired) = reopen("SIGTERM");
+    assert!(!repaired, "a server stopped by SIGTERM left its store to be repaired");
+    let mut killed = Server::start(&f.db, &f.keys);
+    assert_eq!(killed.get("/healthz", None).0, 200);
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    let (after_kill, repaired) = reopen("SIGKILL");
+    assert!(repaired, "the check must see a store left open");
+    assert_eq!(after_kill, after_sigterm, "a repair loses nothing");
 }
 
 /// Sends SIGTERM with the `kill` command (the workspace forbids `unsafe`).

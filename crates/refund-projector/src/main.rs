@@ -434,8 +434,9 @@ fn run_serve(db: &Path, listen: &str, api_keys: &Path, jwt_secret: Option<&str>)
             })
             .context("failed to start the store watcher")?;
     }
+    let slot = state.store.clone();
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("failed to listen on {listen}"))?;
         let address = listener.local_addr().context("failed to read the listening address")?;
@@ -445,7 +446,10 @@ fn run_serve(db: &Path, listen: &str, api_keys: &Path, jwt_secret: Option<&str>)
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("the server failed")
-    })
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    service::close_store(&slot);
+    served
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

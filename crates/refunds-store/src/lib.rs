@@ -139,8 +139,18 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store file and its tables.
     pub fn open(path: &Path, params: &StoreParams) -> Result<Store, OpenError> {
+        let shown = path.display().to_string();
+        let warned = std::cell::Cell::new(false);
         let db = Database::builder()
             .set_cache_size(params.cache_bytes)
+            // Only a store that was not closed (a crash, a kill) needs this;
+            // it reads every page, so on a big store it takes minutes.
+            .set_repair_callback(move |session| {
+                if !warned.replace(true) {
+                    tracing::warn!(db = %shown, "the store was not closed cleanly; repairing it before use");
+                }
+                tracing::debug!(progress = session.progress(), "repairing the store");
+            })
             .create(path)
             .map_err(|source| OpenError::Database { path: path.display().to_string(), source })?;
         let txn = db.begin_write().map_err(redb::Error::from)?;
