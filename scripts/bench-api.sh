@@ -34,7 +34,7 @@ scopes = ["admin"]
 TOML
 "$bin" serve --db "$store" --listen 127.0.0.1:0 --api-keys "$work/keys.toml" 2> "$work/serve.log" &
 server=$!
-for _ in $(seq 600); do grep -q "listening on" "$work/serve.log" && break; sleep 0.1; done  # a big store may need a repair first
+for _ in $(seq 3000); do grep -q "listening on" "$work/serve.log" && break; sleep 0.1; done  # a big store may need a repair first
 base=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$work/serve.log")
 auth="Authorization: Api-Key bench"
 
