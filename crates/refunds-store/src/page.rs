@@ -11,10 +11,10 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::ops::Bound;
 
-use redb::ReadTransaction;
+use redb::{ReadOnlyTable, ReadTransaction};
 use refunds_domain::{RefundState, Timestamp};
 
-use crate::keys::{self, CountDim, TenantNo};
+use crate::keys::{self, CountDim, Index, TenantNo};
 use crate::query::{Filter, for_each_with_value, plan};
 use crate::read::decode_row_state;
 use crate::{StoreError, tables};
@@ -97,6 +97,12 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
             }
             Ok(n)
         };
+        if filter.only_amount_and_created() {
+            let table = txn.open_table(Index::Amount.table().expect("the amount index has a table"))?;
+            let bounds = (filter.amount_min.unwrap_or(0), filter.amount_max.unwrap_or(u64::MAX));
+            streams.push(Box::new(AmountWindows::new(table, tenant, position, bounds, (min, max), descending)?));
+            continue;
+        }
         let plan = plan(filter, &counter)?;
         let keys_suffice = filter.answered_by_keys(plan.index);
         let table = txn.open_table(plan.index.table().expect("planned indexes have tables"))?;
@@ -186,6 +192,151 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
         }
     }
     Ok(out)
+}
+
+/// The refunds of one tenant with an amount within bounds (and created
+/// within bounds), in walk order, from the amount index: one created window
+/// at a time, the first in the walk's direction first, each window's matches
+/// sorted by (created_at, id). The keys prove the match, so a page of 20
+/// reads the matches of a window or two and 20 rows, where walking refunds
+/// by created_at would read every refund's row until 20 match.
+struct AmountWindows {
+    table: ReadOnlyTable<&'static [u8], u32>,
+    tenant: TenantNo,
+    position: usize,
+    amounts: (u64, u64),
+    created: (Option<Timestamp>, Option<Timestamp>),
+    descending: bool,
+    /// The next window to read, if any is left within the created bounds.
+    next: Option<u32>,
+    buffer: std::vec::IntoIter<Candidate>,
+}
+
+impl AmountWindows {
+    fn new(
+        table: ReadOnlyTable<&'static [u8], u32>,
+        tenant: TenantNo,
+        position: usize,
+        amounts: (u64, u64),
+        created: (Option<Timestamp>, Option<Timestamp>),
+        descending: bool,
+    ) -> Result<AmountWindows, StoreError> {
+        let mut walk = AmountWindows {
+            table,
+            tenant,
+            position,
+            amounts,
+            created,
+            descending,
+            next: None,
+            buffer: Vec::new().into_iter(),
+        };
+        let bits = Index::Amount.window_bits();
+        let start = if descending {
+            created.1.map_or(u32::MAX, |t| keys::window_of(t, bits))
+        } else {
+            created.0.map_or(0, |t| keys::window_of(t, bits))
+        };
+        walk.next = walk.existing_window(start)?;
+        Ok(walk)
+    }
+
+    /// The first window at or beyond `from`, in the walk's direction, that
+    /// holds keys of the tenant and lies within the created bounds.
+    fn existing_window(&self, from: u32) -> Result<Option<u32>, StoreError> {
+        let prefix = self.tenant.prefix();
+        let at = keys::windowed_prefix(self.tenant, from, &[]);
+        let found = if self.descending {
+            // The last key before the window after `from`.
+            let end = match from.checked_add(1) {
+                Some(after) => keys::windowed_prefix(self.tenant, after, &[]),
+                None => prefix_end(&prefix),
+            };
+            self.table
+                .range::<&[u8]>((Bound::Included(prefix.as_slice()), Bound::Excluded(end.as_slice())))?
+                .next_back()
+        } else {
+            self.table.range::<&[u8]>((Bound::Included(at.as_slice()), Bound::Unbounded))?.next()
+        };
+        let Some(entry) = found else { return Ok(None) };
+        let (key, _) = entry?;
+        let key = key.value();
+        if !key.starts_with(&prefix) {
+            return Ok(None);
+        }
+        let window = window_in(key)?;
+        let bits = Index::Amount.window_bits();
+        let inside = if self.descending {
+            self.created.0.is_none_or(|t| window >= keys::window_of(t, bits))
+        } else {
+            self.created.1.is_none_or(|t| window <= keys::window_of(t, bits))
+        };
+        Ok(inside.then_some(window))
+    }
+
+    /// The matches of `window`, sorted in the walk's order.
+    fn read(&self, window: u32) -> Result<Vec<Candidate>, StoreError> {
+        let (min, max) = self.amounts;
+        let start = keys::windowed_prefix(self.tenant, window, &keys::amount_value(min));
+        let mut found = Vec::new();
+        for entry in self.table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
+            let (key, home) = entry?;
+            let key = key.value();
+            if key.get(..4) != Some(self.tenant.prefix().as_slice()) || window_in(key)? != window {
+                break;
+            }
+            let amount =
+                u64::from_be_bytes(key[8..16].try_into().map_err(|_| StoreError::Corrupt("index key".into()))?);
+            if amount > max {
+                break;
+            }
+            let (created_at, id) =
+                keys::split_index_key(key, 16).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
+            if self.created.0.is_none_or(|t| created_at >= t) && self.created.1.is_none_or(|t| created_at <= t) {
+                found.push(Candidate {
+                    created_at,
+                    tenant: self.position,
+                    id: id.to_owned(),
+                    home: home.value(),
+                    keys_suffice: true,
+                });
+            }
+        }
+        found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        if self.descending {
+            found.reverse();
+        }
+        Ok(found)
+    }
+
+    fn step(&mut self) -> Result<Option<Candidate>, StoreError> {
+        loop {
+            if let Some(candidate) = self.buffer.next() {
+                return Ok(Some(candidate));
+            }
+            let Some(window) = self.next else { return Ok(None) };
+            self.buffer = self.read(window)?.into_iter();
+            let beyond = if self.descending { window.checked_sub(1) } else { window.checked_add(1) };
+            self.next = match beyond {
+                Some(from) => self.existing_window(from)?,
+                None => None,
+            };
+        }
+    }
+}
+
+impl Iterator for AmountWindows {
+    type Item = Result<Candidate, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step().transpose()
+    }
+}
+
+/// The window of a windowed index key (`tenant | window | ...`).
+fn window_in(key: &[u8]) -> Result<u32, StoreError> {
+    let bytes = key.get(4..8).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
+    Ok(u32::from_be_bytes(bytes.try_into().map_err(|_| StoreError::Corrupt("index key".into()))?))
 }
 
 /// The smallest key greater than every key starting with `prefix`.

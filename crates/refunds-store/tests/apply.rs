@@ -653,9 +653,35 @@ proptest! {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .map(|v| store.get_refund(v["tenant_id"].as_str().unwrap(), v["id"].as_str().unwrap()).unwrap().unwrap())
             .collect();
+        let named = store.tenants();
+        let txn = store.read().unwrap();
         for filter in &filters {
             let expected = states.iter().filter(|s| filter.matches(s)).count() as u64;
             prop_assert_eq!(store.count(&tenants, filter).unwrap(), expected, "{:?}", filter);
+            // Pages too (amount ranges walk the amount index by window), in
+            // both directions, by cursor and by offset.
+            use refunds_store::{Direction, PageRequest, SortKey, page_in};
+            let mut sorted: Vec<SortKey> = states.iter().filter(|s| filter.matches(s)).map(SortKey::of).collect();
+            sorted.sort();
+            for direction in [Direction::Ascending, Direction::Descending] {
+                if direction == Direction::Descending {
+                    sorted.reverse();
+                }
+                let mut walked: Vec<SortKey> = Vec::new();
+                loop {
+                    let request = PageRequest { tenants: &named, filter, direction, after: walked.last(), skip: 0, take: 3 };
+                    let page = page_in(&txn, &request).unwrap();
+                    walked.extend(page.iter().map(SortKey::of));
+                    if page.len() < 3 {
+                        break;
+                    }
+                }
+                prop_assert_eq!(&walked, &sorted, "{:?} {:?}", filter, direction);
+                let skip = sorted.len() / 3;
+                let request = PageRequest { tenants: &named, filter, direction, after: None, skip: skip as u64, take: 1000 };
+                let by_offset: Vec<SortKey> = page_in(&txn, &request).unwrap().iter().map(SortKey::of).collect();
+                prop_assert_eq!(&by_offset[..], &sorted[skip..], "{:?} {:?} offset {}", filter, direction, skip);
+            }
         }
     }
 }
