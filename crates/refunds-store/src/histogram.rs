@@ -135,8 +135,8 @@ struct Run {
 }
 
 /// Splits `[lo, hi)` (in units of the finest level) into runs of whole
-/// buckets, each level `factor` times as wide as the one below, up to
-/// `levels` levels, using the widest buckets that fit.
+/// buckets, level `k + 1` being `factors[k]` times as wide as level `k`,
+/// using the widest buckets that fit; the top level takes whatever is left.
 fn decompose(mut lo: i128, mut hi: i128, factors: &[i128]) -> Vec<Run> {
     let mut runs = Vec::new();
     let mut width = 1i128;

@@ -219,6 +219,19 @@ pub fn windowed_prefix(tenant: TenantNo, window: u32, value: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The window of a windowed index key (`tenant | window | ...`).
+pub fn window_of_key(key: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(key.get(4..8)?.try_into().ok()?))
+}
+
+/// Splits an amount index key (`tenant | window | amount | created_at | id`)
+/// into (amount, created_at, refund id).
+pub fn split_amount_key(key: &[u8]) -> Option<(u64, Timestamp, &str)> {
+    let amount = u64::from_be_bytes(key.get(8..16)?.try_into().ok()?);
+    let (created, id) = split_index_key(key, 16)?;
+    Some((amount, created, id))
+}
+
 /// Status codes follow rank order, so a status value is one byte.
 pub fn status_value(status: EventType) -> Vec<u8> {
     vec![status.code()]

@@ -99,8 +99,17 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
         };
         if filter.only_amount_and_created() {
             let table = txn.open_table(Index::Amount.table().expect("the amount index has a table"))?;
-            let bounds = (filter.amount_min.unwrap_or(0), filter.amount_max.unwrap_or(u64::MAX));
-            streams.push(Box::new(AmountWindows::new(table, tenant, position, bounds, (min, max), descending)?));
+            let walk = AmountWindows {
+                table,
+                tenant,
+                position,
+                amounts: (filter.amount_min.unwrap_or(0), filter.amount_max.unwrap_or(u64::MAX)),
+                created: (min, max),
+                descending,
+                next: None,
+                buffer: Vec::new().into_iter(),
+            };
+            streams.push(Box::new(walk.start()?));
             continue;
         }
         let plan = plan(filter, &counter)?;
@@ -213,39 +222,22 @@ struct AmountWindows {
 }
 
 impl AmountWindows {
-    fn new(
-        table: ReadOnlyTable<&'static [u8], u32>,
-        tenant: TenantNo,
-        position: usize,
-        amounts: (u64, u64),
-        created: (Option<Timestamp>, Option<Timestamp>),
-        descending: bool,
-    ) -> Result<AmountWindows, StoreError> {
-        let mut walk = AmountWindows {
-            table,
-            tenant,
-            position,
-            amounts,
-            created,
-            descending,
-            next: None,
-            buffer: Vec::new().into_iter(),
-        };
+    /// Positions the walk on its first window.
+    fn start(mut self) -> Result<AmountWindows, StoreError> {
         let bits = Index::Amount.window_bits();
-        let start = if descending {
-            created.1.map_or(u32::MAX, |t| keys::window_of(t, bits))
+        let first = if self.descending {
+            self.created.1.map_or(u32::MAX, |t| keys::window_of(t, bits))
         } else {
-            created.0.map_or(0, |t| keys::window_of(t, bits))
+            self.created.0.map_or(0, |t| keys::window_of(t, bits))
         };
-        walk.next = walk.existing_window(start)?;
-        Ok(walk)
+        self.next = self.existing_window(first)?;
+        Ok(self)
     }
 
     /// The first window at or beyond `from`, in the walk's direction, that
     /// holds keys of the tenant and lies within the created bounds.
     fn existing_window(&self, from: u32) -> Result<Option<u32>, StoreError> {
         let prefix = self.tenant.prefix();
-        let at = keys::windowed_prefix(self.tenant, from, &[]);
         let found = if self.descending {
             // The last key before the window after `from`.
             let end = match from.checked_add(1) {
@@ -256,6 +248,7 @@ impl AmountWindows {
                 .range::<&[u8]>((Bound::Included(prefix.as_slice()), Bound::Excluded(end.as_slice())))?
                 .next_back()
         } else {
+            let at = keys::windowed_prefix(self.tenant, from, &[]);
             self.table.range::<&[u8]>((Bound::Included(at.as_slice()), Bound::Unbounded))?.next()
         };
         let Some(entry) = found else { return Ok(None) };
@@ -264,7 +257,7 @@ impl AmountWindows {
         if !key.starts_with(&prefix) {
             return Ok(None);
         }
-        let window = window_in(key)?;
+        let window = keys::window_of_key(key).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
         let bits = Index::Amount.window_bits();
         let inside = if self.descending {
             self.created.0.is_none_or(|t| window >= keys::window_of(t, bits))
@@ -282,16 +275,15 @@ impl AmountWindows {
         for entry in self.table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
             let (key, home) = entry?;
             let key = key.value();
-            if key.get(..4) != Some(self.tenant.prefix().as_slice()) || window_in(key)? != window {
+            // Past `tenant | window`: another window or tenant.
+            if key.get(..8) != start.get(..8) {
                 break;
             }
-            let amount =
-                u64::from_be_bytes(key[8..16].try_into().map_err(|_| StoreError::Corrupt("index key".into()))?);
+            let (amount, created_at, id) =
+                keys::split_amount_key(key).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
             if amount > max {
                 break;
             }
-            let (created_at, id) =
-                keys::split_index_key(key, 16).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
             if self.created.0.is_none_or(|t| created_at >= t) && self.created.1.is_none_or(|t| created_at <= t) {
                 found.push(Candidate {
                     created_at,
@@ -331,12 +323,6 @@ impl Iterator for AmountWindows {
     fn next(&mut self) -> Option<Self::Item> {
         self.step().transpose()
     }
-}
-
-/// The window of a windowed index key (`tenant | window | ...`).
-fn window_in(key: &[u8]) -> Result<u32, StoreError> {
-    let bytes = key.get(4..8).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
-    Ok(u32::from_be_bytes(bytes.try_into().map_err(|_| StoreError::Corrupt("index key".into()))?))
 }
 
 /// The smallest key greater than every key starting with `prefix`.

@@ -116,21 +116,18 @@ impl Filter {
     /// both a status and a currency list) with no predicate beyond status and
     /// currency, or amount bounds alone.
     fn histogram(&self) -> Option<Histogram> {
+        let created = self.created_min.is_some() || self.created_max.is_some();
+        if self.only_amount_and_created() {
+            return (!created).then_some(Histogram::Amount);
+        }
         let others = !self.processors.is_empty()
             || !self.payment_method_types.is_empty()
             || !self.product_types.is_empty()
-            || !self.exact.is_empty();
-        let created = self.created_min.is_some() || self.created_max.is_some();
-        let amount = self.amount_min.is_some() || self.amount_max.is_some();
-        if others {
-            None
-        } else if amount {
-            (!created && self.statuses.is_empty() && self.currencies.is_empty()).then_some(Histogram::Amount)
-        } else if created || (!self.statuses.is_empty() && !self.currencies.is_empty()) {
-            Some(Histogram::Created)
-        } else {
-            None
-        }
+            || !self.exact.is_empty()
+            || self.amount_min.is_some()
+            || self.amount_max.is_some();
+        let both_lists = !self.statuses.is_empty() && !self.currencies.is_empty();
+        (!others && (created || both_lists)).then_some(Histogram::Created)
     }
 
     /// The one low-cardinality dimension a counter row can answer, if the
@@ -373,12 +370,11 @@ fn count_amount_range(
     let (min, max) = (keys::amount_value(filter.amount_min.unwrap_or(0)), filter.amount_max.unwrap_or(u64::MAX));
     let mut n = 0;
     skip_scan(table, Index::Amount, tenant, filter.created_min, filter.created_max, &min, |key, _| {
-        // `tenant | window` is the first 8 bytes; the amount the next 8.
-        let amount = u64::from_be_bytes(key[8..16].try_into().map_err(|_| StoreError::Corrupt("index key".into()))?);
+        let (amount, created, _) =
+            keys::split_amount_key(key).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
         if amount > max {
             return Ok(Step::NextWindow);
         }
-        let (created, _) = keys::split_index_key(key, 16).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
         if filter.created_min.is_none_or(|m| created >= m) && filter.created_max.is_none_or(|m| created <= m) {
             n += 1;
         }
@@ -457,7 +453,7 @@ fn skip_scan(
             if !key.starts_with(&tenant_prefix) {
                 break;
             }
-            let found = u32::from_be_bytes(key[4..8].try_into().map_err(|_| StoreError::Corrupt("index key".into()))?);
+            let found = keys::window_of_key(key).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
             if found == window {
                 match visit(key, home.value())? {
                     Step::Take => continue,
