@@ -557,3 +557,17 @@ fn sigterm_stops_the_server_promptly_and_closes_its_store() {
 fn send_sigterm(pid: i32) -> bool {
     std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().is_ok_and(|s| s.success())
 }
+
+/// The binary turns transparent huge pages off for itself (see
+/// `disable_transparent_huge_pages` in its main.rs); the kernel reports the
+/// process flag as `THP_enabled` in /proc/PID/status.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_server_runs_without_transparent_huge_pages() {
+    let f = fixture();
+    let server = Server::start(&f.db, &f.keys);
+    assert_eq!(server.get("/healthz", None).0, 200);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let flag = status.lines().find_map(|line| line.strip_prefix("THP_enabled:")).map(str::trim);
+    assert_eq!(flag, Some("0"), "THP_enabled of the server process in:\n{status}");
+}

@@ -11,6 +11,9 @@ use refunds_store::{Store, StoreParams};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // As the binary does (see `disable_transparent_huge_pages` in its main.rs).
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let args: Vec<String> = std::env::args().collect();
     let input = PathBuf::from(&args[1]);
     let db = PathBuf::from(&args[2]);
