@@ -130,15 +130,25 @@ impl Store {
             }
 
             let audit_log = txn.open_table(tables::AUDIT_LOG)?;
-            let identified = identify(&txn, &audit_log, &mut interner, batch, &mut summary, &mut invalid_by_reason)?;
-            let Identified { first_seq, audit_rows, mut touched, last_applied_at } = identified;
+            let first_seq = audit_log.last()?.map_or(1, |(k, _)| k.value() + 1);
+            let valid = admit(&txn, &mut interner, batch, &mut summary, &mut invalid_by_reason)?;
+            // The homes are looked up on a worker while this thread settles
+            // identity: they depend only on which refunds the batch names.
+            let mut homes = txn.open_table(tables::REFUND_HOMES)?;
+            let (identified, found_homes) = std::thread::scope(|scope| {
+                let found = scope.spawn(|| find_homes(&mut homes, &valid, first_seq));
+                let identified = identify(&txn, &audit_log, first_seq, valid.iter().copied(), &mut summary);
+                (identified, found.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            });
+            let Identified { audit_rows, mut touched, last_applied_at } = identified?;
+            assign_homes(&mut homes, &mut touched, found_homes?)?;
+            drop(homes);
 
             std::thread::scope(|scope| -> Result<(), StoreError> {
                 let audit = scope.spawn(move || append_in_order(audit_log, first_seq, &audit_rows));
 
                 let mut refunds = txn.open_table(tables::REFUNDS)?;
                 let mut audit_orphans = txn.open_table(tables::AUDIT_ORPHANS)?;
-                assign_homes(&mut txn.open_table(tables::REFUND_HOMES)?, &mut touched)?;
                 // The rows in their key order.
                 touched.sort_unstable_by(|a, b| (a.tenant, a.home, a.refund_id).cmp(&(b.tenant, b.home, b.refund_id)));
                 let mut changes: Vec<Change> = Vec::with_capacity(touched.len());
@@ -256,43 +266,28 @@ fn record_batch_metrics(
 /// What the identity step found: the audit entries to append (sequences
 /// `first_seq..`), and the refunds the batch names.
 struct Identified<'b> {
-    first_seq: u64,
     audit_rows: Vec<AuditRow<'b>>,
     touched: Vec<Touched<'b>>,
     last_applied_at: Option<Timestamp>,
 }
 
-/// Step one, in arrival order: dead letters, event identity and outcomes.
-fn identify<'b>(
+/// A valid event of the batch with its tenant and source, in arrival order:
+/// event `i` gets audit sequence `first_seq + i`.
+type Admitted<'b> = (&'b Item, &'b RefundEvent, TenantNo, StoredSource);
+
+/// Step one, in arrival order: dead letters, and each valid event's tenant
+/// and source.
+fn admit<'b>(
     txn: &WriteTransaction,
-    audit_log: &Table<'_, u64, &'static [u8]>,
     interner: &mut Interner<'_, '_, 'b>,
     batch: &'b Batch,
     summary: &mut BatchSummary,
     invalid_by_reason: &mut HashMap<&'static str, u64>,
-) -> Result<Identified<'b>, StoreError> {
-    let mut event_ids = txn.open_table(tables::EVENT_IDS)?;
-    let mut collisions = txn.open_table(tables::EVENT_ID_COLLISIONS)?;
+) -> Result<Vec<Admitted<'b>>, StoreError> {
     let mut dead_letters = txn.open_table(tables::DEAD_LETTERS)?;
     let mut pending = txn.open_table(tables::DEAD_LETTERS_PENDING)?;
-    let first_seq = audit_log.last()?.map_or(1, |(k, _)| k.value() + 1);
     let mut next_dead_letter = dead_letters.last()?.map_or(1, |(k, _)| k.value() + 1);
-    let mut audit_rows: Vec<AuditRow<'b>> = Vec::with_capacity(batch.items.len());
-    let mut touched: Vec<Touched<'b>> = Vec::new();
-    let mut touched_at: HashMap<(TenantNo, &str), usize> = HashMap::default();
-    let mut last_applied_at: Option<Timestamp> = None;
-    // The parsed payload of audit entry `seq`, whether committed or of this batch.
-    let payload_of = |audit_rows: &[AuditRow<'_>], seq: u64| -> Result<serde_json::Value, StoreError> {
-        match seq.checked_sub(first_seq).and_then(|i| audit_rows.get(usize::try_from(i).ok()?)) {
-            Some(row) => {
-                serde_json::from_slice(row.raw).map_err(|_| StoreError::Corrupt(format!("audit payload {seq}")))
-            }
-            None => stored_payload(audit_log, seq),
-        }
-    };
-
-    // Arrival order: dead letters, and each valid event's tenant and source.
-    let mut valid: Vec<(&'b Item, &'b RefundEvent, TenantNo, StoredSource)> = Vec::with_capacity(batch.items.len());
+    let mut valid: Vec<Admitted<'b>> = Vec::with_capacity(batch.items.len());
     for item in &batch.items {
         let event = match &item.kind {
             ItemKind::Invalid(invalid) => {
@@ -319,16 +314,41 @@ fn identify<'b>(
         };
         valid.push((item, event, tenant, source));
     }
+    Ok(valid)
+}
 
+/// Step two, in arrival order: event identity and outcomes.
+fn identify<'b>(
+    txn: &WriteTransaction,
+    audit_log: &Table<'_, u64, &'static [u8]>,
+    first_seq: u64,
+    valid: impl ExactSizeIterator<Item = Admitted<'b>> + Clone,
+    summary: &mut BatchSummary,
+) -> Result<Identified<'b>, StoreError> {
+    let mut event_ids = txn.open_table(tables::EVENT_IDS)?;
+    let mut collisions = txn.open_table(tables::EVENT_ID_COLLISIONS)?;
+    let mut audit_rows: Vec<AuditRow<'b>> = Vec::with_capacity(valid.len());
+    let mut touched: Vec<Touched<'b>> = Vec::new();
+    let mut touched_at: HashMap<(TenantNo, &str), usize> = HashMap::default();
+    let mut last_applied_at: Option<Timestamp> = None;
+    // The parsed payload of audit entry `seq`, whether committed or of this batch.
+    let payload_of = |audit_rows: &[AuditRow<'_>], seq: u64| -> Result<serde_json::Value, StoreError> {
+        match seq.checked_sub(first_seq).and_then(|i| audit_rows.get(usize::try_from(i).ok()?)) {
+            Some(row) => {
+                serde_json::from_slice(row.raw).map_err(|_| StoreError::Corrupt(format!("audit payload {seq}")))
+            }
+            None => stored_payload(audit_log, seq),
+        }
+    };
     // Identity slots in key order (the table's pages are then visited once,
     // in order, instead of at random), ties in arrival order so that the
     // earlier of two equal ids claims the slot. One B-tree operation on the
     // common path: claim the slot, and put the holder back on the rare repeat.
     // Event `i` of the batch gets audit sequence `first_seq + i`.
     let mut slots: Vec<([u8; 12], usize)> = valid
-        .iter()
+        .clone()
         .enumerate()
-        .map(|(i, (_, event, tenant, _))| (keys::event_slot(*tenant, &event.event_id), i))
+        .map(|(i, (_, event, tenant, _))| (keys::event_slot(tenant, &event.event_id), i))
         .collect();
     slots.sort_unstable();
     let mut holders: Vec<Option<u64>> = vec![None; valid.len()];
@@ -391,26 +411,62 @@ fn identify<'b>(
             touched[slot].applied.push(event);
         }
     }
-    Ok(Identified { first_seq, audit_rows, touched, last_applied_at })
+    Ok(Identified { audit_rows, touched, last_applied_at })
 }
 
-/// Gives every touched refund its home, in key order: the stored one, or for
-/// a refund an applied event creates, a new one (its row is then new).
-fn assign_homes(homes: &mut Table<'_, &'static [u8], u32>, touched: &mut [Touched<'_>]) -> Result<(), StoreError> {
-    touched.sort_unstable_by(|a, b| (a.tenant, a.refund_id).cmp(&(b.tenant, b.refund_id)));
-    for touched in touched {
-        let key = keys::refund_key(touched.tenant, touched.refund_id);
-        let found = homes.get(key.as_slice())?.map(|home| home.value());
-        touched.home = match found {
-            Some(home) => Some(home),
-            None if touched.applied.is_empty() => None,
+/// The home of every refund a batch names, sorted by `(tenant, refund id)`:
+/// the stored one, or a new one (`true`) from the refund's first event of
+/// the batch, inserted here and taken back by [`assign_homes`] if no event
+/// of the batch is applied to it.
+fn find_homes<'b>(
+    homes: &mut Table<'_, &'static [u8], u32>,
+    valid: &[Admitted<'b>],
+    first_seq: u64,
+) -> Result<Vec<(TenantNo, &'b str, u32, bool)>, StoreError> {
+    let mut named: Vec<(TenantNo, &'b str, u64)> = valid
+        .iter()
+        .enumerate()
+        .map(|(i, (_, event, tenant, _))| (*tenant, event.refund_id.as_str(), first_seq + i as u64))
+        .collect();
+    // Key order, each refund once with its first sequence.
+    named.sort_unstable();
+    named.dedup_by(|later, first| (later.0, later.1) == (first.0, first.1));
+    let mut found = Vec::with_capacity(named.len());
+    for (tenant, refund_id, seq) in named {
+        let key = keys::refund_key(tenant, refund_id);
+        let stored = homes.get(key.as_slice())?.map(|home| home.value());
+        found.push(match stored {
+            Some(home) => (tenant, refund_id, home, false),
             None => {
-                let home = keys::home_of(touched.seqs[0]);
+                let home = keys::home_of(seq);
                 homes.insert(key.as_slice(), home)?;
-                touched.new = true;
-                Some(home)
+                (tenant, refund_id, home, true)
             }
-        };
+        });
+    }
+    Ok(found)
+}
+
+/// Gives every touched refund its home from [`find_homes`]. A new home of a
+/// refund no applied event creates (only conflicting repeats name it) is
+/// taken back: that refund has no row.
+fn assign_homes(
+    homes: &mut Table<'_, &'static [u8], u32>,
+    touched: &mut [Touched<'_>],
+    found: Vec<(TenantNo, &str, u32, bool)>,
+) -> Result<(), StoreError> {
+    touched.sort_unstable_by(|a, b| (a.tenant, a.refund_id).cmp(&(b.tenant, b.refund_id)));
+    if touched.len() != found.len() {
+        return Err(StoreError::Corrupt("the batch names other refunds than its homes".into()));
+    }
+    for (touched, (tenant, refund_id, home, new)) in touched.iter_mut().zip(found) {
+        debug_assert_eq!((touched.tenant, touched.refund_id), (tenant, refund_id));
+        if new && touched.applied.is_empty() {
+            homes.remove(keys::refund_key(tenant, refund_id).as_slice())?;
+            continue;
+        }
+        touched.home = Some(home);
+        touched.new = new;
     }
     Ok(())
 }

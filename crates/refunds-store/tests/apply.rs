@@ -144,6 +144,29 @@ fn a_repeated_event_id_with_other_content_is_a_conflicting_duplicate_in_the_audi
 }
 
 #[test]
+fn a_conflicting_repeat_naming_an_unknown_refund_creates_no_refund() {
+    let (_dir, store) = open();
+    let at = "2026-01-01T00:00:00Z";
+    let applied = event("org_1", "ref_1", "evt_1", "refund.queued", at, json!({}));
+    // The same event id naming other refunds: conflicting duplicates, in the
+    // applied event's batch and in a later one.
+    let same_batch = event("org_1", "ref_2", "evt_1", "refund.queued", at, json!({}));
+    let later = event("org_1", "ref_3", "evt_1", "refund.queued", at, json!({}));
+    let first = store.apply_batch(&batch(&[applied, same_batch]), Durability::None).unwrap();
+    assert_eq!((first.applied, first.conflicting_duplicate), (1, 1));
+    let second = store.apply_batch(&batch(&[later]), Durability::None).unwrap();
+    assert_eq!(second.conflicting_duplicate, 1);
+    assert_indexes_match_rows(&store);
+    assert!(store.get_refund("org_1", "ref_2").unwrap().is_none());
+    assert_eq!(store.stats().unwrap().refunds, 1);
+    // Its own first event still creates it.
+    let own = event("org_1", "ref_2", "evt_2", "refund.queued", at, json!({}));
+    assert_eq!(store.apply_batch(&batch(&[own]), Durability::None).unwrap().applied, 1);
+    assert!(store.get_refund("org_1", "ref_2").unwrap().is_some());
+    assert_indexes_match_rows(&store);
+}
+
+#[test]
 fn tenants_never_shadow_each_other_with_equal_event_ids() {
     let (_dir, store) = open();
     let a = event("org_a", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({}));
