@@ -20,7 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -192,8 +192,10 @@ fn apply_batches(
 ) -> Result<(), ReplayError> {
     let mut last_durable = Instant::now();
     let mut undurable = false;
+    // The next message, when it was taken while the last batch committed.
+    let mut next: Option<Option<ReaderMessage>> = None;
     loop {
-        let message = rx.recv().ok();
+        let message = next.take().unwrap_or_else(|| rx.recv().ok());
         let batch = match message {
             Some(ReaderMessage::Resumed { lines, bytes }) => {
                 progress.resumed_lines += lines;
@@ -222,7 +224,13 @@ fn apply_batches(
         let durable = last_durable.elapsed() >= params.durable_every;
         let durability = if durable { Durability::Immediate } else { Durability::None };
         let store_batch = Batch { items: batch.items, checkpoints: vec![batch.delta] };
-        let summary = store.apply_batch(&store_batch, durability)?;
+        // Never waits for the reader: a stalled input must not hold a commit back.
+        let take_ready = || match rx.try_recv() {
+            Ok(message) => next = Some(Some(message)),
+            Err(TryRecvError::Disconnected) => next = Some(None),
+            Err(TryRecvError::Empty) => {}
+        };
+        let summary = store.apply_batch_then(&store_batch, durability, take_ready)?;
         add_summary(progress, &summary);
         progress.lines += batch.lines;
         progress.bytes += batch.bytes;
@@ -408,5 +416,60 @@ impl DlqFile {
 
     fn write_error(&self, source: io::Error) -> ReplayError {
         ReplayError::WriteDlq { path: self.path.display().to_string(), source }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    use refunds_store::{Store, StoreParams};
+
+    use super::{Input, ReplayParams, replay};
+
+    fn queued(n: u32) -> String {
+        format!(
+            r#"{{"event_id":"evt_{n}","type":"refund.queued","occurred_at":"2026-01-01T00:00:00Z","refund":{{"id":"ref_{n}","tenant_id":"org_1","amount":1000,"currency":"USD"}}}}"#
+        )
+    }
+
+    /// The next batch is taken off the reader during a commit only if it is
+    /// ready: an input that stalls after a full batch must not hold that
+    /// batch's commit back until more input comes.
+    #[test]
+    fn a_full_batch_is_committed_while_the_input_stalls() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("events.fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let db = dir.path().join("store.redb");
+        let (progress_tx, progress_rx) = std::sync::mpsc::channel();
+        let replaying = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut store = Store::open(&db, &StoreParams { cache_bytes: 16 << 20 }).unwrap();
+                let mut params = ReplayParams::new(Input::File(fifo));
+                params.batch_events = 3;
+                replay(&mut store, &params, |p| {
+                    let _ = progress_tx.send(p.applied);
+                })
+                .map(|p| p.applied)
+            })
+        };
+        // Opening blocks until the replay opens the other end.
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        for n in 0..6 {
+            writeln!(writer, "{}", queued(n)).unwrap();
+        }
+        writer.flush().unwrap();
+        // Two full batches, then nothing more while the writer stays open.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut applied = 0;
+        while applied < 6 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            applied = progress_rx.recv_timeout(left).expect("both batches are committed while the input stalls");
+        }
+        drop(writer);
+        assert_eq!(replaying.join().unwrap().unwrap(), 6);
     }
 }

@@ -98,6 +98,21 @@ impl Store {
     /// rest: a redb write transaction lets distinct tables be mutated from
     /// distinct threads.
     pub fn apply_batch(&self, batch: &Batch, durability: Durability) -> Result<BatchSummary, StoreError> {
+        self.apply_batch_then(batch, durability, || {})
+    }
+
+    /// [`Store::apply_batch`], calling `before_commit` once the batch's
+    /// changes are made and only the commit (writing the pages, and for a
+    /// durable commit syncing them) is left. A replay takes its next batch
+    /// off the reader there, so that the reader parses the one after while
+    /// this thread writes pages, instead of competing with the next batch's
+    /// first steps for the cores.
+    pub fn apply_batch_then(
+        &self,
+        batch: &Batch,
+        durability: Durability,
+        before_commit: impl FnOnce(),
+    ) -> Result<BatchSummary, StoreError> {
         let started = std::time::Instant::now();
         let mut invalid_by_reason: HashMap<&'static str, u64> = HashMap::default();
         let mut txn = self.db.begin_write()?;
@@ -206,6 +221,7 @@ impl Store {
             fresh_names = interner.fresh;
         }
         drop(known);
+        before_commit();
         let committing = std::time::Instant::now();
         txn.commit()?;
         record_batch_metrics(&summary, &invalid_by_reason, batch.items.len(), started, committing, newest_applied);
