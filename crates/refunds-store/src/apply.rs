@@ -90,13 +90,14 @@ impl Store {
     /// `Durability::None` commits are atomic but survive a crash only once a
     /// later `Immediate` commit lands.
     ///
-    /// The work runs in three steps inside the transaction: event identity
-    /// (outcomes in arrival order), then the refund rows (homes, then one read
-    /// and one write per refund, in key order), then the index entries, each
-    /// index's keys sorted and written by cursor. The audit log and half of the
-    /// indexes are written on scoped worker threads while this thread does the
-    /// rest: a redb write transaction lets distinct tables be mutated from
-    /// distinct threads.
+    /// The work runs in steps inside the transaction: admission (dead
+    /// letters, tenants), event identity (outcomes in arrival order) while a
+    /// worker looks up the refunds' homes, then the refund rows (one read and
+    /// one write per refund, in key order) while a worker appends the audit
+    /// log, then the index entries, each index's keys sorted and written by
+    /// cursor, on this thread and a worker that also writes the counters. A
+    /// redb write transaction lets distinct tables be mutated from distinct
+    /// threads.
     pub fn apply_batch(&self, batch: &Batch, durability: Durability) -> Result<BatchSummary, StoreError> {
         self.apply_batch_then(batch, durability, || {})
     }
