@@ -559,7 +559,7 @@ fn send_sigterm(pid: i32) -> bool {
 }
 
 /// The binary turns transparent huge pages off for itself (see
-/// `disable_transparent_huge_pages` in its main.rs); the kernel reports the
+/// `refunds_ingest::disable_transparent_huge_pages`); the kernel reports the
 /// process flag as `THP_enabled` in /proc/PID/status.
 #[cfg(target_os = "linux")]
 #[test]

@@ -318,22 +318,6 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// No transparent huge pages for this process. On a machine that backs
-/// every fresh anonymous region with a 2 MiB page (`enabled=always`), each
-/// batch's buffers fault in whole huge pages that the kernel zeroes, and
-/// mimalloc hands them back within a second: on the 2-core development
-/// machine that zeroing was a quarter of the replay profile and half its
-/// system time. With 4 KiB pages only what is touched is zeroed; replay of
-/// 912,612 events went from 13.6-16.6 s to 11.4-12.3 s in three interleaved
-/// pairs, and its user time did not grow. On a machine whose THP setting is
-/// `madvise` or `never` this changes nothing.
-fn disable_transparent_huge_pages() {
-    #[cfg(target_os = "linux")]
-    if let Err(err) = rustix::thread::disable_transparent_huge_pages(true) {
-        tracing::debug!(%err, "could not disable transparent huge pages");
-    }
-}
-
 fn main() -> ExitCode {
     let args = match config::args_with_config(std::env::args_os().collect()) {
         Ok(args) => args,
@@ -344,7 +328,7 @@ fn main() -> ExitCode {
     };
     let cli = Cli::parse_from(args);
     telemetry::init_tracing(cli.log_format);
-    disable_transparent_huge_pages();
+    refunds_ingest::disable_transparent_huge_pages();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -24,9 +24,8 @@ use refunds_store::{Store, StoreParams};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    // As the binary does (see `disable_transparent_huge_pages` in its main.rs).
-    #[cfg(target_os = "linux")]
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
+    // As the binary does.
+    refunds_ingest::disable_transparent_huge_pages();
     let args: Vec<String> = std::env::args().collect();
     let brokers = args.get(1).expect("usage: kafka_bench BROKERS EVENTS.ndjson [PARTITIONS] [STORE_DIR]").clone();
     let events = PathBuf::from(args.get(2).expect("an events file"));

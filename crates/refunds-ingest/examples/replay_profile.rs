@@ -11,9 +11,8 @@ use refunds_store::{Store, StoreParams};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    // As the binary does (see `disable_transparent_huge_pages` in its main.rs).
-    #[cfg(target_os = "linux")]
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
+    // As the binary does.
+    refunds_ingest::disable_transparent_huge_pages();
     let args: Vec<String> = std::env::args().collect();
     let input = PathBuf::from(&args[1]);
     let db = PathBuf::from(&args[2]);

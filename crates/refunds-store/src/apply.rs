@@ -153,7 +153,7 @@ impl Store {
             let mut homes = txn.open_table(tables::REFUND_HOMES)?;
             let (identified, found_homes) = std::thread::scope(|scope| {
                 let found = scope.spawn(|| find_homes(&mut homes, &valid, first_seq));
-                let identified = identify(&txn, &audit_log, first_seq, valid.iter().copied(), &mut summary);
+                let identified = identify(&txn, &audit_log, first_seq, &valid, &mut summary);
                 (identified, found.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             });
             let Identified { audit_rows, mut touched, last_applied_at } = identified?;
@@ -341,7 +341,7 @@ fn identify<'b>(
     txn: &WriteTransaction,
     audit_log: &Table<'_, u64, &'static [u8]>,
     first_seq: u64,
-    valid: impl ExactSizeIterator<Item = Admitted<'b>> + Clone,
+    valid: &[Admitted<'b>],
     summary: &mut BatchSummary,
 ) -> Result<Identified<'b>, StoreError> {
     let mut event_ids = txn.open_table(tables::EVENT_IDS)?;
@@ -365,9 +365,9 @@ fn identify<'b>(
     // common path: claim the slot, and put the holder back on the rare repeat.
     // Event `i` of the batch gets audit sequence `first_seq + i`.
     let mut slots: Vec<([u8; 12], usize)> = valid
-        .clone()
+        .iter()
         .enumerate()
-        .map(|(i, (_, event, tenant, _))| (keys::event_slot(tenant, &event.event_id), i))
+        .map(|(i, (_, event, tenant, _))| (keys::event_slot(*tenant, &event.event_id), i))
         .collect();
     slots.sort_unstable();
     let mut holders: Vec<Option<u64>> = vec![None; valid.len()];
@@ -379,7 +379,7 @@ fn identify<'b>(
         }
     }
 
-    for ((item, event, tenant, source), holder) in valid.into_iter().zip(holders) {
+    for (&(item, event, tenant, source), holder) in valid.iter().zip(holders) {
         let seq = first_seq + audit_rows.len() as u64;
         let mut previous = None;
         if let Some(holder_seq) = holder {
