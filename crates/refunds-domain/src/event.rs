@@ -16,8 +16,8 @@ use crate::time::Timestamp;
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Largest accepted compact serialization of `refund.metadata`, in bytes.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
-const MAX_ID_BYTES: usize = 128;
-const MAX_TEXT_BYTES: usize = 256;
+pub(crate) const MAX_ID_BYTES: usize = 128;
+pub(crate) const MAX_TEXT_BYTES: usize = 256;
 
 /// The lifecycle event types, in rank order (the last three are terminal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -232,6 +232,17 @@ pub fn validate(raw: &[u8]) -> Result<RefundEvent, InvalidEvent> {
     let text = std::str::from_utf8(raw).map_err(|err| {
         InvalidEvent::new(InvalidReason::MalformedJson, format!("message is not valid UTF-8 ({err})"))
     })?;
+    // The typed pass takes the valid events; the rest are decided and worded
+    // on the parsed value (see the `wire` module).
+    match crate::wire::accept(text) {
+        Some(event) => Ok(event),
+        None => validate_text(text),
+    }
+}
+
+/// Validates UTF-8 message text by way of a parsed [`Value`]: the general
+/// validator, which decides every case the typed pass declines.
+pub(crate) fn validate_text(text: &str) -> Result<RefundEvent, InvalidEvent> {
     let value: Value = serde_json::from_str(text)
         .map_err(|err| InvalidEvent::new(InvalidReason::MalformedJson, format!("message is not valid JSON ({err})")))?;
     validate_value(&value)
@@ -385,39 +396,46 @@ fn optional_object(
 /// contract treats as the same event) always give equal bytes, so the
 /// projection cannot depend on which of two equal events arrived first.
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(value, &mut out);
-    out
+    // serde_json writes UTF-8 only.
+    String::from_utf8(out).unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned())
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
             entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
+            out.push(b'{');
             for (i, (key, value)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::from(key.as_str()).to_string());
-                out.push(':');
+                write_compact(key.as_str(), out);
+                out.push(b':');
                 write_canonical(value, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        scalar => write_compact(scalar, out),
     }
+}
+
+/// serde_json's compact form, as `Value`'s `Display` writes it.
+fn write_compact(value: &(impl serde::Serialize + ?Sized), out: &mut Vec<u8>) {
+    // Writing a string or a scalar into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, value);
 }
 
 #[cfg(test)]

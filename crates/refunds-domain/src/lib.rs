@@ -13,6 +13,7 @@ pub mod event;
 pub mod render;
 pub mod state;
 pub mod time;
+mod wire;
 
 pub use event::{
     EventType, InvalidEvent, InvalidReason, RefundEvent, RefundFields, TextField, canonical_json, validate,
