@@ -19,5 +19,5 @@ pub use event::{
     EventType, InvalidEvent, InvalidReason, RefundEvent, RefundFields, TextField, canonical_json, validate,
 };
 pub use render::render_refund;
-pub use state::{RefundState, Version, merge};
+pub use state::{RefundState, Version, merge, merge_all};
 pub use time::Timestamp;

@@ -45,13 +45,14 @@ pub struct RefundState {
 
 /// Folds one distinct event into a refund's state.
 pub fn merge(state: Option<RefundState>, event: &RefundEvent) -> RefundState {
-    let version = Version { occurred_at: event.occurred_at, event_id: Arc::from(event.event_id.as_str()) };
     let Some(mut state) = state else {
+        let version = Version { occurred_at: event.occurred_at, event_id: Arc::from(event.event_id.as_str()) };
         return RefundState::first(event, version);
     };
-    if (event.kind.rank(), &version) > (state.status.rank(), &state.status_version) {
+    let mut version = EventVersion { event, shared: None };
+    if (event.kind.rank(), event.version()) > (state.status.rank(), state.status_version.key()) {
         state.status = event.kind;
-        state.status_version = version.clone();
+        state.status_version = version.get();
     }
     if event.kind == EventType::Queued {
         state.first_queued_at = Some(state.first_queued_at.map_or(event.occurred_at, |t| t.min(event.occurred_at)));
@@ -60,22 +61,62 @@ pub fn merge(state: Option<RefundState>, event: &RefundEvent) -> RefundState {
     state.updated_at = state.updated_at.max(event.occurred_at);
     state.event_count += 1;
     let fields = &event.fields;
-    take(&mut state.amount, fields.amount.as_ref(), &version);
-    take(&mut state.currency, fields.currency.as_ref(), &version);
-    take(&mut state.original_amount, fields.original_amount.as_ref(), &version);
+    take(&mut state.amount, fields.amount.as_ref(), &mut version);
+    take(&mut state.currency, fields.currency.as_ref(), &mut version);
+    take(&mut state.original_amount, fields.original_amount.as_ref(), &mut version);
     for (slot, value) in state.text.iter_mut().zip(&fields.text) {
-        take(slot, value.as_ref(), &version);
+        take(slot, value.as_ref(), &mut version);
     }
-    take(&mut state.initiated_by, fields.initiated_by.as_ref(), &version);
-    take(&mut state.metadata, fields.metadata.as_ref(), &version);
+    take(&mut state.initiated_by, fields.initiated_by.as_ref(), &mut version);
+    take(&mut state.metadata, fields.metadata.as_ref(), &mut version);
     state
 }
 
+/// Folds several distinct events of one refund into its state: the same as
+/// folding them with [`merge`] one by one in any order, but done newest
+/// first (the slice is reordered), so that a field is copied once, from the
+/// event that wins it, instead of once per event that carries it. `None`
+/// only when there is neither a state nor an event.
+pub fn merge_all(state: Option<RefundState>, events: &mut [&RefundEvent]) -> Option<RefundState> {
+    events.sort_unstable_by(|a, b| b.version().cmp(&a.version()));
+    events.iter().fold(state, |state, event| Some(merge(state, event)))
+}
+
+/// An event's [`Version`], built (the event id shared) only once the event
+/// wins a slot: an event that wins nothing costs no allocation.
+struct EventVersion<'e> {
+    event: &'e RefundEvent,
+    shared: Option<Version>,
+}
+
+impl EventVersion<'_> {
+    fn beats(&self, current: &Version) -> bool {
+        self.event.version() > current.key()
+    }
+
+    fn get(&mut self) -> Version {
+        let event = self.event;
+        self.shared
+            .get_or_insert_with(|| Version {
+                occurred_at: event.occurred_at,
+                event_id: Arc::from(event.event_id.as_str()),
+            })
+            .clone()
+    }
+}
+
+impl Version {
+    /// The order key, (occurred_at, event_id), borrowed.
+    fn key(&self) -> (Timestamp, &str) {
+        (self.occurred_at, &self.event_id)
+    }
+}
+
 /// Last-writer-wins register: the value of the greatest version carrying one.
-fn take<T: Clone>(slot: &mut Slot<T>, value: Option<&T>, version: &Version) {
+fn take<T: Clone>(slot: &mut Slot<T>, value: Option<&T>, version: &mut EventVersion<'_>) {
     let Some(value) = value else { return };
-    if slot.as_ref().is_none_or(|(_, current)| version > current) {
-        *slot = Some((value.clone(), version.clone()));
+    if slot.as_ref().is_none_or(|(_, current)| version.beats(current)) {
+        *slot = Some((value.clone(), version.get()));
     }
 }
 

@@ -14,7 +14,8 @@
 //! (c) `decode(encode(s)) == s` and re-encoding gives the same bytes, for
 //!     every intermediate state;
 //! (d) the rendering equals an independent reference implementation written
-//!     from the text of contract section 2, compared as JSON values.
+//!     from the text of contract section 2, compared as JSON values;
+//! (e) `merge_all` of a chunk equals folding it event by event.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -24,7 +25,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
-use refunds_domain::{RefundEvent, RefundState, merge, render_refund, validate};
+use refunds_domain::{RefundEvent, RefundState, merge, merge_all, render_refund, validate};
 use serde_json::{Map, Value, json};
 
 /// 2026-02-22T10:32:15.000Z
@@ -474,6 +475,31 @@ proptest! {
             .map(|(k, bytes)| (k.clone(), RefundState::decode(bytes).unwrap()))
             .collect();
         prop_assert_eq!(&observe(&reloaded), &expected);
+    }
+
+    /// (e) `merge_all`, as the store applies a batch (the refund's prior
+    /// state, then all its events of the batch at once), equals folding the
+    /// same events one by one.
+    #[test]
+    fn merging_a_chunk_at_once_equals_folding_it_event_by_event(
+        (specs, order) in event_set_and_permutation(),
+        split in any::<prop::sample::Index>(),
+    ) {
+        let events: Vec<RefundEvent> = specs.iter().map(Spec::validated).collect();
+        let permuted: Vec<&RefundEvent> = order.iter().map(|&i| &events[i]).collect();
+        let (before, chunk) = permuted.split_at(split.index(permuted.len() + 1));
+        let mut expected = fold_all(before.iter().copied())?;
+        let mut prior = expected.clone();
+        fold(&mut expected, chunk.iter().copied())?;
+        let mut by_refund: BTreeMap<Key, Vec<&RefundEvent>> = BTreeMap::new();
+        for event in chunk {
+            by_refund.entry(key_of(event)).or_default().push(event);
+        }
+        for (key, mut events) in by_refund {
+            let merged = merge_all(prior.remove(&key), &mut events).expect("the chunk has events for it");
+            prior.insert(key, merged);
+        }
+        prop_assert_eq!(observe(&prior), observe(&expected));
     }
 
     /// (c) The codec round-trips every state, and encoding is canonical.

@@ -15,7 +15,7 @@ use foldhash::HashMap;
 use std::ops::Bound;
 
 use redb::{CursorError, Durability, ReadableTable, Table, WriteTransaction};
-use refunds_domain::{RefundEvent, RefundState, TextField, Timestamp, merge};
+use refunds_domain::{RefundEvent, RefundState, TextField, Timestamp, merge_all};
 
 use crate::audit::{Outcome, StoredSource, decode_entry, encode_entry_into};
 use crate::batch::{Batch, BatchSummary, Checkpoint, Item, ItemKind, SourcePos};
@@ -93,11 +93,12 @@ impl Store {
     /// The work runs in steps inside the transaction: admission (dead
     /// letters, tenants), event identity (outcomes in arrival order) while a
     /// worker looks up the refunds' homes, then the refund rows (one read and
-    /// one write per refund, in key order) while a worker appends the audit
-    /// log, then the index entries, each index's keys sorted and written by
-    /// cursor, on this thread and a worker that also writes the counters. A
-    /// redb write transaction lets distinct tables be mutated from distinct
-    /// threads.
+    /// one write per refund, in key order, each refund's events merged newest
+    /// first) while a worker appends the audit log and inserts the identity
+    /// slots the batch claims, then the index entries and the counters, one
+    /// table per job, taken in turn by this thread and a worker (each index's
+    /// keys sorted and written by cursor). A redb write transaction lets
+    /// distinct tables be mutated from distinct threads.
     pub fn apply_batch(&self, batch: &Batch, durability: Durability) -> Result<BatchSummary, StoreError> {
         self.apply_batch_then(batch, durability, || {})
     }
@@ -151,17 +152,26 @@ impl Store {
             // The homes are looked up on a worker while this thread settles
             // identity: they depend only on which refunds the batch names.
             let mut homes = txn.open_table(tables::REFUND_HOMES)?;
+            let mut event_ids = txn.open_table(tables::EVENT_IDS)?;
             let (identified, found_homes) = std::thread::scope(|scope| {
                 let found = scope.spawn(|| find_homes(&mut homes, &valid, first_seq));
-                let identified = identify(&txn, &audit_log, first_seq, &valid, &mut summary);
+                let identified = identify(&txn, &event_ids, &audit_log, first_seq, &valid, &mut summary);
                 (identified, found.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             });
-            let Identified { audit_rows, mut touched, last_applied_at } = identified?;
+            let Identified { audit_rows, mut touched, new_slots, last_applied_at } = identified?;
             assign_homes(&mut homes, &mut touched, found_homes?)?;
             drop(homes);
 
             std::thread::scope(|scope| -> Result<(), StoreError> {
-                let audit = scope.spawn(move || append_in_order(audit_log, first_seq, &audit_rows));
+                // The audit log and the claimed identity slots, on a worker
+                // that runs beside the rows and the index entries.
+                let audit = scope.spawn(move || -> Result<(), StoreError> {
+                    append_in_order(audit_log, first_seq, &audit_rows)?;
+                    for (slot, seq) in &new_slots {
+                        event_ids.insert(slot, seq)?;
+                    }
+                    Ok(())
+                });
 
                 let mut refunds = txn.open_table(tables::REFUNDS)?;
                 let mut audit_orphans = txn.open_table(tables::AUDIT_ORPHANS)?;
@@ -169,7 +179,7 @@ impl Store {
                 touched.sort_unstable_by(|a, b| (a.tenant, a.home, a.refund_id).cmp(&(b.tenant, b.home, b.refund_id)));
                 let mut changes: Vec<Change> = Vec::with_capacity(touched.len());
                 let mut new_rows = Vec::new();
-                for touched in &touched {
+                for touched in &mut touched {
                     apply_refund(touched, &mut refunds, &mut audit_orphans, &mut changes, &mut new_rows, &mut summary)?;
                 }
                 // Keys in order (touched is sorted by row key); a new refund has no row yet.
@@ -178,24 +188,24 @@ impl Store {
                 }
                 drop((refunds, audit_orphans));
 
-                // The index entries, on two threads, each owning its tables.
-                let open = |group: &[Index]| -> Result<Vec<_>, StoreError> {
-                    group
-                        .iter()
-                        .map(|&index| Ok((index, txn.open_table(index.table().expect("listed indexes have tables"))?)))
-                        .collect()
-                };
-                let (mine, theirs) = (open(&INDEXES_HERE)?, open(&INDEXES_ON_WORKER)?);
-                let mut counts = txn.open_table(tables::COUNTS)?;
+                // The index entries and the counters, as jobs that this thread
+                // and a worker take in turn, each job owning its table.
+                let mut jobs = Vec::with_capacity(INDEX_JOB_ORDER.len() + 1);
+                jobs.push(IndexJob::Counts(txn.open_table(tables::COUNTS)?));
+                for index in INDEX_JOB_ORDER {
+                    jobs.push(IndexJob::Entries(
+                        index,
+                        txn.open_table(index.table().expect("listed indexes have tables"))?,
+                    ));
+                }
+                jobs.reverse();
+                let jobs = std::sync::Mutex::new(jobs);
+                let run = || run_index_jobs(&jobs, &changes);
                 std::thread::scope(|indexes| {
-                    let worker = indexes.spawn(|| {
-                        write_index_entries(theirs, &changes)?;
-                        apply_count_deltas(&mut counts, &count_deltas(&changes))
-                    });
-                    write_index_entries(mine, &changes)?;
-                    worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    let worker = indexes.spawn(run);
+                    let here = run();
+                    worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)).and(here)
                 })?;
-                drop(counts);
 
                 let mut stats = txn.open_table(tables::STATS)?;
                 for (name, delta) in [
@@ -283,10 +293,13 @@ fn record_batch_metrics(
 }
 
 /// What the identity step found: the audit entries to append (sequences
-/// `first_seq..`), and the refunds the batch names.
+/// `first_seq..`), the identity slots to insert, and the refunds the batch
+/// names.
 struct Identified<'b> {
     audit_rows: Vec<AuditRow<'b>>,
     touched: Vec<Touched<'b>>,
+    /// The identity slots the batch claims, sorted, with their sequences.
+    new_slots: Vec<([u8; 12], u64)>,
     last_applied_at: Option<Timestamp>,
 }
 
@@ -336,15 +349,19 @@ fn admit<'b>(
     Ok(valid)
 }
 
-/// Step two, in arrival order: event identity and outcomes.
+/// Step two, in arrival order: event identity and outcomes. The slots this
+/// batch claims are only looked up here and returned in `new_slots`, to be
+/// inserted by a worker while this thread writes the rows: a lookup costs
+/// about a third of an insert, and this step is the one every later step
+/// waits for.
 fn identify<'b>(
     txn: &WriteTransaction,
+    event_ids: &Table<'_, [u8; 12], u64>,
     audit_log: &Table<'_, u64, &'static [u8]>,
     first_seq: u64,
     valid: &[Admitted<'b>],
     summary: &mut BatchSummary,
 ) -> Result<Identified<'b>, StoreError> {
-    let mut event_ids = txn.open_table(tables::EVENT_IDS)?;
     let mut collisions = txn.open_table(tables::EVENT_ID_COLLISIONS)?;
     let mut audit_rows: Vec<AuditRow<'b>> = Vec::with_capacity(valid.len());
     let mut touched: Vec<Touched<'b>> = Vec::new();
@@ -361,8 +378,8 @@ fn identify<'b>(
     };
     // Identity slots in key order (the table's pages are then visited once,
     // in order, instead of at random), ties in arrival order so that the
-    // earlier of two equal ids claims the slot. One B-tree operation on the
-    // common path: claim the slot, and put the holder back on the rare repeat.
+    // earlier of two equal ids claims the slot; a later event of the batch
+    // with the same slot finds that claim instead of the table.
     // Event `i` of the batch gets audit sequence `first_seq + i`.
     let mut slots: Vec<([u8; 12], usize)> = valid
         .iter()
@@ -371,12 +388,19 @@ fn identify<'b>(
         .collect();
     slots.sort_unstable();
     let mut holders: Vec<Option<u64>> = vec![None; valid.len()];
+    let mut new_slots: Vec<([u8; 12], u64)> = Vec::with_capacity(slots.len());
+    let mut last: Option<([u8; 12], u64)> = None;
     for (slot, i) in slots {
-        let holder = event_ids.insert(slot, first_seq + i as u64)?.map(|v| v.value());
-        if let Some(holder) = holder {
-            event_ids.insert(slot, holder)?;
-            holders[i] = Some(holder);
+        let holder = match last {
+            // A later event of this batch with the slot of an earlier one.
+            Some((last_slot, holder)) if last_slot == slot => Some(holder),
+            _ => event_ids.get(slot)?.map(|v| v.value()),
+        };
+        match holder {
+            Some(holder) => holders[i] = Some(holder),
+            None => new_slots.push((slot, first_seq + i as u64)),
         }
+        last = Some((slot, holder.unwrap_or(first_seq + i as u64)));
     }
 
     for (&(item, event, tenant, source), holder) in valid.iter().zip(holders) {
@@ -430,7 +454,7 @@ fn identify<'b>(
             touched[slot].applied.push(event);
         }
     }
-    Ok(Identified { audit_rows, touched, last_applied_at })
+    Ok(Identified { audit_rows, touched, new_slots, last_applied_at })
 }
 
 /// The home of every refund a batch names, sorted by `(tenant, refund id)`:
@@ -494,7 +518,7 @@ fn assign_homes(
 /// the row (a new one is left in `new_rows`, to be appended in order) and
 /// note the change for the index entries and counters.
 fn apply_refund(
-    touched: &Touched<'_>,
+    touched: &mut Touched<'_>,
     refunds: &mut Table<'_, &'static [u8], &'static [u8]>,
     audit_orphans: &mut Table<'_, &'static [u8], ()>,
     changes: &mut Vec<Change>,
@@ -534,11 +558,7 @@ fn apply_refund(
         }
         return Ok(());
     }
-    let mut state = old.clone();
-    for event in applied {
-        state = Some(merge(state, event));
-    }
-    let new = state.expect("at least one event was applied");
+    let new = merge_all(old.clone(), applied).expect("at least one event was applied");
     if old.is_none() {
         summary.refunds_created += 1;
     }
@@ -563,54 +583,71 @@ struct Change {
     new: RefundState,
 }
 
-/// Which thread writes which index: split by the time each took in a profile
-/// of 912,612 generated events (the spread indexes cost about three times the
-/// low-cardinality ones) so that this thread's seven take about as long as
-/// the worker's five and the counters (which the worker writes after them).
-const INDEXES_HERE: [Index; 7] = [
+/// The order in which the index jobs are taken, after the counters (the
+/// longest job): by the time each took in a profile of 912,612 generated
+/// events, longest first, so that the two threads finish close together
+/// (the spread indexes cost about three times the low-cardinality ones).
+const INDEX_JOB_ORDER: [Index; 12] = [
     Index::Amount,
+    Index::Text(TextField::TransactionId),
     Index::Text(TextField::OrderNo),
     Index::Text(TextField::ExternalRefundId),
+    Index::Text(TextField::ReferenceId),
     Index::Text(TextField::StoreId),
     Index::Created,
+    Index::Status,
     Index::Currency,
     Index::Text(TextField::Processor),
-];
-const INDEXES_ON_WORKER: [Index; 5] = [
-    Index::Text(TextField::TransactionId),
-    Index::Text(TextField::ReferenceId),
-    Index::Status,
     Index::Text(TextField::PaymentMethodType),
     Index::Text(TextField::ProductType),
 ];
 
-/// Step three for some index tables: the keys the changes remove and insert,
-/// each table's in key order. A key ends with its refund id and each refund
-/// is coalesced, so no key is both removed and inserted by one batch.
+/// One table's share of step three.
+enum IndexJob<'t> {
+    Entries(Index, Table<'t, &'static [u8], u32>),
+    Counts(Table<'t, &'static [u8], u64>),
+}
+
+/// Takes jobs off the shared stack (its end is the next job) until none is
+/// left. Two threads run this at once: whichever is free takes the next
+/// table, so the split follows the machine rather than a fixed guess.
+fn run_index_jobs(jobs: &std::sync::Mutex<Vec<IndexJob<'_>>>, changes: &[Change]) -> Result<(), StoreError> {
+    loop {
+        let job = jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        match job {
+            None => return Ok(()),
+            Some(IndexJob::Entries(index, table)) => write_index_entries(index, table, changes)?,
+            Some(IndexJob::Counts(mut counts)) => apply_count_deltas(&mut counts, &count_deltas(changes))?,
+        }
+    }
+}
+
+/// Step three for one index table: the keys the changes remove and insert,
+/// in key order. A key ends with its refund id and each refund is coalesced,
+/// so no key is both removed and inserted by one batch.
 fn write_index_entries(
-    tables: Vec<(Index, Table<'_, &'static [u8], u32>)>,
+    index: Index,
+    mut table: Table<'_, &'static [u8], u32>,
     changes: &[Change],
 ) -> Result<(), StoreError> {
-    for (index, mut table) in tables {
-        let mut removes: Vec<Vec<u8>> = Vec::new();
-        let mut inserts: Vec<(Vec<u8>, u32)> = Vec::new();
-        for change in changes {
-            let old_key = change.old.as_ref().and_then(|s| index.key_of(change.tenant, s));
-            let new_key = index.key_of(change.tenant, &change.new);
-            if old_key == new_key {
-                continue;
-            }
-            removes.extend(old_key);
-            inserts.extend(new_key.map(|key| (key, change.home)));
+    let mut removes: Vec<Vec<u8>> = Vec::new();
+    let mut inserts: Vec<(Vec<u8>, u32)> = Vec::new();
+    for change in changes {
+        let old_key = change.old.as_ref().and_then(|s| index.key_of(change.tenant, s));
+        let new_key = index.key_of(change.tenant, &change.new);
+        if old_key == new_key {
+            continue;
         }
-        removes.sort_unstable();
-        for key in &removes {
-            table.remove(key.as_slice())?;
-        }
-        inserts.sort_unstable();
-        // A key already present carries the same home (it is fixed): leave it.
-        insert_sorted(&mut table, &inserts, |(key, home)| (key.as_slice(), *home))?;
+        removes.extend(old_key);
+        inserts.extend(new_key.map(|key| (key, change.home)));
     }
+    removes.sort_unstable();
+    for key in &removes {
+        table.remove(key.as_slice())?;
+    }
+    inserts.sort_unstable();
+    // A key already present carries the same home (it is fixed): leave it.
+    insert_sorted(&mut table, &inserts, |(key, home)| (key.as_slice(), *home))?;
     Ok(())
 }
 
@@ -751,7 +788,7 @@ struct Touched<'b> {
     home: Option<u32>,
     /// Created by this batch (it has no row yet).
     new: bool,
-    /// Events applied in this batch, in arrival order.
+    /// Events applied in this batch, in arrival order (newest first once merged).
     applied: Vec<&'b RefundEvent>,
     /// Audit sequences of every event of the batch naming this refund.
     seqs: Vec<u64>,

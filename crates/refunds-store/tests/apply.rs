@@ -127,6 +127,23 @@ fn a_repeated_event_is_a_duplicate_and_changes_nothing() {
     assert_eq!((stats.events_applied, stats.events_duplicate, stats.refunds), (1, 2, 1));
 }
 
+/// A first sighting repeated inside its own batch: the first copy claims
+/// the identity, the second finds that claim, and the claim is in the store
+/// for the next batch.
+#[test]
+fn an_event_repeated_within_its_first_batch_is_applied_once() {
+    let (_dir, store) = open();
+    let queued = event("org_1", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({}));
+    let other = event("org_1", "ref_2", "evt_2", "refund.queued", "2026-01-01T00:00:01Z", json!({}));
+    let first = store.apply_batch(&batch(&[queued.clone(), other, queued.clone()]), Durability::None).unwrap();
+    assert_eq!((first.applied, first.duplicate), (2, 1));
+    let second = store.apply_batch(&batch(std::slice::from_ref(&queued)), Durability::None).unwrap();
+    assert_eq!((second.applied, second.duplicate), (0, 1));
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.events_applied, stats.events_duplicate, stats.refunds), (2, 2, 2));
+    assert_indexes_match_rows(&store);
+}
+
 #[test]
 fn a_repeated_event_id_with_other_content_is_a_conflicting_duplicate_in_the_audit_trail() {
     let (_dir, store) = open();
