@@ -20,7 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel, sync_channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -164,18 +164,20 @@ pub fn replay(
         }
     };
     let (tx, rx) = sync_channel(2);
+    let (spent_tx, spent) = channel();
     let reader_params = ReaderParams {
         path: Arc::from(params.input.name()),
         source_key,
         checkpoint,
         batch_events: params.batch_events.max(1),
+        spent,
     };
     let reader_thread = thread::Builder::new()
         .name("replay-reader".to_owned())
         .spawn(move || read_batches(reader, reader_params, tx))
         .map_err(|source| ReplayError::Read { input: params.input.name(), source })?;
 
-    let result = apply_batches(store, params, &rx, dlq.as_mut(), &mut progress, &mut on_progress);
+    let result = apply_batches(store, params, &rx, &spent_tx, dlq.as_mut(), &mut progress, &mut on_progress);
     drop(rx);
     let _ = reader_thread.join();
     result?;
@@ -186,6 +188,7 @@ fn apply_batches(
     store: &mut Store,
     params: &ReplayParams,
     rx: &Receiver<ReaderMessage>,
+    spent: &Sender<Vec<Item>>,
     mut dlq: Option<&mut DlqFile>,
     progress: &mut ReplayProgress,
     on_progress: &mut impl FnMut(&ReplayProgress),
@@ -231,6 +234,8 @@ fn apply_batches(
             Err(TryRecvError::Empty) => {}
         };
         let summary = store.apply_batch_then(&store_batch, durability, take_ready)?;
+        // Freed by the reader; here only once it has stopped.
+        let _ = spent.send(store_batch.items);
         add_summary(progress, &summary);
         progress.lines += batch.lines;
         progress.bytes += batch.bytes;
@@ -260,6 +265,10 @@ struct ReaderParams {
     source_key: String,
     checkpoint: Option<FilePosition>,
     batch_events: usize,
+    /// Applied batches coming back to be freed here, where they were
+    /// allocated: freeing 50,000 events' strings took 0.6 s of the apply
+    /// thread per 912,612 events, and mimalloc frees fastest on the owning thread.
+    spent: Receiver<Vec<Item>>,
 }
 
 /// Runs on the reader thread: resume, then read, validate and cut batches.
@@ -363,6 +372,8 @@ fn read_lines(
         if tx.send(ReaderMessage::Batch(batch)).is_err() {
             return Ok(());
         }
+        // Frees the batches applied while this one was read or waited.
+        params.spent.try_iter().for_each(drop);
     }
 }
 
