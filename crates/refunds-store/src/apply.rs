@@ -12,7 +12,7 @@ use std::collections::HashMap as StdHashMap;
 // that could degrade them beyond one batch.
 use foldhash::HashMap;
 
-use std::ops::Bound;
+use std::ops::{Bound, Range};
 
 use redb::{CursorError, Durability, ReadableTable, Table, WriteTransaction};
 use refunds_domain::{RefundEvent, RefundState, TextField, Timestamp, merge_all};
@@ -630,24 +630,38 @@ fn write_index_entries(
     mut table: Table<'_, &'static [u8], u32>,
     changes: &[Change],
 ) -> Result<(), StoreError> {
-    let mut removes: Vec<Vec<u8>> = Vec::new();
-    let mut inserts: Vec<(Vec<u8>, u32)> = Vec::new();
+    // Every key of the batch in one buffer, named by ranges: two keys per
+    // change and index would otherwise be two allocations.
+    let mut keys: Vec<u8> = Vec::with_capacity(changes.len() * 48);
+    let mut old_key: Vec<u8> = Vec::with_capacity(128);
+    let mut removes: Vec<Range<usize>> = Vec::new();
+    let mut inserts: Vec<(Range<usize>, u32)> = Vec::new();
     for change in changes {
-        let old_key = change.old.as_ref().and_then(|s| index.key_of(change.tenant, s));
-        let new_key = index.key_of(change.tenant, &change.new);
-        if old_key == new_key {
+        let start = keys.len();
+        let has_new = index.write_key(change.tenant, &change.new, &mut keys);
+        old_key.clear();
+        let has_old = change.old.as_ref().is_some_and(|old| index.write_key(change.tenant, old, &mut old_key));
+        if has_old && has_new && old_key[..] == keys[start..] {
+            keys.truncate(start);
             continue;
         }
-        removes.extend(old_key);
-        inserts.extend(new_key.map(|key| (key, change.home)));
+        if has_new {
+            inserts.push((start..keys.len(), change.home));
+        }
+        if has_old {
+            let start = keys.len();
+            keys.extend_from_slice(&old_key);
+            removes.push(start..keys.len());
+        }
     }
-    removes.sort_unstable();
-    for key in &removes {
-        table.remove(key.as_slice())?;
+    let key = |range: &Range<usize>| &keys[range.clone()];
+    removes.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+    for range in &removes {
+        table.remove(key(range))?;
     }
-    inserts.sort_unstable();
+    inserts.sort_unstable_by(|a, b| key(&a.0).cmp(key(&b.0)));
     // A key already present carries the same home (it is fixed): leave it.
-    insert_sorted(&mut table, &inserts, |(key, home)| (key.as_slice(), *home))?;
+    insert_sorted(&mut table, &inserts, |(range, home)| (key(range), *home))?;
     Ok(())
 }
 

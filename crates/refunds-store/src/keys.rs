@@ -137,12 +137,22 @@ impl Index {
     /// The encoded value component of a refund under this index; `None` when
     /// the refund has no value (it is then absent from the index).
     pub fn value_of(self, state: &RefundState) -> Option<Vec<u8>> {
+        let mut value = Vec::new();
+        self.write_value(state, &mut value).then_some(value)
+    }
+
+    /// Appends [`Index::value_of`] to `out`; `false` (nothing appended) when
+    /// the refund has no value.
+    fn write_value(self, state: &RefundState, out: &mut Vec<u8>) -> bool {
         match self {
-            Index::Created => Some(Vec::new()),
-            Index::Status => Some(status_value(state.status)),
-            Index::Currency => state.currency().map(|c| c.as_bytes().to_vec()),
-            Index::Amount => state.amount().map(amount_value),
-            Index::Text(field) => state.text(field).map(text_value),
+            Index::Created => true,
+            Index::Status => {
+                out.push(state.status.code());
+                true
+            }
+            Index::Currency => state.currency().map(|c| out.extend_from_slice(c.as_bytes())).is_some(),
+            Index::Amount => state.amount().map(|a| out.extend_from_slice(&a.to_be_bytes())).is_some(),
+            Index::Text(field) => state.text(field).map(|t| write_text_value(t, out)).is_some(),
         }
     }
 
@@ -192,15 +202,27 @@ impl Index {
 
     /// The full index key of a refund, if it has a value.
     pub fn key_of(self, tenant: TenantNo, state: &RefundState) -> Option<Vec<u8>> {
-        let value = self.value_of(state)?;
+        let mut key = Vec::with_capacity(64);
+        self.write_key(tenant, state, &mut key).then_some(key)
+    }
+
+    /// Appends the refund's full index key to `out` and says whether it has
+    /// one (with no value, nothing is appended). The apply path writes every
+    /// key of a batch into one buffer this way rather than allocating each.
+    pub fn write_key(self, tenant: TenantNo, state: &RefundState, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
         let created = state.created_at();
-        let mut key = match self.windowed() {
-            true => windowed_prefix(tenant, window_of(created, self.window_bits()), &value),
-            false => index_prefix(tenant, &value),
-        };
-        key.extend_from_slice(&time_bytes(created));
-        key.extend_from_slice(state.id.as_bytes());
-        Some(key)
+        out.extend_from_slice(&tenant.prefix());
+        if self.windowed() {
+            out.extend_from_slice(&window_of(created, self.window_bits()).to_be_bytes());
+        }
+        if !self.write_value(state, out) {
+            out.truncate(start);
+            return false;
+        }
+        out.extend_from_slice(&time_bytes(created));
+        out.extend_from_slice(state.id.as_bytes());
+        true
     }
 }
 
@@ -246,11 +268,15 @@ pub fn amount_value(amount: u64) -> Vec<u8> {
 /// is never a prefix of another's range. Exact-match filters need equality,
 /// not lexical order, across values.
 pub fn text_value(text: &str) -> Vec<u8> {
-    let len = u16::try_from(text.len()).expect("text values are at most 256 bytes");
     let mut out = Vec::with_capacity(2 + text.len());
+    write_text_value(text, &mut out);
+    out
+}
+
+fn write_text_value(text: &str, out: &mut Vec<u8>) {
+    let len = u16::try_from(text.len()).expect("text values are at most 256 bytes");
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(text.as_bytes());
-    out
 }
 
 /// `tenant | value`: every key of one value in one tenant starts with this.
