@@ -46,8 +46,7 @@ pub struct RefundState {
 /// Folds one distinct event into a refund's state.
 pub fn merge(state: Option<RefundState>, event: &RefundEvent) -> RefundState {
     let Some(mut state) = state else {
-        let version = Version { occurred_at: event.occurred_at, event_id: Arc::from(event.event_id.as_str()) };
-        return RefundState::first(event, version);
+        return RefundState::first(event, Version::of(event));
     };
     let mut version = EventVersion { event, shared: None };
     if (event.kind.rank(), event.version()) > (state.status.rank(), state.status_version.key()) {
@@ -96,16 +95,15 @@ impl EventVersion<'_> {
 
     fn get(&mut self) -> Version {
         let event = self.event;
-        self.shared
-            .get_or_insert_with(|| Version {
-                occurred_at: event.occurred_at,
-                event_id: Arc::from(event.event_id.as_str()),
-            })
-            .clone()
+        self.shared.get_or_insert_with(|| Version::of(event)).clone()
     }
 }
 
 impl Version {
+    fn of(event: &RefundEvent) -> Version {
+        Version { occurred_at: event.occurred_at, event_id: Arc::from(event.event_id.as_str()) }
+    }
+
     /// The order key, (occurred_at, event_id), borrowed.
     fn key(&self) -> (Timestamp, &str) {
         (self.occurred_at, &self.event_id)
