@@ -147,11 +147,11 @@ impl Index {
         match self {
             Index::Created => true,
             Index::Status => {
-                out.push(state.status.code());
+                write_status_value(state.status, out);
                 true
             }
             Index::Currency => state.currency().map(|c| out.extend_from_slice(c.as_bytes())).is_some(),
-            Index::Amount => state.amount().map(|a| out.extend_from_slice(&a.to_be_bytes())).is_some(),
+            Index::Amount => state.amount().map(|a| write_amount_value(a, out)).is_some(),
             Index::Text(field) => state.text(field).map(|t| write_text_value(t, out)).is_some(),
         }
     }
@@ -212,10 +212,8 @@ impl Index {
     pub fn write_key(self, tenant: TenantNo, state: &RefundState, out: &mut Vec<u8>) -> bool {
         let start = out.len();
         let created = state.created_at();
-        out.extend_from_slice(&tenant.prefix());
-        if self.windowed() {
-            out.extend_from_slice(&window_of(created, self.window_bits()).to_be_bytes());
-        }
+        let window = self.windowed().then(|| window_of(created, self.window_bits()));
+        write_key_head(tenant, window, out);
         if !self.write_value(state, out) {
             out.truncate(start);
             return false;
@@ -235,10 +233,19 @@ pub fn window_of(t: Timestamp, bits: u32) -> u32 {
 /// `tenant | window | value`: the keys of one value within one window.
 pub fn windowed_prefix(tenant: TenantNo, window: u32, value: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(4 + 4 + value.len() + 8 + 32);
-    key.extend_from_slice(&tenant.prefix());
-    key.extend_from_slice(&window.to_be_bytes());
+    write_key_head(tenant, Some(window), &mut key);
     key.extend_from_slice(value);
     key
+}
+
+/// `tenant`, then `window` for a windowed index: what every index key holds
+/// before its value. The readers' prefixes and [`Index::write_key`] both
+/// start here.
+fn write_key_head(tenant: TenantNo, window: Option<u32>, out: &mut Vec<u8>) {
+    out.extend_from_slice(&tenant.prefix());
+    if let Some(window) = window {
+        out.extend_from_slice(&window.to_be_bytes());
+    }
 }
 
 /// The window of a windowed index key (`tenant | window | ...`).
@@ -256,12 +263,24 @@ pub fn split_amount_key(key: &[u8]) -> Option<(u64, Timestamp, &str)> {
 
 /// Status codes follow rank order, so a status value is one byte.
 pub fn status_value(status: EventType) -> Vec<u8> {
-    vec![status.code()]
+    let mut out = Vec::with_capacity(1);
+    write_status_value(status, &mut out);
+    out
+}
+
+fn write_status_value(status: EventType, out: &mut Vec<u8>) {
+    out.push(status.code());
 }
 
 /// Big-endian so that amounts sort numerically.
 pub fn amount_value(amount: u64) -> Vec<u8> {
-    amount.to_be_bytes().to_vec()
+    let mut out = Vec::with_capacity(8);
+    write_amount_value(amount, &mut out);
+    out
+}
+
+fn write_amount_value(amount: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(&amount.to_be_bytes());
 }
 
 /// Length-prefixed (2 bytes; values are at most 256 bytes) so that one value
@@ -282,7 +301,7 @@ fn write_text_value(text: &str, out: &mut Vec<u8>) {
 /// `tenant | value`: every key of one value in one tenant starts with this.
 pub fn index_prefix(tenant: TenantNo, value: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(4 + value.len() + 8 + 32);
-    key.extend_from_slice(&tenant.prefix());
+    write_key_head(tenant, None, &mut key);
     key.extend_from_slice(value);
     key
 }
