@@ -237,6 +237,11 @@ impl Store {
         before_commit();
         let committing = std::time::Instant::now();
         txn.commit()?;
+        if matches!(durability, Durability::None)
+            && let Some(writeback) = &self.writeback
+        {
+            writeback.nudge();
+        }
         record_batch_metrics(&summary, &invalid_by_reason, batch.items.len(), started, committing, newest_applied);
         if let Some(at) = newest_applied {
             self.last_applied_ms.fetch_max(at.millis(), std::sync::atomic::Ordering::Relaxed);

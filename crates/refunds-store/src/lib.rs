@@ -55,6 +55,7 @@ pub mod query;
 mod read;
 mod row;
 pub mod tables;
+mod writeback;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -124,6 +125,9 @@ impl Default for StoreParams {
 }
 
 pub struct Store {
+    /// Syncs the file in the background after non-durable commits; first, so
+    /// that it ends before the database closes.
+    writeback: Option<writeback::Writeback>,
     db: Database,
     /// Interned names known to be committed. Behind a lock so that one
     /// `Store` can be shared by a writer and concurrent readers.
@@ -204,6 +208,7 @@ impl Store {
                 .map_err(|_| OpenError::Storage(redb::Error::Corrupted("cursor key".to_owned())))?
         };
         let store = Store {
+            writeback: writeback::Writeback::start(path),
             db,
             names: RwLock::new(Names { by_name: names, by_number: names_by_number }),
             cursor_key,
@@ -227,6 +232,12 @@ impl Store {
 
     pub fn cursor_key(&self) -> &[u8; 32] {
         &self.cursor_key
+    }
+
+    /// Background syncs of the store file finished so far (see
+    /// `writeback`): one follows each burst of non-durable commits.
+    pub fn background_syncs(&self) -> u64 {
+        self.writeback.as_ref().map_or(0, writeback::Writeback::syncs)
     }
 
     /// The redb database, for read transactions of the query layer.

@@ -285,6 +285,24 @@ fn reopening_the_store_keeps_everything() {
     assert_eq!(export(&store).lines().count(), 2);
 }
 
+#[test]
+fn a_non_durable_commit_is_synced_in_the_background_and_a_durable_one_needs_no_help() {
+    let (_dir, store) = open();
+    let lines = [event("org_1", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({}))];
+    store.apply_batch(&batch(&lines), Durability::Immediate).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(store.background_syncs(), 0, "a durable commit syncs itself");
+
+    let lines = [event("org_1", "ref_2", "evt_2", "refund.queued", "2026-01-01T00:00:01Z", json!({}))];
+    store.apply_batch(&batch(&lines), Durability::None).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.background_syncs() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no background sync followed the non-durable commit");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(export(&store).lines().count(), 2);
+}
+
 const TYPES: [&str; 5] =
     ["refund.queued", "refund.processing", "refund.completed", "refund.failed", "refund.cancelled"];
 
