@@ -35,6 +35,7 @@ fn queued(tenant: &str, id: &str, second: i64) -> Item {
         source: SourcePos::File { path: Arc::from("test"), line: 1 },
         received_at: at,
         raw: raw.into_bytes(),
+        packed: None,
         key: None,
         kind,
     }

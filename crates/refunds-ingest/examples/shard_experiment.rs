@@ -41,6 +41,7 @@ fn main() {
                 source,
                 received_at: Timestamp::from_millis(0).unwrap(),
                 raw: line,
+                packed: None,
                 key: None,
                 kind,
             });

@@ -25,7 +25,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use refunds_domain::validate;
-use refunds_store::{Batch, BatchSummary, CheckpointDelta, Durability, Item, ItemKind, SourcePos, Store, StoreError};
+use refunds_store::{
+    Batch, BatchSummary, CheckpointDelta, Durability, Item, ItemKind, PackedPayload, SourcePos, Store, StoreError,
+};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::now;
@@ -343,14 +345,16 @@ fn read_lines(
                 blank += 1;
                 continue;
             }
-            let kind = match validate(text) {
-                Ok(event) => ItemKind::Valid(Box::new(event)),
-                Err(invalid) => ItemKind::Invalid(invalid),
+            // Packed here, on the reader, which has time to spare.
+            let (kind, packed) = match validate(text) {
+                Ok(event) => (ItemKind::Valid(Box::new(event)), Some(PackedPayload::pack(text))),
+                Err(invalid) => (ItemKind::Invalid(invalid), None),
             };
             items.push(Item {
                 source: SourcePos::File { path: params.path.clone(), line: position.lines },
                 received_at,
                 raw: text.to_vec(),
+                packed,
                 key: None,
                 kind,
             });

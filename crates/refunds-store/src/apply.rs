@@ -17,7 +17,7 @@ use std::ops::{Bound, Range};
 use redb::{CursorError, Durability, ReadableTable, Table, WriteTransaction};
 use refunds_domain::{RefundEvent, RefundState, TextField, Timestamp, merge_all};
 
-use crate::audit::{Outcome, StoredSource, decode_entry, encode_entry_into};
+use crate::audit::{Outcome, PackedPayload, StoredSource, decode_entry, encode_entry_into};
 use crate::batch::{Batch, BatchSummary, Checkpoint, Item, ItemKind, SourcePos};
 use crate::histogram;
 use crate::keys::{self, CountDim, Index, TenantNo};
@@ -434,7 +434,13 @@ fn identify<'b>(
                 if same { Outcome::Duplicate } else { Outcome::ConflictingDuplicate }
             }
         };
-        audit_rows.push(AuditRow { outcome, received_at: item.received_at, source, raw: &item.raw });
+        audit_rows.push(AuditRow {
+            outcome,
+            received_at: item.received_at,
+            source,
+            raw: &item.raw,
+            packed: item.packed.as_ref(),
+        });
         match outcome {
             Outcome::Applied => {
                 summary.applied += 1;
@@ -753,6 +759,7 @@ struct AuditRow<'b> {
     received_at: Timestamp,
     source: StoredSource,
     raw: &'b [u8],
+    packed: Option<&'b PackedPayload>,
 }
 
 /// Appends the batch's audit entries, `first_seq` onwards, after the last one
@@ -766,7 +773,7 @@ fn append_in_order(
     let mut entry = Vec::with_capacity(4096);
     for (seq, row) in (first_seq..).zip(rows) {
         entry.clear();
-        encode_entry_into(&mut entry, row.outcome, row.received_at, row.source, row.raw);
+        encode_entry_into(&mut entry, row.outcome, row.received_at, row.source, row.raw, row.packed);
         cursor.insert_before(seq, entry.as_slice()).map_err(redb::Error::from)?;
     }
     cursor.close()?;
@@ -796,7 +803,8 @@ fn stored_payload(audit_log: &redb::Table<'_, u64, &'static [u8]>, seq: u64) -> 
 
 fn parse_payload(entry: &[u8], seq: u64) -> Result<serde_json::Value, StoreError> {
     let entry = decode_entry(entry).ok_or_else(|| StoreError::Corrupt(format!("audit entry {seq}")))?;
-    serde_json::from_slice(entry.payload).map_err(|_| StoreError::Corrupt(format!("audit payload {seq}")))
+    let payload = entry.payload().ok_or_else(|| StoreError::Corrupt(format!("audit payload {seq} packing")))?;
+    serde_json::from_slice(&payload).map_err(|_| StoreError::Corrupt(format!("audit payload {seq}")))
 }
 
 /// A refund named by valid events of the batch.

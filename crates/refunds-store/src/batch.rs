@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use refunds_domain::{InvalidEvent, RefundEvent, Timestamp};
 
+use crate::audit::PackedPayload;
+
 /// Where a message came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourcePos {
@@ -26,6 +28,10 @@ pub struct Item {
     pub received_at: Timestamp,
     /// The message as received.
     pub raw: Vec<u8>,
+    /// `raw` packed for the audit log by the source, off the writer's
+    /// thread; `None` (an invalid message, or a source that leaves it to the
+    /// store) is packed while the batch is applied.
+    pub packed: Option<PackedPayload>,
     /// The message key, for sources that have one (Kafka); a dead letter
     /// keeps it so that it can be produced with the same key.
     pub key: Option<Vec<u8>>,

@@ -63,7 +63,7 @@ use std::sync::RwLock;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-pub use audit::{AuditEntry, Outcome};
+pub use audit::{AuditEntry, Outcome, PackedPayload};
 pub use batch::{Batch, BatchSummary, Checkpoint, CheckpointDelta, Item, ItemKind, SourcePos};
 pub use keys::TenantNo;
 pub use page::{Direction, PageRequest, SortKey, page_in};
@@ -72,7 +72,7 @@ pub use read::{DeadLetter, ExportError, StoreStats, decode_row_state, source_jso
 pub use redb::Durability;
 
 /// The on-disk format this build writes. A store of another format is refused.
-const FORMAT_VERSION: &[u8] = b"refunds-store/5";
+const FORMAT_VERSION: &[u8] = b"refunds-store/6";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

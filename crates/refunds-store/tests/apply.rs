@@ -7,7 +7,8 @@ use redb::{ReadableDatabase, ReadableTable};
 use refunds_domain::{Timestamp, validate};
 use refunds_store::keys::{CountDim, Index, count_key};
 use refunds_store::{
-    Batch, CheckpointDelta, Durability, Item, ItemKind, Outcome, SourcePos, Store, StoreError, StoreParams, tables,
+    Batch, CheckpointDelta, Durability, Item, ItemKind, Outcome, PackedPayload, SourcePos, Store, StoreError,
+    StoreParams, tables,
 };
 use serde_json::json;
 
@@ -38,6 +39,9 @@ fn item(line: u64, raw: &str) -> Item {
         source: SourcePos::File { path: Arc::from("events.ndjson"), line },
         received_at: Timestamp::from_millis(1_000).unwrap(),
         raw: raw.as_bytes().to_vec(),
+        // Both ways a payload reaches the audit log: packed by the source, or
+        // left to the store.
+        packed: line.is_multiple_of(2).then(|| PackedPayload::pack(raw.as_bytes())),
         key: None,
         kind,
     }
