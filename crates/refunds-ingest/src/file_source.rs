@@ -24,10 +24,7 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel, sync_
 use std::thread;
 use std::time::{Duration, Instant};
 
-use refunds_domain::validate;
-use refunds_store::{
-    Batch, BatchSummary, CheckpointDelta, Durability, Item, ItemKind, PackedPayload, SourcePos, Store, StoreError,
-};
+use refunds_store::{Batch, BatchSummary, CheckpointDelta, Durability, Item, SourcePos, Store, StoreError};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::now;
@@ -345,19 +342,9 @@ fn read_lines(
                 blank += 1;
                 continue;
             }
-            // Packed here, on the reader, which has time to spare.
-            let (kind, packed) = match validate(text) {
-                Ok(event) => (ItemKind::Valid(Box::new(event)), Some(PackedPayload::pack(text))),
-                Err(invalid) => (ItemKind::Invalid(invalid), None),
-            };
-            items.push(Item {
-                source: SourcePos::File { path: params.path.clone(), line: position.lines },
-                received_at,
-                raw: text.to_vec(),
-                packed,
-                key: None,
-                kind,
-            });
+            // Validated and packed here, on the reader, which has time to spare.
+            let source = SourcePos::File { path: params.path.clone(), line: position.lines };
+            items.push(Item::received(source, received_at, text.to_vec(), None));
         }
         if position.lines == from {
             return Ok(());

@@ -36,8 +36,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use refunds_domain::validate;
-use refunds_store::{Batch, CheckpointDelta, Durability, Item, ItemKind, PackedPayload, SourcePos, Store};
+use refunds_store::{Batch, CheckpointDelta, Durability, Item, SourcePos, Store};
 
 use crate::now;
 
@@ -656,20 +655,10 @@ fn poll_one(consumer: &Consumer_, topic: &Arc<str>, items: &mut Vec<Item>, wait:
         }
     };
     let raw = message.payload().unwrap_or_default().to_vec();
-    // Packed here, on the consumer's thread, not the writer's.
-    let (kind, packed) = match validate(&raw) {
-        Ok(event) => (ItemKind::Valid(Box::new(event)), Some(PackedPayload::pack(&raw))),
-        Err(invalid) => (ItemKind::Invalid(invalid), None),
-    };
     let topic = if **topic == *message.topic() { topic.clone() } else { Arc::from(message.topic()) };
-    items.push(Item {
-        source: SourcePos::Kafka { topic, partition: message.partition(), offset: message.offset() },
-        received_at: now(),
-        raw,
-        packed,
-        key: message.key().map(<[u8]>::to_vec),
-        kind,
-    });
+    // Validated and packed here, on the consumer's thread, not the writer's.
+    let source = SourcePos::Kafka { topic, partition: message.partition(), offset: message.offset() };
+    items.push(Item::received(source, now(), raw, message.key().map(<[u8]>::to_vec)));
     Polled::Message
 }
 

@@ -802,9 +802,7 @@ fn stored_payload(audit_log: &redb::Table<'_, u64, &'static [u8]>, seq: u64) -> 
 }
 
 fn parse_payload(entry: &[u8], seq: u64) -> Result<serde_json::Value, StoreError> {
-    let entry = decode_entry(entry).ok_or_else(|| StoreError::Corrupt(format!("audit entry {seq}")))?;
-    let payload = entry.payload().ok_or_else(|| StoreError::Corrupt(format!("audit payload {seq} packing")))?;
-    serde_json::from_slice(&payload).map_err(|_| StoreError::Corrupt(format!("audit payload {seq}")))
+    decode_entry(entry).ok_or_else(|| StoreError::Corrupt(format!("audit entry {seq}")))?.payload_json(seq)
 }
 
 /// A refund named by valid events of the batch.

@@ -174,6 +174,14 @@ impl DecodedEntry<'_> {
             _ => None,
         }
     }
+
+    /// The message as received, parsed: what the API shows and what a
+    /// repeat is compared against. Entry `seq` is named in the error.
+    pub fn payload_json(&self, seq: u64) -> Result<serde_json::Value, crate::StoreError> {
+        let payload =
+            self.payload().ok_or_else(|| crate::StoreError::Corrupt(format!("audit payload {seq} packing")))?;
+        serde_json::from_slice(&payload).map_err(|_| crate::StoreError::Corrupt(format!("audit payload {seq}")))
+    }
 }
 
 pub(crate) fn decode_entry(bytes: &[u8]) -> Option<DecodedEntry<'_>> {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use refunds_domain::{InvalidEvent, RefundEvent, Timestamp};
+use refunds_domain::{InvalidEvent, RefundEvent, Timestamp, validate};
 
 use crate::audit::PackedPayload;
 
@@ -36,6 +36,19 @@ pub struct Item {
     /// keeps it so that it can be produced with the same key.
     pub key: Option<Vec<u8>>,
     pub kind: ItemKind,
+}
+
+impl Item {
+    /// A message as a source receives it: validated, and when valid packed
+    /// for the audit log, both on the calling (source's) thread so that the
+    /// writer does neither.
+    pub fn received(source: SourcePos, received_at: Timestamp, raw: Vec<u8>, key: Option<Vec<u8>>) -> Item {
+        let (kind, packed) = match validate(&raw) {
+            Ok(event) => (ItemKind::Valid(Box::new(event)), Some(PackedPayload::pack(&raw))),
+            Err(invalid) => (ItemKind::Invalid(invalid), None),
+        };
+        Item { source, received_at, raw, packed, key, kind }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -42,7 +42,7 @@
 //! created ranges by status and currency and amount ranges in a few reads.
 //! `event_ids` maps `tenant | event id` to the
 //! audit sequence of the applied event; `audit_log` is an append-only log by
-//! sequence, and each `refunds` row ends with the sequences of its refund's
+//! sequence (payloads LZ4-packed, see `audit`), and each `refunds` row ends with the sequences of its refund's
 //! entries (`audit_orphans` keeps the rare repeat that names no refund).
 
 mod apply;

@@ -172,9 +172,7 @@ impl Store {
         for seq in sequences {
             let raw = log.get(seq)?.ok_or_else(|| corrupt(format!("audit entry {seq} is missing")))?;
             let entry = decode_entry(raw.value()).ok_or_else(|| corrupt(format!("audit entry {seq}")))?;
-            let packed = entry.payload().ok_or_else(|| corrupt(format!("audit payload {seq} packing")))?;
-            let payload: serde_json::Value =
-                serde_json::from_slice(&packed).map_err(|_| corrupt(format!("audit payload {seq}")))?;
+            let payload = entry.payload_json(seq)?;
             let text = |key: &str| payload.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
             let occurred_at = Timestamp::parse_rfc3339(&text("occurred_at"))
                 .ok_or_else(|| corrupt(format!("audit payload {seq} occurred_at")))?;
