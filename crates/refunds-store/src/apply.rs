@@ -361,7 +361,7 @@ fn admit<'b>(
 /// waits for.
 fn identify<'b>(
     txn: &WriteTransaction,
-    event_ids: &Table<'_, [u8; 12], u64>,
+    event_ids: &Table<'_, &'static [u8; 12], u64>,
     audit_log: &Table<'_, u64, &'static [u8]>,
     first_seq: u64,
     valid: &[Admitted<'b>],
@@ -399,7 +399,7 @@ fn identify<'b>(
         let holder = match last {
             // A later event of this batch with the slot of an earlier one.
             Some((last_slot, holder)) if last_slot == slot => Some(holder),
-            _ => event_ids.get(slot)?.map(|v| v.value()),
+            _ => event_ids.get(&slot)?.map(|v| v.value()),
         };
         match holder {
             Some(holder) => holders[i] = Some(holder),

@@ -24,7 +24,7 @@ pub const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("counts");
 
 /// Event identity: `tenant | xxh3-64(event id)` -> audit sequence of the
 /// applied event (see `keys::event_slot`).
-pub const EVENT_IDS: TableDefinition<[u8; 12], u64> = TableDefinition::new("event_ids");
+pub const EVENT_IDS: TableDefinition<&[u8; 12], u64> = TableDefinition::new("event_ids");
 /// Event identity for the events whose slot in [`EVENT_IDS`] another event id
 /// already holds (a 64-bit hash collision): `tenant | event id` -> sequence.
 pub const EVENT_ID_COLLISIONS: TableDefinition<&[u8], u64> = TableDefinition::new("event_id_collisions");

@@ -541,8 +541,8 @@ fn an_event_id_whose_hash_slot_another_id_holds_is_still_its_own_event() {
         let txn = store.database().begin_write().unwrap();
         {
             let mut slots = txn.open_table(tables::EVENT_IDS).unwrap();
-            let holder = slots.get(event_slot(tenant, "evt_a")).unwrap().unwrap().value();
-            slots.insert(event_slot(tenant, "evt_b"), holder).unwrap();
+            let holder = slots.get(&event_slot(tenant, "evt_a")).unwrap().unwrap().value();
+            slots.insert(&event_slot(tenant, "evt_b"), holder).unwrap();
         }
         txn.commit().unwrap();
     }
@@ -746,4 +746,31 @@ proptest! {
             }
         }
     }
+}
+
+/// `EVENT_IDS` is declared with `&[u8; 12]` keys (compared as one slice, not
+/// byte by byte, and never copied into a `Vec`), which redb gives the type
+/// name of `[u8; 12]`: a store whose table was created with `[u8; 12]` keys
+/// must open and read unchanged, so that the change needed no new format.
+#[test]
+fn the_identity_table_opens_under_either_spelling_of_its_key_type() {
+    use redb::TableHandle;
+    use refunds_store::keys::{TenantNo, event_slot};
+    use refunds_store::tables;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slots.redb");
+    let slot = event_slot(TenantNo(7), "evt_a");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let as_array: redb::TableDefinition<[u8; 12], u64> = redb::TableDefinition::new(tables::EVENT_IDS.name());
+            txn.open_table(as_array).unwrap().insert(slot, 42).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let table = txn.open_table(tables::EVENT_IDS).unwrap();
+    assert_eq!(table.get(&slot).unwrap().map(|v| v.value()), Some(42));
 }
