@@ -66,7 +66,6 @@ pub fn run_demo(params: DemoParams) -> anyhow::Result<()> {
     let mut kafka = KafkaParams::new(&brokers, topic, "refund-projector-demo");
     kafka.options.push(("fetch.wait.max.ms".to_owned(), "10".to_owned()));
     kafka.batch_wait = Duration::from_millis(50);
-    kafka.durable_every = Duration::from_millis(500);
     let service = ServiceParams { db: &db, listen: &params.listen, auth, kafka, ready_max_lag: 1_000 };
 
     let mut producer_thread = None;

@@ -69,9 +69,10 @@ struct KafkaArgs {
     /// A batch is committed at most this many milliseconds after its first message.
     #[arg(long, default_value_t = 100, env = "REFUND_PROJECTOR_BATCH_WAIT_MS")]
     batch_wait_ms: u64,
-    /// Milliseconds between durable (fsynced) commits. Kafka offsets and dead
-    /// letters leave the process only after a durable commit.
-    #[arg(long, default_value_t = 1_000, env = "REFUND_PROJECTOR_DURABLE_EVERY_MS")]
+    /// Milliseconds between durable (fsynced) commits; 0 makes every commit
+    /// durable. Kafka offsets and dead letters leave the process only after a
+    /// durable commit.
+    #[arg(long, default_value_t = refunds_ingest::DEFAULT_DURABLE_EVERY_MS, env = "REFUND_PROJECTOR_DURABLE_EVERY_MS")]
     durable_every_ms: u64,
     /// `/readyz` is 503 while the total lag is above this many events.
     #[arg(long, default_value_t = 1_000, env = "REFUND_PROJECTOR_READY_MAX_LAG")]
@@ -212,9 +213,10 @@ enum Command {
         /// Events per write transaction.
         #[arg(long, default_value_t = refunds_ingest::DEFAULT_BATCH_EVENTS, env = "REFUND_PROJECTOR_BATCH_EVENTS")]
         batch_events: usize,
-        /// Milliseconds between durable (fsynced) commits; commits in between
-        /// are atomic and replayed from the input after a crash.
-        #[arg(long, default_value_t = 1_000, env = "REFUND_PROJECTOR_DURABLE_EVERY_MS")]
+        /// Milliseconds between durable (fsynced) commits; 0 makes every
+        /// commit durable. Commits in between are atomic and replayed from the
+        /// input after a crash.
+        #[arg(long, default_value_t = refunds_ingest::DEFAULT_DURABLE_EVERY_MS, env = "REFUND_PROJECTOR_DURABLE_EVERY_MS")]
         durable_every_ms: u64,
     },
     /// Build a fresh store from the beginning of the source into `<db>.rebuild`

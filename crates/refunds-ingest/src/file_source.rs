@@ -9,9 +9,10 @@
 //! input is a different file under the same name and is read from line 1
 //! (event identity still makes repeats harmless).
 //!
-//! Commits are atomic but only every `durable_every` (and the last) is
-//! durable: a crash rolls the store back to the last durable commit together
-//! with its checkpoint, and the next run resumes from there. Dead letters are
+//! Commits are atomic, and by default every one is durable; with a positive
+//! `durable_every` only one per interval (and the last) is: a crash rolls the
+//! store back to the last durable commit together with its checkpoint, and
+//! the next run resumes from there. Dead letters are
 //! written to the `--dlq` file only after the commit that recorded them is
 //! durable, then removed from the store's outbox; a crash between those two
 //! steps can repeat a dead letter in the file, never lose one.
@@ -57,7 +58,7 @@ pub struct ReplayParams {
     pub dlq: Option<PathBuf>,
     /// Events per batch (one write transaction each).
     pub batch_events: usize,
-    /// How often a commit is made durable.
+    /// How often a commit is made durable (zero: every commit).
     pub durable_every: Duration,
 }
 
@@ -67,7 +68,7 @@ impl ReplayParams {
             input,
             dlq: None,
             batch_events: crate::DEFAULT_BATCH_EVENTS,
-            durable_every: Duration::from_secs(1),
+            durable_every: Duration::from_millis(crate::DEFAULT_DURABLE_EVERY_MS),
         }
     }
 }

@@ -7,8 +7,9 @@
 //!   size and deadline;
 //! - the **writer thread** applies each batch in ONE write transaction that
 //!   also records, per partition, the next offset to consume
-//!   (`kafka:<topic>:<partition>` checkpoints). Commits are atomic; one per
-//!   `durable_every` (and the last) is durable. After a durable commit it
+//!   (`kafka:<topic>:<partition>` checkpoints). Commits are atomic; by
+//!   default every one is durable, else one per `durable_every` (and the
+//!   last). After a durable commit it
 //!   commits the same offsets to Kafka (only so that lag tools see progress)
 //!   and tells the dead-letter thread how far the outbox is durable;
 //! - the **dead-letter thread** produces the outbox's dead letters to
@@ -53,7 +54,7 @@ pub struct KafkaParams {
     pub batch_events: usize,
     /// A batch is cut at most this long after its first message.
     pub batch_wait: Duration,
-    /// How often a commit is made durable.
+    /// How often a commit is made durable (zero: every commit).
     pub durable_every: Duration,
     /// Extra librdkafka settings for the consumer and the producer (SASL,
     /// TLS, timeouts, ...). They override the defaults set here, except the
@@ -78,7 +79,7 @@ impl KafkaParams {
             dlq_topic: format!("{topic}.dlq"),
             batch_events: crate::DEFAULT_BATCH_EVENTS,
             batch_wait: Duration::from_millis(100),
-            durable_every: Duration::from_secs(1),
+            durable_every: Duration::from_millis(crate::DEFAULT_DURABLE_EVERY_MS),
             options: Vec::new(),
             stop_at: None,
             produce_dead_letters: true,
