@@ -5,7 +5,7 @@
 //! store with durable commits (the ingest rate, from the first poll to the
 //! final durable commit). Prints both and their ratio.
 //!
-//! Usage: kafka_bench BROKERS EVENTS.ndjson [PARTITIONS] [STORE_DIR]
+//! Usage: [DURABLE_MS=N] kafka_bench BROKERS EVENTS.ndjson [PARTITIONS] [STORE_DIR]
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,7 +53,11 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let params = KafkaParams::new(&brokers, &topic, &format!("{topic}-ingest"));
+    let mut params = KafkaParams::new(&brokers, &topic, &format!("{topic}-ingest"));
+    // As `--durable-every-ms`: milliseconds between durable commits (0, the default: every commit).
+    if let Some(ms) = std::env::var("DURABLE_MS").ok().and_then(|v| v.parse().ok()) {
+        params.durable_every = Duration::from_millis(ms);
+    }
     let raw = raw_read(&params, &topic, total);
     println!(
         "raw read: {total} messages in {:.2}s = {:.0} messages/s",
