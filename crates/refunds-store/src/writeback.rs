@@ -1,13 +1,15 @@
 //! Background writeback of the store file.
 //!
-//! A `Durability::None` commit leaves its pages in the kernel's page cache,
-//! and with the usual dirty thresholds (10% of memory) the kernel does not
+//! The pages of `Durability::None` commits reach the kernel's page cache as
+//! redb evicts them from its write buffer (redb 4.6 writes none at such a
+//! commit itself), and with the usual dirty thresholds (10% of memory) the kernel does not
 //! start writing them for up to 30 s. The next durable commit then waits in
 //! `fdatasync` for every page written since the last one, on the writer's
 //! thread, while the other core idles. After each non-durable commit the
 //! writer nudges this thread, which syncs the file itself, so the disk works
 //! while the writer computes the next batch and the durable commit finds
-//! little left to wait for.
+//! little left to wait for. With every commit durable (the sources' default)
+//! it is never nudged.
 //!
 //! It changes no guarantee: a sync here only makes pages durable earlier; a
 //! crash still rolls back to the last durable commit, whose header redb
