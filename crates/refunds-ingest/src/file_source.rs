@@ -10,12 +10,12 @@
 //! (event identity still makes repeats harmless).
 //!
 //! Commits are atomic, and by default every one is durable; with a positive
-//! `durable_every` only one per interval (and the last) is: a crash rolls the
-//! store back to the last durable commit together with its checkpoint, and
-//! the next run resumes from there. Dead letters are
-//! written to the `--dlq` file only after the commit that recorded them is
-//! durable, then removed from the store's outbox; a crash between those two
-//! steps can repeat a dead letter in the file, never lose one.
+//! `durable_every` only one per interval (and the last) is. A crash rolls
+//! the store back to the last durable commit together with its checkpoint,
+//! and the next run resumes from there. Dead letters are written to the
+//! `--dlq` file only after the commit that recorded them is durable, then
+//! removed from the store's outbox; a crash between those two steps can
+//! repeat a dead letter in the file, never lose one.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
@@ -474,5 +474,29 @@ mod tests {
         }
         drop(writer);
         assert_eq!(replaying.join().unwrap().unwrap(), 6);
+    }
+
+    /// By default every commit is durable, so a batch's dead letters reach
+    /// the `--dlq` file as soon as that batch commits, not at the end of the
+    /// input or a second later.
+    #[test]
+    fn by_default_each_batch_is_durable_and_its_dead_letters_leave_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("events.ndjson");
+        let mut lines = vec!["not json".to_owned()];
+        lines.extend((0..8).map(queued));
+        std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+        let mut store = Store::open(&dir.path().join("store.redb"), &StoreParams { cache_bytes: 16 << 20 }).unwrap();
+        let mut params = ReplayParams::new(Input::File(input));
+        params.dlq = Some(dir.path().join("dlq.ndjson"));
+        params.batch_events = 3;
+        let mut after_first_batch = None;
+        replay(&mut store, &params, |p| {
+            if p.lines > 0 && after_first_batch.is_none() {
+                after_first_batch = Some((p.lines, p.dead_letters_written));
+            }
+        })
+        .unwrap();
+        assert_eq!(after_first_batch, Some((3, 1)), "(lines, dead letters written) after the first batch");
     }
 }

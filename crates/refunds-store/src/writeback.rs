@@ -2,8 +2,8 @@
 //!
 //! The pages of `Durability::None` commits reach the kernel's page cache as
 //! redb evicts them from its write buffer (redb 4.6 writes none at such a
-//! commit itself), and with the usual dirty thresholds (10% of memory) the kernel does not
-//! start writing them for up to 30 s. The next durable commit then waits in
+//! commit itself), and with the usual dirty thresholds (10% of memory) the
+//! kernel does not start writing them for up to 30 s. The next durable commit then waits in
 //! `fdatasync` for every page written since the last one, on the writer's
 //! thread, while the other core idles. After each non-durable commit the
 //! writer nudges this thread, which syncs the file itself, so the disk works
