@@ -1,0 +1,169 @@
+//! Live figures of the consumer, shared with the API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Live figures of the consumer, read by `/v1/status`, `/readyz` and the
+/// list responses' freshness headers.
+#[derive(Debug, Default)]
+pub struct IngestStatus {
+    inner: Mutex<StatusInner>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct StatusInner {
+    pub(super) topic: String,
+    /// Partitions assigned to this instance now.
+    pub(super) assigned: Vec<i32>,
+    /// Next offset to apply, per partition, as the store holds it.
+    pub(super) applied: BTreeMap<i32, i64>,
+    /// Last known high watermark and low watermark, per partition.
+    pub(super) high_watermarks: BTreeMap<i32, i64>,
+    pub(super) low_watermarks: BTreeMap<i32, i64>,
+    /// Whether the first assignment has happened and been positioned.
+    pub(super) assigned_once: bool,
+    /// Set after a failed store write, cleared by the next success.
+    pub(super) store_error: Option<String>,
+    /// When the first message of this run was polled.
+    pub(super) first_message_at: Option<Instant>,
+}
+
+/// One partition's progress, as `/v1/status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionFigures {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset to apply (Kafka's committed-offset convention): every
+    /// message below it is in the store.
+    pub applied_offset: i64,
+    pub high_watermark: Option<i64>,
+    /// `high_watermark - max(applied_offset, low watermark)`.
+    pub lag: Option<i64>,
+}
+
+impl IngestStatus {
+    pub fn new(topic: &str) -> IngestStatus {
+        IngestStatus { inner: Mutex::new(StatusInner { topic: topic.to_owned(), ..StatusInner::default() }) }
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, StatusInner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The assigned partitions' figures, by partition.
+    pub fn partitions(&self) -> Vec<PartitionFigures> {
+        let inner = self.lock();
+        inner
+            .assigned
+            .iter()
+            .map(|&partition| {
+                let applied_offset = inner.applied.get(&partition).copied().unwrap_or(0);
+                let high_watermark = inner.high_watermarks.get(&partition).copied();
+                let low = inner.low_watermarks.get(&partition).copied().unwrap_or(0);
+                let lag = high_watermark.map(|hw| (hw - applied_offset.max(low)).max(0));
+                PartitionFigures { topic: inner.topic.clone(), partition, applied_offset, high_watermark, lag }
+            })
+            .collect()
+    }
+
+    /// Messages applied over the assigned partitions (the sum of their next
+    /// offsets), without building the per-partition figures.
+    pub fn applied_total(&self) -> i64 {
+        let inner = self.lock();
+        inner.assigned.iter().map(|p| inner.applied.get(p).copied().unwrap_or(0)).sum()
+    }
+
+    /// Total lag over the assigned partitions; `None` until partitions are
+    /// assigned and every high watermark is known.
+    pub fn total_lag(&self) -> Option<i64> {
+        if !self.lock().assigned_once {
+            return None;
+        }
+        let partitions = self.partitions();
+        if partitions.is_empty() {
+            return None;
+        }
+        partitions.iter().map(|p| p.lag).sum()
+    }
+
+    /// Why the consumer is not ready, or `None` when it is: partitions are
+    /// assigned, the store writes, and the lag is at most `max_lag`.
+    pub fn not_ready_reason(&self, max_lag: i64) -> Option<String> {
+        if let Some(err) = &self.lock().store_error {
+            return Some(format!("the store cannot write: {err}"));
+        }
+        match self.total_lag() {
+            None => Some("waiting for partitions to be assigned and their high watermarks".to_owned()),
+            Some(lag) if lag > max_lag => Some(format!("lag {lag} is above {max_lag}")),
+            Some(_) => None,
+        }
+    }
+
+    /// Forgets everything but the topic: a new store is being consumed into.
+    pub fn reset(&self) {
+        let mut inner = self.lock();
+        let topic = std::mem::take(&mut inner.topic);
+        *inner = StatusInner { topic, ..StatusInner::default() };
+    }
+
+    /// When the first message of this run was polled.
+    pub fn first_message_at(&self) -> Option<Instant> {
+        self.lock().first_message_at
+    }
+
+    pub(super) fn set_applied(&self, offsets: &HashMap<i32, i64>) {
+        {
+            let mut inner = self.lock();
+            for (&partition, &offset) in offsets {
+                inner.applied.insert(partition, offset);
+            }
+            inner.store_error = None;
+        }
+        self.publish_gauges();
+    }
+
+    /// Per-partition gauges: applied offset, high watermark and lag.
+    pub(super) fn publish_gauges(&self) {
+        for p in self.partitions() {
+            let labels = [("topic", p.topic.clone()), ("partition", p.partition.to_string())];
+            metrics::gauge!("refund_projector_partition_applied_offset", &labels).set(p.applied_offset as f64);
+            if let Some(hw) = p.high_watermark {
+                metrics::gauge!("refund_projector_partition_high_watermark", &labels).set(hw as f64);
+            }
+            if let Some(lag) = p.lag {
+                metrics::gauge!("refund_projector_partition_lag_events", &labels).set(lag as f64);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_once_assigned_with_known_watermarks_and_the_lag_at_most_the_bound() {
+        let status = IngestStatus::new("t");
+        assert!(status.not_ready_reason(1_000).is_some(), "nothing assigned yet");
+        {
+            let mut inner = status.lock();
+            inner.assigned = vec![0, 1];
+            inner.assigned_once = true;
+            inner.high_watermarks.insert(0, 5_000);
+        }
+        assert!(status.not_ready_reason(1_000).unwrap().contains("high watermarks"), "partition 1 unknown");
+        status.lock().high_watermarks.insert(1, 700);
+        status.set_applied(&HashMap::from([(0, 4_000), (1, 0)]));
+        // Lag 1,000 + 700 = 1,700: above 1,000, within 2,000.
+        assert_eq!(status.total_lag(), Some(1_700));
+        assert_eq!(status.applied_total(), 4_000);
+        assert!(status.not_ready_reason(1_000).unwrap().contains("1700"));
+        assert_eq!(status.not_ready_reason(2_000), None);
+        // Retention moved partition 1's start: lag counts from the low watermark.
+        status.lock().low_watermarks.insert(1, 600);
+        assert_eq!(status.total_lag(), Some(1_100));
+        status.lock().store_error = Some("disk full".to_owned());
+        assert!(status.not_ready_reason(2_000).unwrap().contains("disk full"));
+    }
+}
