@@ -11,6 +11,7 @@
 #[path = "../blackbox/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+mod history;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -456,10 +457,9 @@ fn sigkill_at_five_random_moments_then_restart_gives_the_same_export_and_applies
     let scenario = Scenario::new(&bootstrap, "sigkill", 70_000, 12, 6);
     assert!(scenario.messages >= 200_000, "{} messages", scenario.messages);
     let db = scenario.db("consumed.redb");
-    let mut instance = scenario.instance("g-sigkill", &db);
-    // Static membership: a restarted instance takes its partitions back at
-    // once instead of waiting out the killed member's session.
-    instance.extra = vec!["--kafka-option".into(), "group.instance.id=e2e-sigkill".into()];
+    // Every instance assigns itself every partition: a restart resumes at
+    // once, with no group membership to wait out.
+    let instance = scenario.instance("g-sigkill", &db);
     // Five random moments mid-ingest: kill once the store has recorded a
     // random share of the topic (each restart resumes from the last durable
     // commit, so the shares are spread over the whole ingest).

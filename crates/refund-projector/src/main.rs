@@ -19,7 +19,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use refunds_ingest::file_source::{Input, ReplayParams, ReplayProgress, replay};
-use refunds_ingest::kafka_source::KafkaParams;
+use refunds_ingest::kafka_source::{GapPolicy, KafkaParams};
 use refunds_store::{Store, StoreParams};
 use telemetry::LogFormat;
 
@@ -51,9 +51,9 @@ struct KafkaArgs {
     /// Topic of refund events.
     #[arg(long, default_value = "refund-events", env = "REFUND_PROJECTOR_TOPIC")]
     topic: String,
-    /// Consumer group. Instances with different groups each build the whole
-    /// projection; instances sharing one split the partitions (each store
-    /// then holds only its partitions' refunds).
+    /// Consumer group, used only to publish the store's offsets for lag
+    /// tools: every instance consumes every partition of the topic, so
+    /// instances sharing a group id each build the whole projection.
     #[arg(long, default_value = "refund-projector", env = "REFUND_PROJECTOR_GROUP_ID")]
     group_id: String,
     /// Dead-letter topic [default: <topic>.dlq].
@@ -77,6 +77,14 @@ struct KafkaArgs {
     /// `/readyz` is 503 while the total lag is above this many events.
     #[arg(long, default_value_t = 1_000, env = "REFUND_PROJECTOR_READY_MAX_LAG")]
     ready_max_lag: i64,
+    /// Consume past a history gap: records deleted (retention) before the
+    /// store applied them, or a store position past a partition's end (a
+    /// recreated topic). The store then misses that history for good; the
+    /// gap is recorded in it and listed in `/v1/status` `history_gaps` for
+    /// its whole life. Without it such a partition is not consumed and
+    /// `/readyz` answers 503 with the reason.
+    #[arg(long, env = "REFUND_PROJECTOR_ACCEPT_HISTORY_GAP", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    accept_history_gap: bool,
 }
 
 impl KafkaArgs {
@@ -89,6 +97,7 @@ impl KafkaArgs {
         params.batch_events = self.batch_events.max(1);
         params.batch_wait = Duration::from_millis(self.batch_wait_ms);
         params.durable_every = Duration::from_millis(self.durable_every_ms);
+        params.on_history_gap = if self.accept_history_gap { GapPolicy::Accept } else { GapPolicy::Hold };
         params
     }
 }
@@ -126,6 +135,11 @@ struct SourceArgs {
     /// A librdkafka setting, as key=value; repeatable.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value, env = "REFUND_PROJECTOR_KAFKA_OPTION", value_delimiter = ';')]
     kafka_options: Vec<(String, String)>,
+    /// Build from the topic even when a partition's beginning was deleted
+    /// (retention): the result then lacks that history (the gap is recorded
+    /// in it). Without it the build refuses to start.
+    #[arg(long, env = "REFUND_PROJECTOR_ACCEPT_HISTORY_GAP", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    accept_history_gap: bool,
 }
 
 impl SourceArgs {
@@ -135,6 +149,7 @@ impl SourceArgs {
             (None, Some(brokers)) => {
                 let mut params = KafkaParams::new(brokers, &self.topic, &self.group_id);
                 params.options = self.kafka_options.clone();
+                params.on_history_gap = if self.accept_history_gap { GapPolicy::Accept } else { GapPolicy::Refuse };
                 params.check_options()?;
                 Ok(rebuild::Source::Kafka(params))
             }

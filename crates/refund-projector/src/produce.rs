@@ -98,8 +98,13 @@ fn create_topics(params: &ProduceParams<'_>, partitions: i32) -> anyhow::Result<
     }
     let admin: AdminClient<DefaultClientContext> = config.create().context("failed to create the admin client")?;
     let dlq = format!("{}.dlq", params.topic);
+    // An event log: nothing deleted, nothing compacted (the projection and
+    // every new replica or rebuild need the whole history of the topic).
     let topics = [
-        NewTopic::new(params.topic, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(params.topic, partitions, TopicReplication::Fixed(1))
+            .set("retention.ms", "-1")
+            .set("retention.bytes", "-1")
+            .set("cleanup.policy", "delete"),
         NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
     ];
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -43,7 +43,14 @@ pub fn rebuild(db: &Path, source: Source) -> anyhow::Result<()> {
         std::fs::remove_file(&target).with_context(|| format!("failed to remove the stale {}", target.display()))?;
     }
     let started = Instant::now();
-    let refunds = build_into(&target, source, None, "rebuild")?;
+    let refunds = match build_into(&target, source, None, "rebuild") {
+        Ok(refunds) => refunds,
+        Err(error) => {
+            // Nothing half-built is left beside the live store.
+            let _ = std::fs::remove_file(&target);
+            return Err(error);
+        }
+    };
     std::fs::rename(&target, db)
         .with_context(|| format!("failed to swap {} in as {}", target.display(), db.display()))?;
     eprintln!(
@@ -149,7 +156,7 @@ pub enum Live<'a> {
 pub fn verify(live: Live<'_>, source: Source) -> anyhow::Result<bool> {
     let dir = tempfile::tempdir().context("failed to create a temporary directory")?;
     let live_export = dir.path().join("live.ndjson");
-    let checkpoints = match live {
+    let (checkpoints, live_gaps) = match live {
         Live::File(db) => {
             anyhow::ensure!(db.exists(), "the store {} does not exist", db.display());
             let store = open_store(db).context("open it while no other process holds it, or pass --url")?;
@@ -178,19 +185,29 @@ pub fn verify(live: Live<'_>, source: Source) -> anyhow::Result<bool> {
     let rebuilt_db = dir.path().join("rebuilt.redb");
     build_into(&rebuilt_db, source, stop_at, "verify")?;
     let rebuilt_export = dir.path().join("rebuilt.ndjson");
-    {
+    let rebuilt_gaps = {
         let store = open_store(&rebuilt_db)?;
         let mut out = BufWriter::new(File::create(&rebuilt_export)?);
         store.export(&mut out).context("failed to export the rebuilt store")?;
         out.flush()?;
-    }
+        store.history_gaps()?
+    };
     let live_body = dir.path().join("live.body.ndjson");
-    diff_exports(&live_body, &rebuilt_export, &mut io::stdout().lock())
+    let mut stdout = io::stdout().lock();
+    // A store that accepted a gap lacks that history for good: say so with
+    // every verdict.
+    for gap in &live_gaps {
+        writeln!(stdout, "history gap accepted by the live store: {gap}")?;
+    }
+    for gap in &rebuilt_gaps {
+        writeln!(stdout, "history gap accepted by the rebuild:    {}", gap.to_json())?;
+    }
+    diff_exports(&live_body, &rebuilt_export, &mut stdout)
 }
 
 /// Splits the `{"checkpoints": ...}` first line off the export at `path`
 /// (the rest goes to `live.body.ndjson` beside it); returns the positions.
-fn split_header(path: &Path) -> anyhow::Result<HashMap<String, i64>> {
+fn split_header(path: &Path) -> anyhow::Result<(HashMap<String, i64>, Vec<serde_json::Value>)> {
     let mut reader = BufReader::new(File::open(path)?);
     let mut header = String::new();
     reader.read_line(&mut header)?;
@@ -201,10 +218,11 @@ fn split_header(path: &Path) -> anyhow::Result<HashMap<String, i64>> {
         .iter()
         .filter_map(|(name, pos)| Some((name.clone(), pos.as_i64()?)))
         .collect();
+    let gaps = header["history_gaps"].as_array().cloned().unwrap_or_default();
     let mut body = BufWriter::new(File::create(path.with_file_name("live.body.ndjson"))?);
     io::copy(&mut reader, &mut body)?;
     body.flush()?;
-    Ok(checkpoints)
+    Ok((checkpoints, gaps))
 }
 
 fn fetch_export(base: &str, authorization: &str, to: &Path) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use refunds_api::{AppState, Auth, IngestProbe, PartitionLag, StoreSlot};
+use refunds_api::{AppState, Auth, HeldGap, IngestProbe, PartitionLag, StoreSlot};
 use refunds_ingest::kafka_source::{IngestError, IngestReport, IngestStatus, KafkaParams, Shutdown, consume};
 use refunds_store::Store;
 
@@ -38,6 +38,31 @@ impl IngestProbe for Probe {
 
     fn total_lag(&self) -> Option<i64> {
         self.status.total_lag()
+    }
+
+    fn held_gaps(&self) -> Vec<HeldGap> {
+        self.status
+            .held_gaps()
+            .into_iter()
+            .map(|gap| HeldGap {
+                topic: gap.topic,
+                partition: gap.partition,
+                needed: gap.needed,
+                available: gap.available,
+                reason: gap.reason.as_str().to_owned(),
+            })
+            .collect()
+    }
+
+    fn topic_settings(&self) -> Option<serde_json::Value> {
+        let settings = self.status.topic_settings()?;
+        Some(serde_json::json!({
+            "topic": self.status.topic(),
+            "cleanup_policy": settings.cleanup_policy,
+            "retention_ms": settings.retention_ms,
+            "retention_bytes": settings.retention_bytes,
+            "warnings": settings.warnings,
+        }))
     }
 }
 

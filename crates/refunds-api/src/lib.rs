@@ -84,6 +84,17 @@ pub struct PartitionLag {
     pub lag: Option<i64>,
 }
 
+/// A partition whose history the store cannot get whole, held back (not
+/// consumed) by the consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldGap {
+    pub topic: String,
+    pub partition: i32,
+    pub needed: i64,
+    pub available: i64,
+    pub reason: String,
+}
+
 /// What the API asks of the consumer feeding the store.
 pub trait IngestProbe: Send + Sync {
     /// The partitions assigned to this instance.
@@ -92,4 +103,12 @@ pub trait IngestProbe: Send + Sync {
     fn not_ready_reason(&self) -> Option<String>;
     /// Total lag in events over the assigned partitions, when known.
     fn total_lag(&self) -> Option<i64>;
+    /// Partitions not consumed because their history is incomplete.
+    fn held_gaps(&self) -> Vec<HeldGap> {
+        Vec::new()
+    }
+    /// The topic's retention and cleanup settings, as `/v1/status` shows them.
+    fn topic_settings(&self) -> Option<serde_json::Value> {
+        None
+    }
 }

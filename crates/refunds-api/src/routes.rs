@@ -375,7 +375,30 @@ async fn status(
 ) -> Result<Response, ApiError> {
     authenticate_admin(&state, &headers, query.as_deref(), "/v1/status")?;
     let path = state.db_path.clone();
-    let stats = read(&state, |store| store.stats().map_err(|e| store_unavailable(&e))).await?;
+    let (stats, accepted) = read(&state, |store| {
+        let stats = store.stats().map_err(|e| store_unavailable(&e))?;
+        let accepted = store.history_gaps().map_err(|e| store_unavailable(&e))?;
+        Ok((stats, accepted))
+    })
+    .await?;
+    // Held gaps (not consumed, not ready) and accepted ones (recorded in
+    // the store for its whole life), by topic, partition and offset.
+    let mut history_gaps: Vec<(String, i32, i64, Value)> = Vec::new();
+    for gap in state.ingest.as_ref().map(|ingest| ingest.held_gaps()).unwrap_or_default() {
+        let value = json!({
+            "topic": gap.topic, "partition": gap.partition, "needed": gap.needed,
+            "available": gap.available, "reason": gap.reason, "accepted": false,
+        });
+        history_gaps.push((gap.topic, gap.partition, gap.needed, value));
+    }
+    for gap in accepted {
+        let mut value = gap.to_json();
+        value["accepted"] = json!(true);
+        history_gaps.push((gap.topic, gap.partition, gap.needed, value));
+    }
+    history_gaps.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+    let history_gaps: Vec<Value> = history_gaps.into_iter().map(|(_, _, _, value)| value).collect();
+    let topic_settings = state.ingest.as_ref().and_then(|ingest| ingest.topic_settings());
     let partitions: Vec<Value> = state
         .ingest
         .as_ref()
@@ -404,6 +427,8 @@ async fn status(
             "last_applied_at": stats.last_applied_at.map(|t| t.to_string()),
             "store_bytes": Store::file_bytes(&path),
             "partitions": partitions,
+            "history_gaps": history_gaps,
+            "topic_settings": topic_settings,
         })),
     )
         .into_response())

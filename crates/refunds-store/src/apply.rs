@@ -36,6 +36,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(tables::AUDIT_LOG)?;
     txn.open_table(tables::AUDIT_ORPHANS)?;
     txn.open_table(tables::CHECKPOINTS)?;
+    txn.open_table(tables::HISTORY_GAPS)?;
     txn.open_table(tables::DEAD_LETTERS)?;
     txn.open_table(tables::DEAD_LETTERS_PENDING)?;
     for index in Index::ALL {

@@ -48,6 +48,7 @@
 mod apply;
 mod audit;
 mod batch;
+mod gaps;
 pub mod histogram;
 pub mod keys;
 pub mod page;
@@ -65,6 +66,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 pub use audit::{AuditEntry, Outcome, PackedPayload};
 pub use batch::{Batch, BatchSummary, Checkpoint, CheckpointDelta, Item, ItemKind, SourcePos};
+pub use gaps::AcceptedGap;
 pub use keys::TenantNo;
 pub use page::{Direction, PageRequest, SortKey, page_in};
 pub use query::{Filter, count_in};

@@ -91,9 +91,10 @@ impl Store {
         self.export_in(&txn, out)
     }
 
-    /// The export preceded by one line `{"checkpoints": {source: position}}`,
-    /// both from one snapshot: what the projection holds and exactly which
-    /// source positions it covers (`verify` rebuilds up to them).
+    /// The export preceded by one line `{"checkpoints": {source: position},
+    /// "history_gaps": [...]}`, both from one snapshot: what the projection
+    /// holds, exactly which source positions it covers (`verify` rebuilds up
+    /// to them) and which history it accepted to go without.
     pub fn export_with_checkpoints(&self, out: &mut impl Write) -> Result<u64, ExportError> {
         let txn = self.read()?;
         let table = txn.open_table(tables::CHECKPOINTS).map_err(StoreError::from)?;
@@ -103,7 +104,10 @@ impl Store {
             let checkpoint = Checkpoint::decode(value.value()).ok_or_else(|| corrupt("checkpoint"))?;
             checkpoints.insert(name.value().to_owned(), json!(checkpoint.position));
         }
-        serde_json::to_writer(&mut *out, &json!({"checkpoints": checkpoints})).map_err(io::Error::from)?;
+        let gaps: Vec<serde_json::Value> =
+            crate::gaps::history_gaps_in(&txn)?.iter().map(crate::AcceptedGap::to_json).collect();
+        serde_json::to_writer(&mut *out, &json!({"checkpoints": checkpoints, "history_gaps": gaps}))
+            .map_err(io::Error::from)?;
         out.write_all(b"\n")?;
         self.export_in(&txn, out)
     }

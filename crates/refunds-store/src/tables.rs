@@ -36,6 +36,10 @@ pub const AUDIT_ORPHANS: TableDefinition<&[u8], ()> = TableDefinition::new("audi
 
 /// Source positions, written in the same transaction as the events they cover.
 pub const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+/// History the store never applied and an operator accepted to go without
+/// (records deleted by retention, a recreated topic): `kafka:<topic>:<partition>:<needed, 20 digits>`
+/// -> JSON `{topic, partition, needed, available, reason, accepted_at}`. Never removed.
+pub const HISTORY_GAPS: TableDefinition<&str, &[u8]> = TableDefinition::new("history_gaps");
 /// Every dead letter ever recorded: sequence -> JSON document.
 pub const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 /// The outbox: dead letters not yet delivered to their destination.

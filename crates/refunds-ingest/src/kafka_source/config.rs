@@ -8,6 +8,7 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::BaseProducer;
 
 use super::IngestError;
+use super::history::GapPolicy;
 
 /// How to consume.
 #[derive(Debug, Clone)]
@@ -36,6 +37,12 @@ pub struct KafkaParams {
     pub produce_dead_letters: bool,
     /// Commit offsets to Kafka for lag tools (off for throwaway groups).
     pub commit_offsets: bool,
+    /// What to do with a partition whose history the store cannot get whole.
+    pub on_history_gap: GapPolicy,
+    /// Read the topic's settings at start (refuse compaction, warn about
+    /// finite retention). Off for the demo's in-process cluster, which does
+    /// not answer DescribeConfigs.
+    pub check_topic: bool,
 }
 
 impl KafkaParams {
@@ -52,6 +59,8 @@ impl KafkaParams {
             stop_at: None,
             produce_dead_letters: true,
             commit_offsets: true,
+            on_history_gap: GapPolicy::Hold,
+            check_topic: true,
         }
     }
 
@@ -62,7 +71,8 @@ impl KafkaParams {
         for (key, _) in &self.options {
             if PINNED_CONSUMER_OPTIONS.contains(&key.as_str()) {
                 return Err(IngestError::Config(format!(
-                    "kafka option {key} cannot be set: the store, not Kafka, keeps the consumer's offsets"
+                    "kafka option {key} cannot be set: the store, not Kafka, keeps the consumer's offsets (a \
+                     position the topic no longer has is a history gap; see --accept-history-gap)"
                 )));
             }
         }
@@ -74,7 +84,8 @@ impl KafkaParams {
     }
 }
 
-const PINNED_CONSUMER_OPTIONS: &[&str] = &["enable.auto.commit", "enable.auto.offset.store", "group.id"];
+const PINNED_CONSUMER_OPTIONS: &[&str] =
+    &["enable.auto.commit", "enable.auto.offset.store", "group.id", "auto.offset.reset"];
 
 /// The consumer's librdkafka settings (public so that a benchmark can read a
 /// topic with exactly the same configuration).
@@ -85,7 +96,9 @@ pub fn consumer_config(params: &KafkaParams) -> ClientConfig {
         .set("group.id", &params.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        // Never move a position behind the store's back: a position out of
+        // the partition's range is reported, and judged as a history gap.
+        .set("auto.offset.reset", "error")
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "1000")
         // A topic created after the consumer started is found within 5 s
@@ -93,8 +106,6 @@ pub fn consumer_config(params: &KafkaParams) -> ClientConfig {
         .set("topic.metadata.refresh.interval.ms", "5000")
         .set("fetch.wait.max.ms", "100")
         .set("queued.max.messages.kbytes", "262144")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
         // Messages up to the contract's 256 KiB limit and beyond (a larger
         // one is dead-lettered as too_large, so it must still be fetched).
         .set("fetch.message.max.bytes", "4194304")
@@ -116,6 +127,19 @@ pub(super) fn producer_config(params: &KafkaParams) -> ClientConfig {
         .set("linger.ms", "5");
     for (key, value) in &params.options {
         // Consumer-only settings would make the producer refuse to start.
+        if !is_consumer_only(key) {
+            config.set(key, value);
+        }
+    }
+    config
+}
+
+/// The admin client's settings (topic configuration checks): the
+/// connection settings of the consumer's, without its consumer-only ones.
+pub(super) fn admin_config(params: &KafkaParams) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &params.brokers);
+    for (key, value) in &params.options {
         if !is_consumer_only(key) {
             config.set(key, value);
         }

@@ -2,9 +2,11 @@
 //!
 //! Three threads:
 //!
-//! - the **poll thread** owns the consumer group membership: it polls
-//!   messages, validates them (off the writer's thread) and cuts batches by
-//!   size and deadline;
+//! - the **poll thread** assigns itself every partition of the topic at the
+//!   store's positions (see [`history`]: one store holds the whole topic,
+//!   and a partition whose history is incomplete is never consumed in
+//!   silence), polls messages, validates them (off the writer's thread) and
+//!   cuts batches by size and deadline;
 //! - the **writer thread** applies each batch in ONE write transaction that
 //!   also records, per partition, the next offset to consume
 //!   (`kafka:<topic>:<partition>` checkpoints). Commits are atomic; by
@@ -15,19 +17,23 @@
 //! - the **dead-letter thread** produces the outbox's dead letters to
 //!   `<topic>.dlq` and marks them sent once the broker acknowledges them.
 //!
-//! The store, not Kafka, holds the truth about positions: on assignment every
-//! partition is positioned at the store's checkpoint (or the beginning of the
-//! partition when the store has none), and the writer drops any message below
-//! the checkpoint it holds, so redeliveries, rebalances and crashes (which roll
-//! the store back to its last durable commit together with its offsets) never
-//! apply an event twice or skip one.
+//! The store, not Kafka, holds the truth about positions: every partition is
+//! positioned at the store's checkpoint (offset 0 when the store has none),
+//! and the writer drops any message below the checkpoint it holds, so
+//! redeliveries and crashes (which roll the store back to its last durable
+//! commit together with its offsets) never apply an event twice or skip one.
+//! The consumer group is used only to publish those offsets for lag tools:
+//! it has no members, so several instances sharing a group id each build the
+//! whole projection, and a restarted instance resumes at once.
 //!
 //! The files follow the threads: [`config`] (settings), [`status`] (the
-//! figures the API reads), [`poll`] (the poll thread), [`writer`] (the writer
-//! thread) and [`dead_letters`] (the dead-letter thread).
+//! figures the API reads), [`history`] (the assignment and its history
+//! checks), [`poll`] (the poll thread), [`writer`] (the writer thread) and
+//! [`dead_letters`] (the dead-letter thread).
 
 mod config;
 mod dead_letters;
+mod history;
 mod poll;
 mod status;
 mod writer;
@@ -36,16 +42,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use refunds_store::Store;
 
 pub use config::{KafkaParams, consumer_config};
+pub use history::{GapPolicy, GapReason, HistoryGap, TopicSettings, find_gap};
 pub use status::{IngestStatus, PartitionFigures};
 
 use dead_letters::DeadLetterSender;
+use history::Assignment;
 use poll::{ConsumeContext, Consumer_, PolledBatch, poll_batch, send_batch};
 use writer::{WriterReport, write_batches};
 
@@ -57,6 +64,11 @@ pub enum IngestError {
     Client(#[source] KafkaError),
     #[error("the store failed: {0}")]
     Store(#[from] refunds_store::StoreError),
+    /// A partition's history is incomplete and the policy is to refuse.
+    #[error("{0}; pass --accept-history-gap to consume past it (the gap is recorded in the store)")]
+    HistoryGap(String),
+    #[error("{0}")]
+    CompactedTopic(String),
     #[error("failed to start a thread: {0}")]
     Thread(#[from] std::io::Error),
     /// An I/O error (disk full, say) left the store unusable until it is
@@ -128,10 +140,9 @@ pub fn consume(
     shutdown: Shutdown,
 ) -> Result<IngestReport, IngestError> {
     params.check_options()?;
-    let context = ConsumeContext { store: store.clone(), topic: params.topic.clone(), status: status.clone() };
+    let context = ConsumeContext { topic: params.topic.clone(), status: status.clone() };
     let consumer: Arc<Consumer_> =
         Arc::new(consumer_config(params).create_with_context(context).map_err(IngestError::Client)?);
-    consumer.subscribe(&[params.topic.as_str()]).map_err(IngestError::Client)?;
     let dead_letters = DeadLetterSender::start(store.clone(), params)?;
 
     let (tx, rx) = sync_channel::<PolledBatch>(1);
@@ -147,9 +158,34 @@ pub fn consume(
             .spawn(move || write_batches(&store, &consumer, &params, &status, &outbox, &rx, &shutdown))?
     };
     let mut messages = 0u64;
+    let mut failed = None;
+    let mut assignment = Assignment::new(params);
     let topic: Arc<str> = Arc::from(params.topic.as_str());
     while !shutdown.is_triggered() {
-        let batch = poll_batch(&consumer, &topic, params, &shutdown);
+        if assignment.due() {
+            // Between batches: a gap is accepted before any message past it
+            // is polled, and reaches the writer after every one before it.
+            let plan = match assignment.refresh(&consumer, &store, params, &status) {
+                Ok(plan) => plan,
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            };
+            if !plan.accept.is_empty() {
+                let gaps = PolledBatch { accept: plan.accept.clone(), items: Vec::new(), started: Instant::now() };
+                if tx.send(gaps).is_err() {
+                    break;
+                }
+            }
+            if !plan.is_empty()
+                && let Err(error) = plan.execute(&consumer, &params.topic)
+            {
+                failed = Some(error);
+                break;
+            }
+        }
+        let batch = poll_batch(&consumer, &mut assignment, &topic, params, &shutdown);
         if batch.items.is_empty() {
             // Idle: a writer that stopped (the store failed) must be noticed
             // here too, or nothing would ever hand it a batch to fail on.
@@ -161,7 +197,7 @@ pub fn consume(
         if messages == 0 {
             status.lock().first_message_at.get_or_insert(batch.started);
         }
-        let Some(sent) = send_batch(&tx, batch, &consumer, &topic, params, &shutdown, &writer) else {
+        let Some(sent) = send_batch(&tx, batch, &consumer, &mut assignment, &topic, params, &shutdown, &writer) else {
             break;
         };
         messages += sent;
@@ -176,6 +212,9 @@ pub fn consume(
     drop(consumer);
     if let Some(why) = written.store_failed {
         return Err(IngestError::StoreFailed(why));
+    }
+    if let Some(error) = failed {
+        return Err(error);
     }
     tracing::info!(messages, applied = written.applied, "consumer stopped");
     Ok(IngestReport {

@@ -1,26 +1,25 @@
 //! The poll thread: it polls messages, validates them (off the writer's
 //! thread) and cuts batches by size and deadline.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use refunds_store::{Item, SourcePos, Store};
+use rdkafka::types::RDKafkaErrorCode;
+use refunds_store::{Item, SourcePos};
 
+use super::history::{Acceptance, Assignment};
 use super::writer::WriterReport;
-use super::{IngestStatus, KafkaParams, Shutdown, checkpoint_name};
+use super::{IngestStatus, KafkaParams, Shutdown};
 use crate::now;
 
 pub(super) struct ConsumeContext {
-    pub(super) store: Arc<Store>,
     pub(super) topic: String,
     pub(super) status: Arc<IngestStatus>,
 }
@@ -62,73 +61,9 @@ impl ClientContext for ConsumeContext {
     }
 }
 
-impl ConsumerContext for ConsumeContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let cooperative = matches!(consumer.rebalance_protocol(), rdkafka::consumer::RebalanceProtocol::Cooperative);
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mut assigned = Vec::new();
-                for element in tpl.elements() {
-                    assigned.push((element.topic().to_owned(), element.partition()));
-                }
-                let mut applied = HashMap::new();
-                for (topic, partition) in &assigned {
-                    let offset = match self.store.checkpoint(&checkpoint_name(topic, *partition)) {
-                        Ok(Some(checkpoint)) => {
-                            let next = i64::try_from(checkpoint.position).unwrap_or(i64::MAX);
-                            applied.insert(*partition, next);
-                            Offset::Offset(next)
-                        }
-                        Ok(None) => Offset::Beginning,
-                        Err(error) => {
-                            // Without the stored position the partition could
-                            // only be read from the beginning: harmless (the
-                            // writer drops what it has), so do that.
-                            tracing::error!(%error, partition, "cannot read the stored offset; reading from the beginning");
-                            Offset::Beginning
-                        }
-                    };
-                    if let Err(error) = tpl.set_partition_offset(topic, *partition, offset) {
-                        tracing::error!(%error, partition, "cannot position the partition");
-                    }
-                }
-                let result = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
-                if let Err(error) = result {
-                    tracing::error!(%error, "assignment failed");
-                }
-                let partitions: Vec<i32> = assigned.iter().map(|(_, p)| *p).collect();
-                tracing::info!(?partitions, "partitions assigned; positioned at the store's offsets");
-                let mut inner = self.status.lock();
-                for (partition, offset) in applied {
-                    inner.applied.insert(partition, offset);
-                }
-                if cooperative {
-                    inner.assigned.extend(partitions);
-                } else {
-                    inner.assigned = partitions;
-                }
-                inner.assigned.sort_unstable();
-                inner.assigned.dedup();
-                inner.assigned_once = true;
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                tracing::info!(partitions = ?revoked, "partitions revoked");
-                let result = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
-                if let Err(error) = result {
-                    tracing::error!(%error, "unassignment failed");
-                }
-                let mut inner = self.status.lock();
-                inner.assigned.retain(|p| !revoked.contains(p));
-            }
-            other => {
-                tracing::error!(error = ?other, "rebalance failed");
-                let _ = consumer.unassign();
-                self.status.lock().assigned.clear();
-            }
-        }
-    }
-}
+/// No rebalance callback: every instance assigns itself every partition
+/// (see `history`), so there is no group membership to rebalance.
+impl ConsumerContext for ConsumeContext {}
 
 pub(super) type Consumer_ = BaseConsumer<ConsumeContext>;
 
@@ -144,6 +79,7 @@ pub(super) fn send_batch(
     tx: &SyncSender<PolledBatch>,
     mut batch: PolledBatch,
     consumer: &Consumer_,
+    assignment: &mut Assignment,
     topic: &Arc<str>,
     params: &KafkaParams,
     shutdown: &Shutdown,
@@ -167,7 +103,7 @@ pub(super) fn send_batch(
                 }
                 let deadline = Instant::now() + Duration::from_millis(2);
                 while batch.items.len() < params.batch_events && Instant::now() < deadline {
-                    poll_one(consumer, topic, &mut batch.items, Duration::from_millis(1));
+                    poll_one(consumer, assignment, topic, &mut batch.items, Duration::from_millis(1));
                 }
             }
         }
@@ -177,6 +113,9 @@ pub(super) fn send_batch(
 }
 
 pub(super) struct PolledBatch {
+    /// History gaps to record before the items (always alone: a batch is cut
+    /// before a gap is accepted).
+    pub(super) accept: Vec<Acceptance>,
     pub(super) items: Vec<Item>,
     pub(super) started: Instant,
 }
@@ -184,6 +123,7 @@ pub(super) struct PolledBatch {
 /// Polls until the batch is full, its deadline passes, or shutdown.
 pub(super) fn poll_batch(
     consumer: &Consumer_,
+    assignment: &mut Assignment,
     topic: &Arc<str>,
     params: &KafkaParams,
     shutdown: &Shutdown,
@@ -199,7 +139,7 @@ pub(super) fn poll_batch(
             },
             None => Duration::from_millis(100),
         };
-        match poll_one(consumer, topic, &mut items, wait) {
+        match poll_one(consumer, assignment, topic, &mut items, wait) {
             Polled::Message => {
                 first_at.get_or_insert_with(Instant::now);
             }
@@ -207,7 +147,7 @@ pub(super) fn poll_batch(
             Polled::Nothing => {}
         }
     }
-    PolledBatch { items, started }
+    PolledBatch { accept: Vec::new(), items, started }
 }
 
 enum Polled {
@@ -216,10 +156,23 @@ enum Polled {
 }
 
 /// Polls one message into `items`, waiting at most `wait` for it.
-fn poll_one(consumer: &Consumer_, topic: &Arc<str>, items: &mut Vec<Item>, wait: Duration) -> Polled {
+fn poll_one(
+    consumer: &Consumer_,
+    assignment: &mut Assignment,
+    topic: &Arc<str>,
+    items: &mut Vec<Item>,
+    wait: Duration,
+) -> Polled {
     let Some(result) = consumer.poll(wait) else { return Polled::Nothing };
     let message = match result {
         Ok(message) => message,
+        Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
+            // A position the partition no longer has (`auto.offset.reset`
+            // is `error`): the partition stopped; judge it as a gap.
+            tracing::warn!("a partition's position is out of its range; checking the partitions for a history gap");
+            assignment.out_of_range();
+            return Polled::Nothing;
+        }
         Err(error) => {
             // Transport errors while a broker is away: librdkafka
             // reconnects by itself; keep polling.
@@ -230,6 +183,7 @@ fn poll_one(consumer: &Consumer_, topic: &Arc<str>, items: &mut Vec<Item>, wait:
     let raw = message.payload().unwrap_or_default().to_vec();
     let topic = if **topic == *message.topic() { topic.clone() } else { Arc::from(message.topic()) };
     // Validated and packed here, on the consumer's thread, not the writer's.
+    assignment.saw(message.partition(), message.offset());
     let source = SourcePos::Kafka { topic, partition: message.partition(), offset: message.offset() };
     items.push(Item::received(source, now(), raw, message.key().map(<[u8]>::to_vec)));
     Polled::Message

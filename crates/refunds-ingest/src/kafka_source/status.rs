@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use super::history::{HistoryGap, TopicSettings};
+
 /// Live figures of the consumer, read by `/v1/status`, `/readyz` and the
 /// list responses' freshness headers.
 #[derive(Debug, Default)]
@@ -27,6 +29,12 @@ pub(super) struct StatusInner {
     pub(super) store_error: Option<String>,
     /// When the first message of this run was polled.
     pub(super) first_message_at: Option<Instant>,
+    /// Partitions not consumed because their history is incomplete.
+    pub(super) held_gaps: BTreeMap<i32, HistoryGap>,
+    /// The topic does not exist (yet).
+    pub(super) topic_missing: bool,
+    /// The topic's retention and cleanup settings, once read.
+    pub(super) topic_settings: Option<TopicSettings>,
 }
 
 /// One partition's progress, as `/v1/status` reports it.
@@ -87,17 +95,66 @@ impl IngestStatus {
         partitions.iter().map(|p| p.lag).sum()
     }
 
-    /// Why the consumer is not ready, or `None` when it is: partitions are
-    /// assigned, the store writes, and the lag is at most `max_lag`.
+    /// Why the consumer is not ready, or `None` when it is: no partition is
+    /// held back by a history gap, partitions are assigned, the store writes,
+    /// and the lag is at most `max_lag`.
     pub fn not_ready_reason(&self, max_lag: i64) -> Option<String> {
-        if let Some(err) = &self.lock().store_error {
-            return Some(format!("the store cannot write: {err}"));
+        {
+            let inner = self.lock();
+            if let Some(err) = &inner.store_error {
+                return Some(format!("the store cannot write: {err}"));
+            }
+            if !inner.held_gaps.is_empty() {
+                let gaps: Vec<String> = inner.held_gaps.values().map(HistoryGap::describe).collect();
+                return Some(format!(
+                    "{}; the store would serve a partial projection, so these partitions are not consumed: restart \
+                     with --accept-history-gap to consume past the gap (it stays listed in /v1/status history_gaps), \
+                     or rebuild from a complete source",
+                    gaps.join("; ")
+                ));
+            }
+            if inner.topic_missing && !inner.assigned_once {
+                return Some(format!("waiting for topic {} to exist", inner.topic));
+            }
         }
         match self.total_lag() {
             None => Some("waiting for partitions to be assigned and their high watermarks".to_owned()),
             Some(lag) if lag > max_lag => Some(format!("lag {lag} is above {max_lag}")),
             Some(_) => None,
         }
+    }
+
+    /// The topic consumed.
+    pub fn topic(&self) -> String {
+        self.lock().topic.clone()
+    }
+
+    /// Partitions held back by a history gap, by partition.
+    pub fn held_gaps(&self) -> Vec<HistoryGap> {
+        self.lock().held_gaps.values().cloned().collect()
+    }
+
+    /// The topic's retention and cleanup settings, once read.
+    pub fn topic_settings(&self) -> Option<TopicSettings> {
+        self.lock().topic_settings.clone()
+    }
+
+    pub(super) fn hold(&self, gap: HistoryGap) {
+        let held = {
+            let mut inner = self.lock();
+            inner.held_gaps.insert(gap.partition, gap);
+            inner.held_gaps.len()
+        };
+        metrics::gauge!("refund_projector_history_gaps", "state" => "held").set(held as f64);
+    }
+
+    /// The partitions this instance covers (consumed or held back); `known`
+    /// once every one of them has been positioned or judged.
+    pub(super) fn set_partitions(&self, partitions: Vec<i32>, known: bool) {
+        let mut inner = self.lock();
+        inner.topic_missing = false;
+        inner.assigned = partitions;
+        inner.assigned_once |= known;
     }
 
     /// Forgets everything but the topic: a new store is being consumed into.

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use refunds_store::{Batch, CheckpointDelta, Durability, Item, SourcePos, Store};
+use refunds_store::{AcceptedGap, Batch, CheckpointDelta, Durability, Item, SourcePos, Store};
 
 use super::dead_letters::OutboxHandle;
+use super::history::{HistoryGap, gap_source};
 use super::poll::{Consumer_, PolledBatch};
 use super::{IngestStatus, KafkaParams, Shutdown, checkpoint_name, millis};
+use crate::now;
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct WriterReport {
@@ -71,6 +73,17 @@ pub(super) fn write_batches(
             }
             continue;
         };
+        for acceptance in &polled.accept {
+            if let Err(why) = record_gap(store, status, &acceptance.gap) {
+                // Consuming past a gap that is not recorded would hide it:
+                // stop, as for any store failure (the gap is judged again
+                // once the store is reopened).
+                report.store_failed = Some(why);
+                return report;
+            }
+            applied.insert(acceptance.gap.partition, acceptance.gap.resume_at);
+            status.set_applied(&applied);
+        }
         let (batch, advanced, skipped) = store_batch(polled.items, &applied, params);
         report.skipped += skipped;
         if batch.items.is_empty() {
@@ -124,6 +137,31 @@ pub(super) fn write_batches(
         commit_durable(store, consumer, params, status, outbox, &applied, shutdown);
     }
     report
+}
+
+/// Records an accepted history gap and moves the partition's checkpoint to
+/// where consuming resumes, in one durable transaction.
+fn record_gap(store: &Store, status: &IngestStatus, gap: &HistoryGap) -> Result<(), String> {
+    let accepted = AcceptedGap {
+        topic: gap.topic.clone(),
+        partition: gap.partition,
+        needed: gap.needed,
+        available: gap.available,
+        reason: gap.reason.as_str().to_owned(),
+        accepted_at: now(),
+    };
+    match store.accept_history_gap(&accepted, &gap_source(gap), gap.resume_at) {
+        Ok(()) => {
+            let accepted = store.history_gaps().map_or(0, |gaps| gaps.len());
+            metrics::gauge!("refund_projector_history_gaps", "state" => "accepted").set(accepted as f64);
+            Ok(())
+        }
+        Err(error) => {
+            tracing::error!(%error, partition = gap.partition, "cannot record the accepted history gap");
+            status.lock().store_error = Some(error.to_string());
+            Err(error.to_string())
+        }
+    }
 }
 
 /// Drops messages the store already holds and builds the store batch with
