@@ -252,6 +252,8 @@ impl Plan {
 /// The partitions this instance consumes and the ones it holds back.
 pub(super) struct Assignment {
     topic: String,
+    /// The topic of every polled message's source position, shared.
+    topic_arc: std::sync::Arc<str>,
     policy: GapPolicy,
     check_topic: bool,
     /// Consumed partitions, with the next offset expected from each.
@@ -275,6 +277,7 @@ impl Assignment {
     pub(super) fn new(params: &KafkaParams) -> Assignment {
         Assignment {
             topic: params.topic.clone(),
+            topic_arc: std::sync::Arc::from(params.topic.as_str()),
             policy: params.on_history_gap,
             check_topic: params.check_topic,
             consuming: HashMap::new(),
@@ -283,6 +286,10 @@ impl Assignment {
             recheck: false,
             next_refresh: Instant::now(),
         }
+    }
+
+    pub(super) fn topic(&self) -> &std::sync::Arc<str> {
+        &self.topic_arc
     }
 
     /// A message was polled: the partition's next offset.

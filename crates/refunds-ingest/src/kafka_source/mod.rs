@@ -160,7 +160,6 @@ pub fn consume(
     let mut messages = 0u64;
     let mut failed = None;
     let mut assignment = Assignment::new(params);
-    let topic: Arc<str> = Arc::from(params.topic.as_str());
     while !shutdown.is_triggered() {
         if assignment.due() {
             // Between batches: a gap is accepted before any message past it
@@ -185,7 +184,7 @@ pub fn consume(
                 break;
             }
         }
-        let batch = poll_batch(&consumer, &mut assignment, &topic, params, &shutdown);
+        let batch = poll_batch(&consumer, &mut assignment, params, &shutdown);
         if batch.items.is_empty() {
             // Idle: a writer that stopped (the store failed) must be noticed
             // here too, or nothing would ever hand it a batch to fail on.
@@ -197,7 +196,7 @@ pub fn consume(
         if messages == 0 {
             status.lock().first_message_at.get_or_insert(batch.started);
         }
-        let Some(sent) = send_batch(&tx, batch, &consumer, &mut assignment, &topic, params, &shutdown, &writer) else {
+        let Some(sent) = send_batch(&tx, batch, &consumer, &mut assignment, params, &shutdown, &writer) else {
             break;
         };
         messages += sent;

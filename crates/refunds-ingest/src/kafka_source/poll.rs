@@ -80,7 +80,6 @@ pub(super) fn send_batch(
     mut batch: PolledBatch,
     consumer: &Consumer_,
     assignment: &mut Assignment,
-    topic: &Arc<str>,
     params: &KafkaParams,
     shutdown: &Shutdown,
     writer: &thread::JoinHandle<WriterReport>,
@@ -103,7 +102,7 @@ pub(super) fn send_batch(
                 }
                 let deadline = Instant::now() + Duration::from_millis(2);
                 while batch.items.len() < params.batch_events && Instant::now() < deadline {
-                    poll_one(consumer, assignment, topic, &mut batch.items, Duration::from_millis(1));
+                    poll_one(consumer, assignment, &mut batch.items, Duration::from_millis(1));
                 }
             }
         }
@@ -124,7 +123,6 @@ pub(super) struct PolledBatch {
 pub(super) fn poll_batch(
     consumer: &Consumer_,
     assignment: &mut Assignment,
-    topic: &Arc<str>,
     params: &KafkaParams,
     shutdown: &Shutdown,
 ) -> PolledBatch {
@@ -139,7 +137,7 @@ pub(super) fn poll_batch(
             },
             None => Duration::from_millis(100),
         };
-        match poll_one(consumer, assignment, topic, &mut items, wait) {
+        match poll_one(consumer, assignment, &mut items, wait) {
             Polled::Message => {
                 first_at.get_or_insert_with(Instant::now);
             }
@@ -156,13 +154,7 @@ enum Polled {
 }
 
 /// Polls one message into `items`, waiting at most `wait` for it.
-fn poll_one(
-    consumer: &Consumer_,
-    assignment: &mut Assignment,
-    topic: &Arc<str>,
-    items: &mut Vec<Item>,
-    wait: Duration,
-) -> Polled {
+fn poll_one(consumer: &Consumer_, assignment: &mut Assignment, items: &mut Vec<Item>, wait: Duration) -> Polled {
     let Some(result) = consumer.poll(wait) else { return Polled::Nothing };
     let message = match result {
         Ok(message) => message,
@@ -181,6 +173,7 @@ fn poll_one(
         }
     };
     let raw = message.payload().unwrap_or_default().to_vec();
+    let topic = assignment.topic();
     let topic = if **topic == *message.topic() { topic.clone() } else { Arc::from(message.topic()) };
     // Validated and packed here, on the consumer's thread, not the writer's.
     assignment.saw(message.partition(), message.offset());
