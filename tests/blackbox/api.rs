@@ -408,6 +408,9 @@ fn health_needs_no_credentials_and_status_reports_the_replay() {
     assert_eq!(body["events_applied"].as_u64().unwrap(), applied);
     assert!(body["events_duplicate"].as_u64().unwrap() > 0);
     assert_eq!(body["partitions"], Value::Array(vec![]));
+    // A replayed store accepted no history gap; serve reads no topic.
+    assert_eq!(body["history_gaps"], Value::Array(vec![]));
+    assert_eq!(body["topic_settings"], Value::Null);
     assert!(body["store_bytes"].as_u64().unwrap() > 0);
 }
 
