@@ -87,7 +87,7 @@ pub fn parse(
     raw: &[(String, String)],
 ) -> Result<ListRequest, ApiError> {
     let mut filter = Filter::default();
-    if let Some((name, value)) = params.one_of(&["status", "state"])? {
+    if let Some((name, value)) = params.aliased("status")? {
         filter.statuses = list(name, value)?
             .into_iter()
             .map(|s| {
@@ -95,7 +95,7 @@ pub fn parse(
             })
             .collect::<Result<_, _>>()?;
     }
-    if let Some((name, value)) = params.one_of(&["currency", "currency_code"])? {
+    if let Some((name, value)) = params.aliased("currency")? {
         filter.currencies = list(name, value)?.into_iter().map(|c| c.to_ascii_uppercase()).collect();
     }
     if let Some(value) = params.get("processor") {
@@ -107,32 +107,30 @@ pub fn parse(
     if let Some(value) = params.get("product_type") {
         filter.product_types = list("product_type", value)?;
     }
-    for (field, names) in [
-        (TextField::OrderNo, &["order_no"][..]),
-        (TextField::TransactionId, &["transaction_id", "payment_id"][..]),
-        (TextField::ExternalRefundId, &["external_refund_id"][..]),
-        (TextField::StoreId, &["store_id"][..]),
-        (TextField::ReferenceId, &["reference_id"][..]),
+    for (field, name) in [
+        (TextField::OrderNo, "order_no"),
+        (TextField::TransactionId, "transaction_id"),
+        (TextField::ExternalRefundId, "external_refund_id"),
+        (TextField::StoreId, "store_id"),
+        (TextField::ReferenceId, "reference_id"),
     ] {
-        if let Some((_, value)) = params.one_of(names)? {
+        if let Some((_, value)) = params.aliased(name)? {
             filter.exact.push((field, value.to_owned()));
         }
     }
-    let lower = ["created_after", "created_at_min", "from", "create_time_start", "created[gte]"];
-    if let Some((name, value)) = params.one_of(&lower)? {
+    if let Some((name, value)) = params.aliased("created_after")? {
         filter.created_min = Some(time(name, value, Bound::Lower)?);
     }
-    let upper = ["created_before", "created_at_max", "to", "create_time_end", "created[lte]"];
-    if let Some((name, value)) = params.one_of(&upper)? {
+    if let Some((name, value)) = params.aliased("created_before")? {
         filter.created_max = Some(time(name, value, Bound::Upper)?);
     }
-    if let Some((name, value)) = params.one_of(&["amount_min", "minimum_amount"])? {
+    if let Some((name, value)) = params.aliased("amount_min")? {
         filter.amount_min = Some(amount(name, value)?);
     }
-    if let Some((name, value)) = params.one_of(&["amount_max", "maximum_amount"])? {
+    if let Some((name, value)) = params.aliased("amount_max")? {
         filter.amount_max = Some(amount(name, value)?);
     }
-    let descending = match params.one_of(&["ordering", "order"])? {
+    let descending = match params.aliased("ordering")? {
         None | Some(("ordering", "-created")) | Some(("order", "reverse_chronological")) => true,
         Some(("ordering", "created")) | Some(("order", "chronological")) => false,
         Some((name, _)) => {
@@ -141,7 +139,7 @@ pub fn parse(
             return Err(ApiError::invalid(name, format!("{name} must be {allowed}")));
         }
     };
-    let limit = match params.one_of(&["limit", "page_size"])? {
+    let limit = match params.aliased("limit")? {
         None => 20,
         Some((name, value)) => match value.parse::<usize>() {
             Ok(n) if (1..=100).contains(&n) => n,
