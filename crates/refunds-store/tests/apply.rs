@@ -187,6 +187,56 @@ fn a_conflicting_repeat_naming_an_unknown_refund_creates_no_refund() {
     assert_indexes_match_rows(&store);
 }
 
+/// Contract section 2, Identity: a conflicting repeat is listed with the
+/// refund its event id was first applied to, whatever refund it names: one
+/// unknown (in the applied event's batch or a later one), one created in the
+/// same batch, or one that already exists.
+#[test]
+fn a_conflicting_repeat_is_in_the_trail_of_the_refund_its_event_id_was_first_applied_to() {
+    let (_dir, store) = open();
+    let at = "2026-01-01T00:00:00Z";
+    let applied = event("org_1", "ref_1", "evt_1", "refund.queued", at, json!({}));
+    let other = event("org_1", "ref_4", "evt_4", "refund.queued", at, json!({}));
+    let unknown_same_batch = event("org_1", "ref_2", "evt_1", "refund.queued", at, json!({}));
+    store.apply_batch(&batch(&[applied.clone(), other.clone(), unknown_same_batch]), Durability::None).unwrap();
+    // Later batches that do not name ref_1 at all.
+    let unknown_later = event("org_1", "ref_3", "evt_1", "refund.queued", at, json!({}));
+    let existing = event("org_1", "ref_4", "evt_1", "refund.queued", at, json!({}));
+    store.apply_batch(&batch(&[unknown_later, existing]), Durability::None).unwrap();
+    let created_alongside = event("org_1", "ref_5", "evt_5", "refund.queued", at, json!({}));
+    let names_it = event("org_1", "ref_5", "evt_1", "refund.processing", at, json!({}));
+    let summary = store.apply_batch(&batch(&[created_alongside, names_it]), Durability::None).unwrap();
+    assert_eq!((summary.applied, summary.conflicting_duplicate), (1, 1));
+
+    let trail = store.audit_trail("org_1", "ref_1").unwrap();
+    let outcomes: Vec<(&str, Outcome)> = trail.iter().map(|e| (e.event_id.as_str(), e.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("evt_1", Outcome::Applied),
+            ("evt_1", Outcome::ConflictingDuplicate),
+            ("evt_1", Outcome::ConflictingDuplicate),
+            ("evt_1", Outcome::ConflictingDuplicate),
+            ("evt_1", Outcome::ConflictingDuplicate),
+        ],
+        "ref_1 lists its event and every conflicting repeat of it"
+    );
+    let named: Vec<&str> = trail.iter().map(|e| e.payload["refund"]["id"].as_str().unwrap()).collect();
+    assert_eq!(named, ["ref_1", "ref_2", "ref_3", "ref_4", "ref_5"], "each entry keeps the payload as received");
+    for (refund, own) in [("ref_4", "evt_4"), ("ref_5", "evt_5")] {
+        let trail = store.audit_trail("org_1", refund).unwrap();
+        let ids: Vec<(&str, Outcome)> = trail.iter().map(|e| (e.event_id.as_str(), e.outcome)).collect();
+        assert_eq!(ids, [(own, Outcome::Applied)], "{refund} lists only its own event");
+    }
+    for refund in ["ref_2", "ref_3"] {
+        assert!(store.get_refund("org_1", refund).unwrap().is_none(), "{refund} was never created");
+        assert!(store.audit_trail("org_1", refund).unwrap().is_empty(), "{refund} has no trail");
+    }
+    assert_eq!(store.get_refund("org_1", "ref_1").unwrap().unwrap().event_count, 1, "the repeats changed nothing");
+    assert_eq!(store.stats().unwrap().events_conflicting_duplicate, 4);
+    assert_indexes_match_rows(&store);
+}
+
 #[test]
 fn tenants_never_shadow_each_other_with_equal_event_ids() {
     let (_dir, store) = open();
