@@ -3,7 +3,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use refunds_domain::{EventType, RefundState, TextField, Timestamp};
+use refunds_domain::{EventType, TextField, Timestamp};
 use refunds_store::{Direction, Filter, PageRequest, SortKey, Store, TenantNo, count_in, page_in};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -62,10 +62,17 @@ const STATUSES: &str = "queued, processing, completed, failed, cancelled";
 #[derive(Debug, Clone)]
 enum Start {
     Offset(u64),
-    /// Strictly after this key in the ordering (`cursor` next, `starting_after`).
-    After(SortKey),
-    /// Strictly before this key in the ordering (`cursor` previous, `ending_before`).
-    Before(SortKey),
+    /// After this key in the ordering (`cursor` next, `starting_after`);
+    /// `inclusive` takes the refund at the key too.
+    After {
+        key: SortKey,
+        inclusive: bool,
+    },
+    /// Before this key in the ordering (`cursor` previous, `ending_before`).
+    Before {
+        key: SortKey,
+        inclusive: bool,
+    },
 }
 
 pub struct ListRequest {
@@ -162,9 +169,9 @@ pub fn parse(
     let start = if let Some(value) = params.get("cursor") {
         decode_cursor(store.cursor_key(), value, &fingerprint)?
     } else if let Some(value) = params.get("starting_after") {
-        Start::After(position_of(store, &tenants, "starting_after", value)?)
+        Start::After { key: position_of(store, &tenants, "starting_after", value)?, inclusive: false }
     } else if let Some(value) = params.get("ending_before") {
-        Start::Before(position_of(store, &tenants, "ending_before", value)?)
+        Start::Before { key: position_of(store, &tenants, "ending_before", value)?, inclusive: false }
     } else if let Some(value) = params.get("page") {
         let page: u64 = value
             .parse()
@@ -253,10 +260,14 @@ fn fingerprint(filter: &Filter, descending: bool, tenants: &[(String, TenantNo)]
     hex::encode(&crate::auth::sha256(text.as_bytes())[..16])
 }
 
+/// The direction of a cursor: `a`/`b` for after/before its key, `A`/`B`
+/// for at or after/before it.
 fn encode_cursor(key: &[u8; 32], start: &Start, fingerprint: &str) -> String {
     let (direction, position) = match start {
-        Start::After(k) => ("a", k),
-        Start::Before(k) => ("b", k),
+        Start::After { key, inclusive: false } => ("a", key),
+        Start::After { key, inclusive: true } => ("A", key),
+        Start::Before { key, inclusive: false } => ("b", key),
+        Start::Before { key, inclusive: true } => ("B", key),
         Start::Offset(_) => unreachable!("offsets are not cursors"),
     };
     let body =
@@ -289,7 +300,13 @@ fn decode_cursor(key: &[u8; 32], cursor: &str, fingerprint: &str) -> Result<Star
     }
     let created_at = Timestamp::from_millis(ms).ok_or_else(|| invalid("the cursor is malformed"))?;
     let key = SortKey { created_at, tenant_id: tenant_id.to_owned(), id: id.to_owned() };
-    Ok(if direction == "b" { Start::Before(key) } else { Start::After(key) })
+    Ok(match direction {
+        "a" => Start::After { key, inclusive: false },
+        "A" => Start::After { key, inclusive: true },
+        "b" => Start::Before { key, inclusive: false },
+        "B" => Start::Before { key, inclusive: true },
+        _ => return Err(invalid("the cursor is malformed")),
+    })
 }
 
 /// Runs the request on one read snapshot and renders the response body.
@@ -302,57 +319,95 @@ pub fn execute(store: &Store, request: &ListRequest) -> Result<String, ApiError>
         true => (Direction::Descending, Direction::Ascending),
         false => (Direction::Ascending, Direction::Descending),
     };
-    let page = |direction, after: Option<&SortKey>, skip, take| {
-        page_in(&txn, &PageRequest { tenants: &request.tenants, filter: &request.filter, direction, after, skip, take })
-            .map_err(unavailable)
+    let page = |direction, after: Option<&SortKey>, include_after, skip, take| {
+        let request = PageRequest {
+            tenants: &request.tenants,
+            filter: &request.filter,
+            direction,
+            after,
+            include_after,
+            skip,
+            take,
+        };
+        page_in(&txn, &request).map_err(unavailable)
     };
     let limit = request.limit;
-    let (results, has_more, offset, previous_exists, next_exists): (Vec<RefundState>, bool, Option<u64>, bool, bool) =
-        match &request.start {
-            Start::Offset(offset) => {
-                let results = page(forward, None, *offset, limit)?;
-                let has_more = offset + (results.len() as u64) < count;
-                (results, has_more, Some(*offset), *offset > 0, has_more)
-            }
-            Start::After(key) => {
-                let mut results = page(forward, Some(key), 0, limit + 1)?;
-                let has_more = results.len() > limit;
-                results.truncate(limit);
-                let previous = match results.first() {
-                    Some(first) => !page(backward, Some(&SortKey::of(first)), 0, 1)?.is_empty(),
-                    None => count > 0,
-                };
-                (results, has_more, None, previous, has_more)
-            }
-            Start::Before(key) => {
-                let mut results = page(backward, Some(key), 0, limit + 1)?;
-                let has_more = results.len() > limit;
-                results.truncate(limit);
-                results.reverse();
-                let next = match results.last() {
-                    Some(last) => !page(forward, Some(&SortKey::of(last)), 0, 1)?.is_empty(),
-                    None => count > 0,
-                };
-                (results, has_more, None, has_more, next)
-            }
-        };
-    let cursor_after =
-        results.last().map(|r| encode_cursor(store.cursor_key(), &Start::After(SortKey::of(r)), &request.fingerprint));
-    let cursor_before = results
-        .first()
-        .map(|r| encode_cursor(store.cursor_key(), &Start::Before(SortKey::of(r)), &request.fingerprint));
-    let next_cursor = next_exists.then(|| cursor_after.clone()).flatten();
-    let previous_cursor = previous_exists.then(|| cursor_before.clone()).flatten();
-    let (next, previous) = match offset {
-        Some(offset) => (
-            next_exists.then(|| link(request, &[("offset", (offset + limit as u64).to_string())])),
-            previous_exists.then(|| link(request, &[("offset", offset.saturating_sub(limit as u64).to_string())])),
-        ),
-        None => (
-            next_cursor.as_ref().map(|c| link(request, &[("cursor", c.clone())])),
-            previous_cursor.as_ref().map(|c| link(request, &[("cursor", c.clone())])),
-        ),
+    // Keyset links: the previous side lies before the page's first refund,
+    // the next side after its last one. An empty page has both sides at its
+    // anchor: after an empty page after K, every match lies at or before K
+    // (so the previous link takes K itself when it matches), and `count`
+    // says whether there is any.
+    let (results, has_more, offset, previous, next) = match &request.start {
+        Start::Offset(offset) => {
+            let results = page(forward, None, false, *offset, limit)?;
+            let has_more = offset + (results.len() as u64) < count;
+            let previous = (*offset > 0).then(|| Start::Offset(offset.saturating_sub(limit as u64)));
+            let next = has_more.then(|| Start::Offset(offset + limit as u64));
+            (results, has_more, Some(*offset), previous, next)
+        }
+        Start::After { key, inclusive } => {
+            let mut results = page(forward, Some(key), *inclusive, 0, limit + 1)?;
+            let has_more = results.len() > limit;
+            results.truncate(limit);
+            let previous = match results.first() {
+                Some(first) => {
+                    let first = SortKey::of(first);
+                    let exists = !page(backward, Some(&first), false, 0, 1)?.is_empty();
+                    exists.then_some(Start::Before { key: first, inclusive: false })
+                }
+                None => (count > 0).then(|| Start::Before { key: key.clone(), inclusive: !inclusive }),
+            };
+            let next = results
+                .last()
+                .filter(|_| has_more)
+                .map(|last| Start::After { key: SortKey::of(last), inclusive: false });
+            (results, has_more, None, previous, next)
+        }
+        Start::Before { key, inclusive } => {
+            let mut results = page(backward, Some(key), *inclusive, 0, limit + 1)?;
+            let has_more = results.len() > limit;
+            results.truncate(limit);
+            results.reverse();
+            let next = match results.last() {
+                Some(last) => {
+                    let last = SortKey::of(last);
+                    let exists = !page(forward, Some(&last), false, 0, 1)?.is_empty();
+                    exists.then_some(Start::After { key: last, inclusive: false })
+                }
+                None => (count > 0).then(|| Start::After { key: key.clone(), inclusive: !inclusive }),
+            };
+            let previous = results
+                .first()
+                .filter(|_| has_more)
+                .map(|first| Start::Before { key: SortKey::of(first), inclusive: false });
+            (results, has_more, None, previous, next)
+        }
     };
+    let cursor = |start: &Start| match start {
+        Start::Offset(_) => None,
+        keyed => Some(encode_cursor(store.cursor_key(), keyed, &request.fingerprint)),
+    };
+    // Any page can start a cursor walk: an offset page's cursors follow its
+    // first and last refunds.
+    let (next_cursor, previous_cursor) = match offset {
+        Some(_) => (
+            next.as_ref()
+                .and(results.last())
+                .and_then(|last| cursor(&Start::After { key: SortKey::of(last), inclusive: false })),
+            previous
+                .as_ref()
+                .and(results.first())
+                .and_then(|first| cursor(&Start::Before { key: SortKey::of(first), inclusive: false })),
+        ),
+        None => (next.as_ref().and_then(cursor), previous.as_ref().and_then(cursor)),
+    };
+    let link_to = |start: &Start, cursor: Option<&String>| match (start, cursor) {
+        (Start::Offset(offset), _) => Some(link(request, &[("offset", offset.to_string())])),
+        (_, Some(cursor)) => Some(link(request, &[("cursor", cursor.clone())])),
+        (_, None) => None,
+    };
+    let next = next.as_ref().and_then(|start| link_to(start, next_cursor.as_ref()));
+    let previous = previous.as_ref().and_then(|start| link_to(start, previous_cursor.as_ref()));
     let envelope = json!({
         "object": "list",
         "count": count,

@@ -647,7 +647,7 @@ proptest! {
         let mut walked = Vec::new();
         let mut after: Option<SortKey> = None;
         loop {
-            let page = page_in(&txn, &PageRequest { tenants: &tenants, filter: &filter, direction, after: after.as_ref(), skip: 0, take: page_size }).unwrap();
+            let page = page_in(&txn, &PageRequest { tenants: &tenants, filter: &filter, direction, after: after.as_ref(), include_after: false, skip: 0, take: page_size }).unwrap();
             walked.extend(page.iter().map(SortKey::of));
             if page.len() < page_size {
                 break;
@@ -655,8 +655,13 @@ proptest! {
             after = page.last().map(SortKey::of);
         }
         prop_assert_eq!(&walked, &expected);
+        // Including the starting key starts the page on it when it matches.
+        for key in &walked {
+            let page = page_in(&txn, &PageRequest { tenants: &tenants, filter: &filter, direction, after: Some(key), include_after: true, skip: 0, take: 1 }).unwrap();
+            prop_assert_eq!(page.first().map(SortKey::of), Some(key.clone()));
+        }
         let skip = expected.len() as u64 / 2;
-        let by_offset = page_in(&txn, &PageRequest { tenants: &tenants, filter: &filter, direction, after: None, skip, take: 1000 }).unwrap();
+        let by_offset = page_in(&txn, &PageRequest { tenants: &tenants, filter: &filter, direction, after: None, include_after: false, skip, take: 1000 }).unwrap();
         prop_assert_eq!(by_offset.iter().map(SortKey::of).collect::<Vec<_>>(), expected[skip as usize..].to_vec());
         let tenant_nos: Vec<_> = tenants.iter().map(|(_, n)| *n).collect();
         prop_assert_eq!(refunds_store::count_in(&txn, &tenant_nos, &filter).unwrap(), expected.len() as u64);
@@ -781,7 +786,7 @@ proptest! {
                 }
                 let mut walked: Vec<SortKey> = Vec::new();
                 loop {
-                    let request = PageRequest { tenants: &named, filter, direction, after: walked.last(), skip: 0, take: 3 };
+                    let request = PageRequest { tenants: &named, filter, direction, after: walked.last(), include_after: false, skip: 0, take: 3 };
                     let page = page_in(&txn, &request).unwrap();
                     walked.extend(page.iter().map(SortKey::of));
                     if page.len() < 3 {
@@ -790,7 +795,7 @@ proptest! {
                 }
                 prop_assert_eq!(&walked, &sorted, "{:?} {:?}", filter, direction);
                 let skip = sorted.len() / 3;
-                let request = PageRequest { tenants: &named, filter, direction, after: None, skip: skip as u64, take: 1000 };
+                let request = PageRequest { tenants: &named, filter, direction, after: None, include_after: false, skip: skip as u64, take: 1000 };
                 let by_offset: Vec<SortKey> = page_in(&txn, &request).unwrap().iter().map(SortKey::of).collect();
                 prop_assert_eq!(&by_offset[..], &sorted[skip..], "{:?} {:?} offset {}", filter, direction, skip);
             }
