@@ -83,6 +83,10 @@ pub struct ListRequest {
     tenants: Vec<(String, TenantNo)>,
     /// The request's own non-pagination parameters, for next/previous links.
     link_params: Vec<(String, String)>,
+    /// The page size's name as sent (`limit` when none was), for links.
+    limit_name: &'static str,
+    /// Offsets were asked as `page` numbers: links say `page` too.
+    pages: bool,
     fingerprint: String,
 }
 
@@ -146,6 +150,7 @@ pub fn parse(
             return Err(ApiError::invalid(name, format!("{name} must be {allowed}")));
         }
     };
+    let limit_name = if params.get("page_size").is_some() { "page_size" } else { "limit" };
     let limit = match params.aliased("limit")? {
         None => 20,
         Some((name, value)) => match value.parse::<usize>() {
@@ -193,7 +198,8 @@ pub fn parse(
         Start::Offset(offset)
     };
     let link_params = raw.iter().filter(|(name, _)| !PAGINATION.contains(&name.as_str())).cloned().collect();
-    Ok(ListRequest { filter, descending, limit, start, tenants, link_params, fingerprint })
+    let pages = params.get("page").is_some();
+    Ok(ListRequest { filter, descending, limit, start, tenants, link_params, limit_name, pages, fingerprint })
 }
 
 fn list(name: &str, value: &str) -> Result<Vec<String>, ApiError> {
@@ -402,6 +408,9 @@ pub fn execute(store: &Store, request: &ListRequest) -> Result<String, ApiError>
         None => (next.as_ref().and_then(cursor), previous.as_ref().and_then(cursor)),
     };
     let link_to = |start: &Start, cursor: Option<&String>| match (start, cursor) {
+        (Start::Offset(offset), _) if request.pages => {
+            Some(link(request, &[("page", (offset / limit as u64 + 1).to_string())]))
+        }
         (Start::Offset(offset), _) => Some(link(request, &[("offset", offset.to_string())])),
         (_, Some(cursor)) => Some(link(request, &[("cursor", cursor.clone())])),
         (_, None) => None,
@@ -438,7 +447,7 @@ pub fn execute(store: &Store, request: &ListRequest) -> Result<String, ApiError>
 
 fn link(request: &ListRequest, page: &[(&str, String)]) -> String {
     let mut pairs = request.link_params.clone();
-    pairs.push(("limit".to_owned(), request.limit.to_string()));
+    pairs.push((request.limit_name.to_owned(), request.limit.to_string()));
     pairs.extend(page.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
     format!("/v1/refunds?{}", serde_urlencoded::to_string(&pairs).expect("pairs of strings encode"))
 }
