@@ -317,6 +317,59 @@ fn the_audit_trail_lists_every_received_event_with_outcome_and_source() {
     assert!(keys.windows(2).all(|w| w[0] <= w[1]), "ordered by (occurred_at, event_id)");
 }
 
+/// Contract section 2, Identity: a conflicting repeat is listed with the
+/// refund its event id was first applied to, even when the new copy names a
+/// refund that does not exist.
+#[test]
+fn a_conflicting_repeat_naming_another_refund_is_in_the_trail_of_the_first_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = |refund: &str, event_type: &str, event_id: &str, at: &str| {
+        json!({
+            "event_id": event_id,
+            "type": event_type,
+            "occurred_at": at,
+            "refund": {"id": refund, "tenant_id": "org_1", "amount": 2500, "currency": "USD"},
+        })
+        .to_string()
+    };
+    let lines = [
+        event("ref_1", "refund.queued", "evt_1", "2026-01-01T00:00:00Z"),
+        event("ref_1", "refund.completed", "evt_2", "2026-01-01T00:01:00Z"),
+        event("ref_nowhere", "refund.queued", "evt_1", "2026-01-01T00:02:00Z"),
+    ];
+    let events = dir.path().join("events.ndjson");
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+    let db = dir.path().join("store.redb");
+    replay(&events, &db, None);
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(&keys, KEYS.replace("TENANT_A", "org_1")).unwrap();
+    let server = Server::start(&db, &keys);
+    let (status, body, _) = server.get("/v1/refunds/ref_1/events", Some("Api-Key secret-a"));
+    assert_eq!(status, 200, "{body}");
+    let outcomes: Vec<(&str, &str, &str)> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event_id"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+                e["payload"]["refund"]["id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("evt_1", "applied", "ref_1"),
+            ("evt_2", "applied", "ref_1"),
+            ("evt_1", "conflicting_duplicate", "ref_nowhere")
+        ]
+    );
+    assert_eq!(server.get("/v1/refunds/ref_nowhere/events", Some("Api-Key secret-a")).0, 404);
+    assert_eq!(server.get("/v1/refunds/ref_1", Some("Api-Key secret-a")).1["event_count"], 2);
+}
+
 #[test]
 fn errors_are_json_with_the_contracts_codes() {
     let f = fixture();

@@ -151,6 +151,11 @@ fn the_seed_clients_query_strings_work_unchanged() {
     assert_eq!(body["ordering"], "created", "the ordering is canonical whatever alias was used");
     let (_, body, _) = server.get("/v1/refunds?page=2&page_size=50", ADMIN);
     assert_eq!(body["offset"], 50);
+    // Links keep the request's names: page and page_size, not offset and limit.
+    for (link, page) in [("next", "page=3"), ("previous", "page=1")] {
+        let url = body[link].as_str().unwrap();
+        assert!(url.contains(page) && url.contains("page_size=50") && !url.contains("offset="), "{link}: {url}");
+    }
 }
 
 #[test]

@@ -166,7 +166,7 @@ impl Caller {
     /// caller the one named by `tenant_id`/`owner_id` (admin only), or `None`
     /// for every tenant. Naming another tenant than one's own is a 403.
     pub fn requested_tenant(&self, params: &Params) -> Result<Option<String>, ApiError> {
-        let named = params.one_of(&["tenant_id", "owner_id"])?;
+        let named = params.aliased("tenant_id")?;
         match (&self.tenant, named) {
             (Some(own), None) => Ok(Some(own.clone())),
             (Some(own), Some((_, tenant))) if tenant == own => Ok(Some(own.clone())),

@@ -6,6 +6,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// `MethodNotAllowed` is a known route asked with a method it does not
+/// serve; the router adds its `Allow` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
     InvalidParameter { param: String, message: String },
@@ -14,6 +16,7 @@ pub enum ApiError {
     Unauthorized { message: String },
     Forbidden { message: String, param: Option<String> },
     NotFound { message: String },
+    MethodNotAllowed { method: String },
     Unavailable { message: String },
 }
 
@@ -42,6 +45,7 @@ impl ApiError {
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -54,6 +58,7 @@ impl ApiError {
             ApiError::Unauthorized { .. } => "unauthorized",
             ApiError::Forbidden { .. } => "forbidden",
             ApiError::NotFound { .. } => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unavailable { .. } => "unavailable",
         }
     }
@@ -65,6 +70,9 @@ impl ApiError {
             }
             ApiError::UnknownParameter { param } => (format!("unknown parameter {param}"), Some(param)),
             ApiError::Forbidden { message, param } => (message.clone(), param.as_deref()),
+            ApiError::MethodNotAllowed { method } => {
+                (format!("method {method} is not allowed on this route; the Allow header lists those it serves"), None)
+            }
             ApiError::Unauthorized { message } | ApiError::NotFound { message } | ApiError::Unavailable { message } => {
                 (message.clone(), None)
             }

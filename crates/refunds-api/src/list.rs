@@ -3,7 +3,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use refunds_domain::{EventType, RefundState, TextField, Timestamp};
+use refunds_domain::{EventType, TextField, Timestamp};
 use refunds_store::{Direction, Filter, PageRequest, SortKey, Store, TenantNo, count_in, page_in};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -62,10 +62,17 @@ const STATUSES: &str = "queued, processing, completed, failed, cancelled";
 #[derive(Debug, Clone)]
 enum Start {
     Offset(u64),
-    /// Strictly after this key in the ordering (`cursor` next, `starting_after`).
-    After(SortKey),
-    /// Strictly before this key in the ordering (`cursor` previous, `ending_before`).
-    Before(SortKey),
+    /// After this key in the ordering (`cursor` next, `starting_after`);
+    /// `inclusive` takes the refund at the key too.
+    After {
+        key: SortKey,
+        inclusive: bool,
+    },
+    /// Before this key in the ordering (`cursor` previous, `ending_before`).
+    Before {
+        key: SortKey,
+        inclusive: bool,
+    },
 }
 
 pub struct ListRequest {
@@ -76,6 +83,10 @@ pub struct ListRequest {
     tenants: Vec<(String, TenantNo)>,
     /// The request's own non-pagination parameters, for next/previous links.
     link_params: Vec<(String, String)>,
+    /// The page size's name as sent (`limit` when none was), for links.
+    limit_name: &'static str,
+    /// Offsets were asked as `page` numbers: links say `page` too.
+    pages: bool,
     fingerprint: String,
 }
 
@@ -87,7 +98,7 @@ pub fn parse(
     raw: &[(String, String)],
 ) -> Result<ListRequest, ApiError> {
     let mut filter = Filter::default();
-    if let Some((name, value)) = params.one_of(&["status", "state"])? {
+    if let Some((name, value)) = params.aliased("status")? {
         filter.statuses = list(name, value)?
             .into_iter()
             .map(|s| {
@@ -95,7 +106,7 @@ pub fn parse(
             })
             .collect::<Result<_, _>>()?;
     }
-    if let Some((name, value)) = params.one_of(&["currency", "currency_code"])? {
+    if let Some((name, value)) = params.aliased("currency")? {
         filter.currencies = list(name, value)?.into_iter().map(|c| c.to_ascii_uppercase()).collect();
     }
     if let Some(value) = params.get("processor") {
@@ -107,32 +118,30 @@ pub fn parse(
     if let Some(value) = params.get("product_type") {
         filter.product_types = list("product_type", value)?;
     }
-    for (field, names) in [
-        (TextField::OrderNo, &["order_no"][..]),
-        (TextField::TransactionId, &["transaction_id", "payment_id"][..]),
-        (TextField::ExternalRefundId, &["external_refund_id"][..]),
-        (TextField::StoreId, &["store_id"][..]),
-        (TextField::ReferenceId, &["reference_id"][..]),
+    for (field, name) in [
+        (TextField::OrderNo, "order_no"),
+        (TextField::TransactionId, "transaction_id"),
+        (TextField::ExternalRefundId, "external_refund_id"),
+        (TextField::StoreId, "store_id"),
+        (TextField::ReferenceId, "reference_id"),
     ] {
-        if let Some((_, value)) = params.one_of(names)? {
+        if let Some((_, value)) = params.aliased(name)? {
             filter.exact.push((field, value.to_owned()));
         }
     }
-    let lower = ["created_after", "created_at_min", "from", "create_time_start", "created[gte]"];
-    if let Some((name, value)) = params.one_of(&lower)? {
+    if let Some((name, value)) = params.aliased("created_after")? {
         filter.created_min = Some(time(name, value, Bound::Lower)?);
     }
-    let upper = ["created_before", "created_at_max", "to", "create_time_end", "created[lte]"];
-    if let Some((name, value)) = params.one_of(&upper)? {
+    if let Some((name, value)) = params.aliased("created_before")? {
         filter.created_max = Some(time(name, value, Bound::Upper)?);
     }
-    if let Some((name, value)) = params.one_of(&["amount_min", "minimum_amount"])? {
+    if let Some((name, value)) = params.aliased("amount_min")? {
         filter.amount_min = Some(amount(name, value)?);
     }
-    if let Some((name, value)) = params.one_of(&["amount_max", "maximum_amount"])? {
+    if let Some((name, value)) = params.aliased("amount_max")? {
         filter.amount_max = Some(amount(name, value)?);
     }
-    let descending = match params.one_of(&["ordering", "order"])? {
+    let descending = match params.aliased("ordering")? {
         None | Some(("ordering", "-created")) | Some(("order", "reverse_chronological")) => true,
         Some(("ordering", "created")) | Some(("order", "chronological")) => false,
         Some((name, _)) => {
@@ -141,7 +150,8 @@ pub fn parse(
             return Err(ApiError::invalid(name, format!("{name} must be {allowed}")));
         }
     };
-    let limit = match params.one_of(&["limit", "page_size"])? {
+    let limit_name = if params.get("page_size").is_some() { "page_size" } else { "limit" };
+    let limit = match params.aliased("limit")? {
         None => 20,
         Some((name, value)) => match value.parse::<usize>() {
             Ok(n) if (1..=100).contains(&n) => n,
@@ -164,9 +174,9 @@ pub fn parse(
     let start = if let Some(value) = params.get("cursor") {
         decode_cursor(store.cursor_key(), value, &fingerprint)?
     } else if let Some(value) = params.get("starting_after") {
-        Start::After(position_of(store, &tenants, "starting_after", value)?)
+        Start::After { key: position_of(store, &tenants, "starting_after", value)?, inclusive: false }
     } else if let Some(value) = params.get("ending_before") {
-        Start::Before(position_of(store, &tenants, "ending_before", value)?)
+        Start::Before { key: position_of(store, &tenants, "ending_before", value)?, inclusive: false }
     } else if let Some(value) = params.get("page") {
         let page: u64 = value
             .parse()
@@ -188,7 +198,8 @@ pub fn parse(
         Start::Offset(offset)
     };
     let link_params = raw.iter().filter(|(name, _)| !PAGINATION.contains(&name.as_str())).cloned().collect();
-    Ok(ListRequest { filter, descending, limit, start, tenants, link_params, fingerprint })
+    let pages = params.get("page").is_some();
+    Ok(ListRequest { filter, descending, limit, start, tenants, link_params, limit_name, pages, fingerprint })
 }
 
 fn list(name: &str, value: &str) -> Result<Vec<String>, ApiError> {
@@ -255,10 +266,14 @@ fn fingerprint(filter: &Filter, descending: bool, tenants: &[(String, TenantNo)]
     hex::encode(&crate::auth::sha256(text.as_bytes())[..16])
 }
 
+/// The direction of a cursor: `a`/`b` for after/before its key, `A`/`B`
+/// for at or after/before it.
 fn encode_cursor(key: &[u8; 32], start: &Start, fingerprint: &str) -> String {
     let (direction, position) = match start {
-        Start::After(k) => ("a", k),
-        Start::Before(k) => ("b", k),
+        Start::After { key, inclusive: false } => ("a", key),
+        Start::After { key, inclusive: true } => ("A", key),
+        Start::Before { key, inclusive: false } => ("b", key),
+        Start::Before { key, inclusive: true } => ("B", key),
         Start::Offset(_) => unreachable!("offsets are not cursors"),
     };
     let body =
@@ -291,7 +306,13 @@ fn decode_cursor(key: &[u8; 32], cursor: &str, fingerprint: &str) -> Result<Star
     }
     let created_at = Timestamp::from_millis(ms).ok_or_else(|| invalid("the cursor is malformed"))?;
     let key = SortKey { created_at, tenant_id: tenant_id.to_owned(), id: id.to_owned() };
-    Ok(if direction == "b" { Start::Before(key) } else { Start::After(key) })
+    Ok(match direction {
+        "a" => Start::After { key, inclusive: false },
+        "A" => Start::After { key, inclusive: true },
+        "b" => Start::Before { key, inclusive: false },
+        "B" => Start::Before { key, inclusive: true },
+        _ => return Err(invalid("the cursor is malformed")),
+    })
 }
 
 /// Runs the request on one read snapshot and renders the response body.
@@ -304,57 +325,98 @@ pub fn execute(store: &Store, request: &ListRequest) -> Result<String, ApiError>
         true => (Direction::Descending, Direction::Ascending),
         false => (Direction::Ascending, Direction::Descending),
     };
-    let page = |direction, after: Option<&SortKey>, skip, take| {
-        page_in(&txn, &PageRequest { tenants: &request.tenants, filter: &request.filter, direction, after, skip, take })
-            .map_err(unavailable)
+    let page = |direction, after: Option<&SortKey>, include_after, skip, take| {
+        let request = PageRequest {
+            tenants: &request.tenants,
+            filter: &request.filter,
+            direction,
+            after,
+            include_after,
+            skip,
+            take,
+        };
+        page_in(&txn, &request).map_err(unavailable)
     };
     let limit = request.limit;
-    let (results, has_more, offset, previous_exists, next_exists): (Vec<RefundState>, bool, Option<u64>, bool, bool) =
-        match &request.start {
-            Start::Offset(offset) => {
-                let results = page(forward, None, *offset, limit)?;
-                let has_more = offset + (results.len() as u64) < count;
-                (results, has_more, Some(*offset), *offset > 0, has_more)
-            }
-            Start::After(key) => {
-                let mut results = page(forward, Some(key), 0, limit + 1)?;
-                let has_more = results.len() > limit;
-                results.truncate(limit);
-                let previous = match results.first() {
-                    Some(first) => !page(backward, Some(&SortKey::of(first)), 0, 1)?.is_empty(),
-                    None => count > 0,
-                };
-                (results, has_more, None, previous, has_more)
-            }
-            Start::Before(key) => {
-                let mut results = page(backward, Some(key), 0, limit + 1)?;
-                let has_more = results.len() > limit;
-                results.truncate(limit);
-                results.reverse();
-                let next = match results.last() {
-                    Some(last) => !page(forward, Some(&SortKey::of(last)), 0, 1)?.is_empty(),
-                    None => count > 0,
-                };
-                (results, has_more, None, has_more, next)
-            }
-        };
-    let cursor_after =
-        results.last().map(|r| encode_cursor(store.cursor_key(), &Start::After(SortKey::of(r)), &request.fingerprint));
-    let cursor_before = results
-        .first()
-        .map(|r| encode_cursor(store.cursor_key(), &Start::Before(SortKey::of(r)), &request.fingerprint));
-    let next_cursor = next_exists.then(|| cursor_after.clone()).flatten();
-    let previous_cursor = previous_exists.then(|| cursor_before.clone()).flatten();
-    let (next, previous) = match offset {
-        Some(offset) => (
-            next_exists.then(|| link(request, &[("offset", (offset + limit as u64).to_string())])),
-            previous_exists.then(|| link(request, &[("offset", offset.saturating_sub(limit as u64).to_string())])),
-        ),
-        None => (
-            next_cursor.as_ref().map(|c| link(request, &[("cursor", c.clone())])),
-            previous_cursor.as_ref().map(|c| link(request, &[("cursor", c.clone())])),
-        ),
+    // Keyset links: the previous side lies before the page's first refund,
+    // the next side after its last one. An empty page has both sides at its
+    // anchor: after an empty page after K, every match lies at or before K
+    // (so the previous link takes K itself when it matches), and `count`
+    // says whether there is any.
+    let (results, has_more, offset, previous, next) = match &request.start {
+        Start::Offset(offset) => {
+            let results = page(forward, None, false, *offset, limit)?;
+            let has_more = offset + (results.len() as u64) < count;
+            let previous = (*offset > 0).then(|| Start::Offset(offset.saturating_sub(limit as u64)));
+            let next = has_more.then(|| Start::Offset(offset + limit as u64));
+            (results, has_more, Some(*offset), previous, next)
+        }
+        Start::After { key, inclusive } => {
+            let mut results = page(forward, Some(key), *inclusive, 0, limit + 1)?;
+            let has_more = results.len() > limit;
+            results.truncate(limit);
+            let previous = match results.first() {
+                Some(first) => {
+                    let first = SortKey::of(first);
+                    let exists = !page(backward, Some(&first), false, 0, 1)?.is_empty();
+                    exists.then_some(Start::Before { key: first, inclusive: false })
+                }
+                None => (count > 0).then(|| Start::Before { key: key.clone(), inclusive: !inclusive }),
+            };
+            let next = results
+                .last()
+                .filter(|_| has_more)
+                .map(|last| Start::After { key: SortKey::of(last), inclusive: false });
+            (results, has_more, None, previous, next)
+        }
+        Start::Before { key, inclusive } => {
+            let mut results = page(backward, Some(key), *inclusive, 0, limit + 1)?;
+            let has_more = results.len() > limit;
+            results.truncate(limit);
+            results.reverse();
+            let next = match results.last() {
+                Some(last) => {
+                    let last = SortKey::of(last);
+                    let exists = !page(forward, Some(&last), false, 0, 1)?.is_empty();
+                    exists.then_some(Start::After { key: last, inclusive: false })
+                }
+                None => (count > 0).then(|| Start::After { key: key.clone(), inclusive: !inclusive }),
+            };
+            let previous = results
+                .first()
+                .filter(|_| has_more)
+                .map(|first| Start::Before { key: SortKey::of(first), inclusive: false });
+            (results, has_more, None, previous, next)
+        }
     };
+    let cursor = |start: &Start| match start {
+        Start::Offset(_) => None,
+        keyed => Some(encode_cursor(store.cursor_key(), keyed, &request.fingerprint)),
+    };
+    // Any page can start a cursor walk: an offset page's cursors follow its
+    // first and last refunds.
+    let (next_cursor, previous_cursor) = match offset {
+        Some(_) => (
+            next.as_ref()
+                .and(results.last())
+                .and_then(|last| cursor(&Start::After { key: SortKey::of(last), inclusive: false })),
+            previous
+                .as_ref()
+                .and(results.first())
+                .and_then(|first| cursor(&Start::Before { key: SortKey::of(first), inclusive: false })),
+        ),
+        None => (next.as_ref().and_then(cursor), previous.as_ref().and_then(cursor)),
+    };
+    let link_to = |start: &Start, cursor: Option<&String>| match (start, cursor) {
+        (Start::Offset(offset), _) if request.pages => {
+            Some(link(request, &[("page", (offset / limit as u64 + 1).to_string())]))
+        }
+        (Start::Offset(offset), _) => Some(link(request, &[("offset", offset.to_string())])),
+        (_, Some(cursor)) => Some(link(request, &[("cursor", cursor.clone())])),
+        (_, None) => None,
+    };
+    let next = next.as_ref().and_then(|start| link_to(start, next_cursor.as_ref()));
+    let previous = previous.as_ref().and_then(|start| link_to(start, previous_cursor.as_ref()));
     let envelope = json!({
         "object": "list",
         "count": count,
@@ -385,7 +447,7 @@ pub fn execute(store: &Store, request: &ListRequest) -> Result<String, ApiError>
 
 fn link(request: &ListRequest, page: &[(&str, String)]) -> String {
     let mut pairs = request.link_params.clone();
-    pairs.push(("limit".to_owned(), request.limit.to_string()));
+    pairs.push((request.limit_name.to_owned(), request.limit.to_string()));
     pairs.extend(page.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
     format!("/v1/refunds?{}", serde_urlencoded::to_string(&pairs).expect("pairs of strings encode"))
 }

@@ -27,7 +27,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/export", get(admin_export))
         .fallback(no_route)
-        .method_not_allowed_fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(observe))
         .with_state(state)
 }
@@ -93,6 +93,12 @@ async fn openapi() -> Response {
 
 async fn no_route() -> ApiError {
     ApiError::not_found("no such route")
+}
+
+/// A known route, another method: axum adds the `Allow` header (every route
+/// serves GET, and HEAD with it).
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed { method: method.to_string() }
 }
 
 async fn healthz() -> Response {

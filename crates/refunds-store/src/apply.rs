@@ -159,7 +159,8 @@ impl Store {
                 let identified = identify(&txn, &event_ids, &audit_log, first_seq, &valid, &mut summary);
                 (identified, found.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             });
-            let Identified { audit_rows, mut touched, new_slots, last_applied_at } = identified?;
+            let Identified { audit_rows, mut touched, new_slots, last_applied_at, redirected } = identified?;
+            add_redirected(&mut touched, &redirected);
             assign_homes(&mut homes, &mut touched, found_homes?)?;
             drop(homes);
 
@@ -175,19 +176,18 @@ impl Store {
                 });
 
                 let mut refunds = txn.open_table(tables::REFUNDS)?;
-                let mut audit_orphans = txn.open_table(tables::AUDIT_ORPHANS)?;
                 // The rows in their key order.
                 touched.sort_unstable_by(|a, b| (a.tenant, a.home, a.refund_id).cmp(&(b.tenant, b.home, b.refund_id)));
                 let mut changes: Vec<Change> = Vec::with_capacity(touched.len());
                 let mut new_rows = Vec::new();
                 for touched in &mut touched {
-                    apply_refund(touched, &mut refunds, &mut audit_orphans, &mut changes, &mut new_rows, &mut summary)?;
+                    apply_refund(touched, &mut refunds, &mut changes, &mut new_rows, &mut summary)?;
                 }
                 // Keys in order (touched is sorted by row key); a new refund has no row yet.
                 if insert_sorted(&mut refunds, &new_rows, |(key, row)| (key.as_slice(), row.as_slice()))? > 0 {
                     return Err(StoreError::Corrupt("a refund without a home has a row".into()));
                 }
-                drop((refunds, audit_orphans));
+                drop(refunds);
 
                 // The index entries and the counters, as jobs that this thread
                 // and a worker take in turn, each job owning its table.
@@ -307,6 +307,17 @@ struct Identified<'b> {
     /// The identity slots the batch claims, sorted, with their sequences.
     new_slots: Vec<([u8; 12], u64)>,
     last_applied_at: Option<Timestamp>,
+    /// Conflicting repeats whose event id was first applied to another
+    /// refund than the one they name.
+    redirected: Vec<Redirected>,
+}
+
+/// A conflicting repeat to list with the refund its event id was first
+/// applied to.
+struct Redirected {
+    tenant: TenantNo,
+    refund_id: String,
+    seq: u64,
 }
 
 /// A valid event of the batch with its tenant and source, in arrival order:
@@ -372,6 +383,7 @@ fn identify<'b>(
     let mut audit_rows: Vec<AuditRow<'b>> = Vec::with_capacity(valid.len());
     let mut touched: Vec<Touched<'b>> = Vec::new();
     let mut touched_at: HashMap<(TenantNo, &str), usize> = HashMap::default();
+    let mut redirected = Vec::new();
     let mut last_applied_at: Option<Timestamp> = None;
     // The parsed payload of audit entry `seq`, whether committed or of this batch.
     let payload_of = |audit_rows: &[AuditRow<'_>], seq: u64| -> Result<serde_json::Value, StoreError> {
@@ -428,11 +440,19 @@ fn identify<'b>(
                 }
             }
         }
+        // A conflicting repeat belongs to the trail of the refund its event id
+        // was first applied to, which the new copy may not name.
+        let mut first_applied_to = None;
         let outcome = match previous {
             None => Outcome::Applied,
             Some(stored) => {
                 let same = serde_json::from_slice::<serde_json::Value>(&item.raw).is_ok_and(|new| new == stored);
-                if same { Outcome::Duplicate } else { Outcome::ConflictingDuplicate }
+                if same {
+                    Outcome::Duplicate
+                } else {
+                    first_applied_to = Some(refund_id_of(&stored, seq)?);
+                    Outcome::ConflictingDuplicate
+                }
             }
         };
         audit_rows.push(AuditRow {
@@ -450,6 +470,12 @@ fn identify<'b>(
             Outcome::Duplicate => summary.duplicate += 1,
             Outcome::ConflictingDuplicate => summary.conflicting_duplicate += 1,
         }
+        if let Some(refund_id) = first_applied_to
+            && refund_id != event.refund_id
+        {
+            redirected.push(Redirected { tenant, refund_id, seq });
+            continue;
+        }
         let slot = *touched_at.entry((tenant, event.refund_id.as_str())).or_insert_with(|| {
             touched.push(Touched {
                 tenant,
@@ -466,7 +492,42 @@ fn identify<'b>(
             touched[slot].applied.push(event);
         }
     }
-    Ok(Identified { audit_rows, touched, new_slots, last_applied_at })
+    Ok(Identified { audit_rows, touched, new_slots, last_applied_at, redirected })
+}
+
+/// The refund id of a stored payload (a valid event's, so it has one).
+fn refund_id_of(payload: &serde_json::Value, seq: u64) -> Result<String, StoreError> {
+    payload["refund"]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| StoreError::Corrupt(format!("audit payload {seq} names no refund")))
+}
+
+/// Adds the conflicting repeats to the refunds their event ids were first
+/// applied to: to the refund's entry when the batch names it, else to a new
+/// entry (its home is looked up by [`assign_homes`]). Sequences stay
+/// increasing, as rows keep them.
+fn add_redirected<'a>(touched: &mut Vec<Touched<'a>>, redirected: &'a [Redirected]) {
+    if redirected.is_empty() {
+        return;
+    }
+    let mut at: HashMap<(TenantNo, &str), usize> =
+        touched.iter().enumerate().map(|(i, t)| ((t.tenant, t.refund_id), i)).collect();
+    for Redirected { tenant, refund_id, seq } in redirected {
+        let slot = *at.entry((*tenant, refund_id.as_str())).or_insert_with(|| {
+            touched.push(Touched {
+                tenant: *tenant,
+                refund_id: refund_id.as_str(),
+                home: None,
+                new: false,
+                applied: Vec::new(),
+                seqs: Vec::new(),
+            });
+            touched.len() - 1
+        });
+        touched[slot].seqs.push(*seq);
+        touched[slot].seqs.sort_unstable();
+    }
 }
 
 /// The home of every refund a batch names, sorted by `(tenant, refund id)`:
@@ -502,26 +563,43 @@ fn find_homes<'b>(
     Ok(found)
 }
 
-/// Gives every touched refund its home from [`find_homes`]. A new home of a
-/// refund no applied event creates (only conflicting repeats name it) is
-/// taken back: that refund has no row.
+/// Gives every touched refund its home: the one [`find_homes`] found, or
+/// for the refund a conflicting repeat's event id was first applied to in an
+/// earlier batch (the only refund touched but not named), the stored one. A
+/// new home of a refund the batch names but touches not (only conflicting
+/// repeats name it) is taken back: that refund has no row.
 fn assign_homes(
     homes: &mut Table<'_, &'static [u8], u32>,
     touched: &mut [Touched<'_>],
     found: Vec<(TenantNo, &str, u32, bool)>,
 ) -> Result<(), StoreError> {
     touched.sort_unstable_by(|a, b| (a.tenant, a.refund_id).cmp(&(b.tenant, b.refund_id)));
-    if touched.len() != found.len() {
-        return Err(StoreError::Corrupt("the batch names other refunds than its homes".into()));
-    }
-    for (touched, (tenant, refund_id, home, new)) in touched.iter_mut().zip(found) {
-        debug_assert_eq!((touched.tenant, touched.refund_id), (tenant, refund_id));
-        if new && touched.applied.is_empty() {
-            homes.remove(keys::refund_key(tenant, refund_id).as_slice())?;
-            continue;
+    let mut found = found.into_iter().peekable();
+    let mut untouched = Vec::new();
+    for touched in touched.iter_mut() {
+        let key = (touched.tenant, touched.refund_id);
+        while let Some(named) = found.next_if(|(tenant, refund_id, _, _)| (*tenant, *refund_id) < key) {
+            untouched.push(named);
         }
-        touched.home = Some(home);
-        touched.new = new;
+        match found.next_if(|(tenant, refund_id, _, _)| (*tenant, *refund_id) == key) {
+            Some((_, _, home, new)) => {
+                touched.home = Some(home);
+                touched.new = new;
+            }
+            None => {
+                let stored = homes.get(keys::refund_key(touched.tenant, touched.refund_id).as_slice())?;
+                let home = stored.map(|home| home.value()).ok_or_else(|| {
+                    StoreError::Corrupt(format!("refund {} has an applied event but no home", touched.refund_id))
+                })?;
+                touched.home = Some(home);
+            }
+        }
+    }
+    untouched.extend(found);
+    for (tenant, refund_id, _, new) in untouched {
+        if new {
+            homes.remove(keys::refund_key(tenant, refund_id).as_slice())?;
+        }
     }
     Ok(())
 }
@@ -532,19 +610,12 @@ fn assign_homes(
 fn apply_refund(
     touched: &mut Touched<'_>,
     refunds: &mut Table<'_, &'static [u8], &'static [u8]>,
-    audit_orphans: &mut Table<'_, &'static [u8], ()>,
     changes: &mut Vec<Change>,
     new_rows: &mut Vec<(Vec<u8>, Vec<u8>)>,
     summary: &mut BatchSummary,
 ) -> Result<(), StoreError> {
     let Touched { tenant, refund_id, applied, seqs, home, new: created } = touched;
-    let Some(home) = *home else {
-        // A conflicting repeat naming a refund no applied event created.
-        for seq in seqs {
-            audit_orphans.insert(keys::audit_key(*tenant, refund_id, *seq).as_slice(), ())?;
-        }
-        return Ok(());
-    };
+    let home = home.ok_or_else(|| StoreError::Corrupt(format!("refund {refund_id} has no home")))?;
     let key = keys::row_key(*tenant, home, refund_id);
     let old_row = match created {
         true => None,
@@ -810,7 +881,7 @@ fn parse_payload(entry: &[u8], seq: u64) -> Result<serde_json::Value, StoreError
 struct Touched<'b> {
     tenant: TenantNo,
     refund_id: &'b str,
-    /// Where its row lives; `None` for a refund no applied event created.
+    /// Where its row lives, once [`assign_homes`] has run.
     home: Option<u32>,
     /// Created by this batch (it has no row yet).
     new: bool,

@@ -11,7 +11,8 @@
 //!   is never applied twice.
 //! - Events are distinct by (tenant, event id). A repeated id is recorded in
 //!   the audit trail as `duplicate` (equal JSON) or `conflicting_duplicate`
-//!   and changes nothing else.
+//!   and changes nothing else; a conflicting repeat is listed with the refund
+//!   its event id was first applied to, whatever refund it names.
 //! - Readers see committed snapshots: a page and its count come from one
 //!   [`redb::ReadTransaction`].
 //!
@@ -43,7 +44,9 @@
 //! `event_ids` maps `tenant | event id` to the
 //! audit sequence of the applied event; `audit_log` is an append-only log by
 //! sequence (payloads LZ4-packed, see `audit`), and each `refunds` row ends with the sequences of its refund's
-//! entries (`audit_orphans` keeps the rare repeat that names no refund).
+//! entries, the conflicting repeats of its events included. `audit_orphans`
+//! lists entries by the refund id they name instead; the trail reads it, the
+//! apply path writes nothing there.
 
 mod apply;
 mod audit;

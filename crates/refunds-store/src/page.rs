@@ -45,8 +45,10 @@ pub struct PageRequest<'a> {
     pub tenants: &'a [(String, TenantNo)],
     pub filter: &'a Filter,
     pub direction: Direction,
-    /// Start strictly beyond this key, in the walk's direction.
+    /// Start beyond this key, in the walk's direction.
     pub after: Option<&'a SortKey>,
+    /// Whether the refund at `after` itself, when it matches, starts the page.
+    pub include_after: bool,
     /// Matches to skip first (offset pagination).
     pub skip: u64,
     /// Matches to return at most.
@@ -173,7 +175,7 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
         if let Some(after) = request.after {
             let key = (candidate.created_at, tenant_id.as_str(), candidate.id.as_str());
             let bound = (after.created_at, after.tenant_id.as_str(), after.id.as_str());
-            let beyond = if descending { key < bound } else { key > bound };
+            let beyond = if descending { key < bound } else { key > bound } || request.include_after && key == bound;
             if !beyond {
                 continue;
             }

@@ -30,8 +30,10 @@ pub const EVENT_IDS: TableDefinition<&[u8; 12], u64> = TableDefinition::new("eve
 pub const EVENT_ID_COLLISIONS: TableDefinition<&[u8], u64> = TableDefinition::new("event_id_collisions");
 /// Every received valid event, in arrival order: sequence -> audit entry.
 pub const AUDIT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_log");
-/// Audit entries of conflicting repeats that name a refund no applied event
-/// created (so there is no row to list them): `tenant | len | refund id | sequence` -> ().
+/// Audit entries listed by the refund id they name rather than by a row:
+/// `tenant | len | refund id | sequence` -> (). A refund's trail includes
+/// them; applying a batch writes none (a conflicting repeat is listed in the
+/// row of the refund its event id was first applied to).
 pub const AUDIT_ORPHANS: TableDefinition<&[u8], ()> = TableDefinition::new("audit_orphans");
 
 /// Source positions, written in the same transaction as the events they cover.

@@ -187,6 +187,56 @@ fn a_conflicting_repeat_naming_an_unknown_refund_creates_no_refund() {
     assert_indexes_match_rows(&store);
 }
 
+/// Contract section 2, Identity: a conflicting repeat is listed with the
+/// refund its event id was first applied to, whatever refund it names: one
+/// unknown (in the applied event's batch or a later one), one created in the
+/// same batch, or one that already exists.
+#[test]
+fn a_conflicting_repeat_is_in_the_trail_of_the_refund_its_event_id_was_first_applied_to() {
+    let (_dir, store) = open();
+    let at = "2026-01-01T00:00:00Z";
+    let applied = event("org_1", "ref_1", "evt_1", "refund.queued", at, json!({}));
+    let other = event("org_1", "ref_4", "evt_4", "refund.queued", at, json!({}));
+    let unknown_same_batch = event("org_1", "ref_2", "evt_1", "refund.queued", at, json!({}));
+    store.apply_batch(&batch(&[applied.clone(), other.clone(), unknown_same_batch]), Durability::None).unwrap();
+    // Later batches that do not name ref_1 at all.
+    let unknown_later = event("org_1", "ref_3", "evt_1", "refund.queued", at, json!({}));
+    let existing = event("org_1", "ref_4", "evt_1", "refund.queued", at, json!({}));
+    store.apply_batch(&batch(&[unknown_later, existing]), Durability::None).unwrap();
+    let created_alongside = event("org_1", "ref_5", "evt_5", "refund.queued", at, json!({}));
+    let names_it = event("org_1", "ref_5", "evt_1", "refund.processing", at, json!({}));
+    let summary = store.apply_batch(&batch(&[created_alongside, names_it]), Durability::None).unwrap();
+    assert_eq!((summary.applied, summary.conflicting_duplicate), (1, 1));
+
+    let trail = store.audit_trail("org_1", "ref_1").unwrap();
+    let outcomes: Vec<(&str, Outcome)> = trail.iter().map(|e| (e.event_id.as_str(), e.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("evt_1", Outcome::Applied),
+            ("evt_1", Outcome::ConflictingDuplicate),
+            ("evt_1", Outcome::ConflictingDuplicate),
+            ("evt_1", Outcome::ConflictingDuplicate),
+            ("evt_1", Outcome::ConflictingDuplicate),
+        ],
+        "ref_1 lists its event and every conflicting repeat of it"
+    );
+    let named: Vec<&str> = trail.iter().map(|e| e.payload["refund"]["id"].as_str().unwrap()).collect();
+    assert_eq!(named, ["ref_1", "ref_2", "ref_3", "ref_4", "ref_5"], "each entry keeps the payload as received");
+    for (refund, own) in [("ref_4", "evt_4"), ("ref_5", "evt_5")] {
+        let trail = store.audit_trail("org_1", refund).unwrap();
+        let ids: Vec<(&str, Outcome)> = trail.iter().map(|e| (e.event_id.as_str(), e.outcome)).collect();
+        assert_eq!(ids, [(own, Outcome::Applied)], "{refund} lists only its own event");
+    }
+    for refund in ["ref_2", "ref_3"] {
+        assert!(store.get_refund("org_1", refund).unwrap().is_none(), "{refund} was never created");
+        assert!(store.audit_trail("org_1", refund).unwrap().is_empty(), "{refund} has no trail");
+    }
+    assert_eq!(store.get_refund("org_1", "ref_1").unwrap().unwrap().event_count, 1, "the repeats changed nothing");
+    assert_eq!(store.stats().unwrap().events_conflicting_duplicate, 4);
+    assert_indexes_match_rows(&store);
+}
+
 #[test]
 fn tenants_never_shadow_each_other_with_equal_event_ids() {
     let (_dir, store) = open();
@@ -597,7 +647,7 @@ proptest! {
         let mut walked = Vec::new();
         let mut after: Option<SortKey> = None;
         loop {
-            let page = page_in(&txn, &PageRequest { tenants: &tenants, filter: &filter, direction, after: after.as_ref(), skip: 0, take: page_size }).unwrap();
+            let page = page_in(&txn, &PageRequest { tenants: &tenants, filter: &filter, direction, after: after.as_ref(), include_after: false, skip: 0, take: page_size }).unwrap();
             walked.extend(page.iter().map(SortKey::of));
             if page.len() < page_size {
                 break;
@@ -605,8 +655,13 @@ proptest! {
             after = page.last().map(SortKey::of);
         }
         prop_assert_eq!(&walked, &expected);
+        // Including the starting key starts the page on it when it matches.
+        for key in &walked {
+            let page = page_in(&txn, &PageRequest { tenants: &tenants, filter: &filter, direction, after: Some(key), include_after: true, skip: 0, take: 1 }).unwrap();
+            prop_assert_eq!(page.first().map(SortKey::of), Some(key.clone()));
+        }
         let skip = expected.len() as u64 / 2;
-        let by_offset = page_in(&txn, &PageRequest { tenants: &tenants, filter: &filter, direction, after: None, skip, take: 1000 }).unwrap();
+        let by_offset = page_in(&txn, &PageRequest { tenants: &tenants, filter: &filter, direction, after: None, include_after: false, skip, take: 1000 }).unwrap();
         prop_assert_eq!(by_offset.iter().map(SortKey::of).collect::<Vec<_>>(), expected[skip as usize..].to_vec());
         let tenant_nos: Vec<_> = tenants.iter().map(|(_, n)| *n).collect();
         prop_assert_eq!(refunds_store::count_in(&txn, &tenant_nos, &filter).unwrap(), expected.len() as u64);
@@ -731,7 +786,7 @@ proptest! {
                 }
                 let mut walked: Vec<SortKey> = Vec::new();
                 loop {
-                    let request = PageRequest { tenants: &named, filter, direction, after: walked.last(), skip: 0, take: 3 };
+                    let request = PageRequest { tenants: &named, filter, direction, after: walked.last(), include_after: false, skip: 0, take: 3 };
                     let page = page_in(&txn, &request).unwrap();
                     walked.extend(page.iter().map(SortKey::of));
                     if page.len() < 3 {
@@ -740,7 +795,7 @@ proptest! {
                 }
                 prop_assert_eq!(&walked, &sorted, "{:?} {:?}", filter, direction);
                 let skip = sorted.len() / 3;
-                let request = PageRequest { tenants: &named, filter, direction, after: None, skip: skip as u64, take: 1000 };
+                let request = PageRequest { tenants: &named, filter, direction, after: None, include_after: false, skip: skip as u64, take: 1000 };
                 let by_offset: Vec<SortKey> = page_in(&txn, &request).unwrap().iter().map(SortKey::of).collect();
                 prop_assert_eq!(&by_offset[..], &sorted[skip..], "{:?} {:?} offset {}", filter, direction, skip);
             }
