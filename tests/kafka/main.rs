@@ -711,7 +711,11 @@ fn a_full_disk_holds_the_consumer_back_with_no_offset_past_what_was_applied_and_
     let scenario = Scenario::new(&bootstrap, "diskfull", 45_000, 18, 3);
     let disk = SmallDisk::mount(12);
     let db = disk.dir.path().join("live.redb");
-    let mut runner = Runner::start(&scenario.instance("g-diskfull", &db));
+    let mut instance = scenario.instance("g-diskfull", &db);
+    // A consumer that cannot write is alive but stuck: the stall check says
+    // so within a second here.
+    instance.extra = vec!["--stall-after-ms".into(), "1000".into()];
+    let mut runner = Runner::start(&instance);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let (code, _, body) = runner.raw_get("/readyz");
@@ -765,9 +769,29 @@ fn a_full_disk_holds_the_consumer_back_with_no_offset_past_what_was_applied_and_
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(says_why(), "the log says why:\n{}", runner.log_tail());
+    let stalled = |runner: &Runner| -> Option<f64> {
+        let (_, _, metrics) = runner.raw_get("/metrics");
+        metrics
+            .lines()
+            .find(|l| l.starts_with("refund_projector_consumer_stalled "))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stalled(&runner) != Some(1.0) {
+        assert!(Instant::now() < deadline, "never counted as stalled:\n{}", runner.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stall_errors =
+        || runner.log.lock().unwrap().iter().filter(|l| l.contains("ERROR") && l.contains("is stalled")).count();
+    assert!(stall_errors() >= 1, "a stall is logged as an error:\n{}", runner.log_tail());
 
     disk.grow(600);
     let status = runner.wait_caught_up(scenario.messages, Duration::from_secs(180));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stalled(&runner) != Some(0.0) {
+        assert!(Instant::now() < deadline, "still counted as stalled once caught up:\n{}", runner.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(recorded(&status), scenario.messages, "every message recorded exactly once, without a restart");
     assert!(runner.terminate().0.success());
     assert_eq!(export(&db), scenario.replay_export());

@@ -72,7 +72,14 @@ pub fn run_demo(params: DemoParams) -> anyhow::Result<()> {
     // not answer DescribeConfigs, and its topic is the demo's own.
     kafka.on_history_gap = GapPolicy::Accept;
     kafka.check_topic = false;
-    let service = ServiceParams { db: &db, listen: &params.listen, auth, kafka, ready_max_lag: 1_000 };
+    let service = ServiceParams {
+        db: &db,
+        listen: &params.listen,
+        auth,
+        kafka,
+        ready_max_lag: 1_000,
+        stall_after: Some(Duration::from_millis(crate::DEFAULT_STALL_AFTER_MS)),
+    };
 
     let mut producer_thread = None;
     let result = run_service(service, |started: Started<'_>| {

@@ -77,6 +77,12 @@ struct KafkaArgs {
     /// `/readyz` is 503 while the total lag is above this many events.
     #[arg(long, default_value_t = 1_000, env = "REFUND_PROJECTOR_READY_MAX_LAG")]
     ready_max_lag: i64,
+    /// The consumer counts as stalled when events wait (lag above zero) and
+    /// nothing has been applied for this many milliseconds: `/readyz` answers
+    /// 503 with the reason, `refund_projector_consumer_stalled` is 1 and an
+    /// error is logged once per stall. 0 turns the check off.
+    #[arg(long, default_value_t = DEFAULT_STALL_AFTER_MS, env = "REFUND_PROJECTOR_STALL_AFTER_MS")]
+    stall_after_ms: u64,
     /// Consume past a history gap: records deleted (retention) before the
     /// store applied them, or a store position past a partition's end (a
     /// recreated topic). The store then misses that history for good; the
@@ -156,6 +162,18 @@ impl SourceArgs {
             _ => anyhow::bail!("give the source: --input FILE or --brokers HOSTS [--topic T]"),
         }
     }
+}
+
+/// Milliseconds without an applied event, while events wait, after which
+/// the consumer counts as stalled, by default: a minute. A healthy consumer
+/// with events waiting commits a batch at least every `--batch-wait-ms`
+/// (100 ms) plus the commit, and a broker outage of a few seconds or a
+/// rebuild's swap stays well under it; a minute of nothing is a stuck thread,
+/// a store that cannot write, or a broker gone for good.
+pub const DEFAULT_STALL_AFTER_MS: u64 = 60_000;
+
+fn stall_after(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -370,6 +388,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 auth,
                 kafka: params,
                 ready_max_lag: kafka.ready_max_lag,
+                stall_after: stall_after(kafka.stall_after_ms),
             };
             service::run_service(service, |_| {})
         }

@@ -15,6 +15,7 @@ use refunds_store::Store;
 struct Probe {
     status: Arc<IngestStatus>,
     ready_max_lag: i64,
+    stall_after: Option<Duration>,
 }
 
 impl IngestProbe for Probe {
@@ -33,7 +34,7 @@ impl IngestProbe for Probe {
     }
 
     fn not_ready_reason(&self) -> Option<String> {
-        self.status.not_ready_reason(self.ready_max_lag)
+        self.status.not_ready_reason(self.ready_max_lag, self.stall_after)
     }
 
     fn total_lag(&self) -> Option<i64> {
@@ -72,6 +73,9 @@ pub struct ServiceParams<'a> {
     pub auth: Auth,
     pub kafka: KafkaParams,
     pub ready_max_lag: i64,
+    /// A consumer with events waiting that applies nothing for this long is
+    /// stalled (`None`: never).
+    pub stall_after: Option<Duration>,
 }
 
 /// What a caller of [`run_service`] may do once the API listens (the demo
@@ -92,7 +96,11 @@ pub fn run_service(params: ServiceParams<'_>, on_started: impl FnOnce(Started<'_
     let status = Arc::new(IngestStatus::new(&params.kafka.topic));
     let shutdown = Shutdown::new();
     let mut state = AppState::new(store, Arc::new(params.auth), params.db);
-    state.ingest = Some(Arc::new(Probe { status: status.clone(), ready_max_lag: params.ready_max_lag }));
+    state.ingest = Some(Arc::new(Probe {
+        status: status.clone(),
+        ready_max_lag: params.ready_max_lag,
+        stall_after: params.stall_after,
+    }));
     state.metrics = crate::telemetry::metrics_renderer();
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
@@ -118,6 +126,20 @@ pub fn run_service(params: ServiceParams<'_>, on_started: impl FnOnce(Started<'_
             .context("failed to start the consumer")?
     };
 
+    // The stall watchdog has a thread of its own, so that a stuck poll or
+    // writer thread, or a store being reopened, is still seen.
+    if let Some(after) = params.stall_after {
+        let (status, shutdown) = (status.clone(), shutdown.clone());
+        thread::Builder::new()
+            .name("stall-watch".to_owned())
+            .spawn(move || {
+                while !shutdown.is_triggered() {
+                    status.check_stall(after);
+                    thread::sleep(Duration::from_millis(250));
+                }
+            })
+            .context("failed to start the stall watchdog")?;
+    }
     eprintln!("listening on http://{address}");
     tracing::info!(%address, topic = %params.kafka.topic, group = %params.kafka.group_id, "consuming and serving");
     on_started(Started { address, status: &status, shutdown: &shutdown });

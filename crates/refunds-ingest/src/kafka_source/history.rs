@@ -367,13 +367,17 @@ impl Assignment {
             }
             let needed = stored.get(&partition).copied().unwrap_or(0);
             match consumer.fetch_watermarks(&self.topic, partition, BROKER_TIMEOUT) {
-                Ok(watermarks) => match self.gap(partition, needed, Some(watermarks)) {
-                    Some(gap) => gaps.push(Some(gap)),
-                    None => {
-                        self.consuming.insert(partition, needed);
-                        plan.assign.push((partition, needed));
+                Ok(watermarks) => {
+                    // Known from now on, before librdkafka's first statistics.
+                    status.set_watermarks(partition, watermarks);
+                    match self.gap(partition, needed, Some(watermarks)) {
+                        Some(gap) => gaps.push(Some(gap)),
+                        None => {
+                            self.consuming.insert(partition, needed);
+                            plan.assign.push((partition, needed));
+                        }
                     }
-                },
+                }
                 Err(error) => {
                     tracing::warn!(%error, partition, "cannot read the partition's offsets; retrying");
                     fully_known = false;

@@ -83,6 +83,7 @@ pub(super) fn write_batches(
             }
             applied.insert(acceptance.gap.partition, acceptance.gap.resume_at);
             status.set_applied(&applied);
+            status.progressed();
         }
         let (batch, advanced, skipped) = store_batch(polled.items, &applied, params);
         report.skipped += skipped;
@@ -157,6 +158,7 @@ fn record_gap(store: &Store, status: &IngestStatus, gap: &HistoryGap) -> Result<
             Ok(())
         }
         Err(error) => {
+            metrics::counter!("refund_projector_store_write_errors_total").increment(1);
             tracing::error!(%error, partition = gap.partition, "cannot record the accepted history gap");
             status.lock().store_error = Some(error.to_string());
             Err(error.to_string())
@@ -233,11 +235,13 @@ fn apply_with_retry(
         match store.apply_batch(batch, durability) {
             Ok(summary) => return Applied::Done(summary),
             Err(error) if needs_reopen(&error) => {
+                metrics::counter!("refund_projector_store_write_errors_total").increment(1);
                 tracing::error!(%error, "store write failed; offsets stay where they are; reopening the store");
                 status.lock().store_error = Some(error.to_string());
                 return Applied::Reopen(error.to_string());
             }
             Err(error) => {
+                metrics::counter!("refund_projector_store_write_errors_total").increment(1);
                 tracing::error!(%error, retry_in_ms = millis(backoff), "store write failed; offsets stay where they are");
                 status.lock().store_error = Some(error.to_string());
                 let until = Instant::now() + backoff;
