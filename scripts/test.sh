@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, the release build of
 # the binary, a real single-node Kafka broker (KRaft, from Maven Central jars)
-# for the end-to-end suite, then every test of the workspace (unit, proptests,
-# black-box, Kafka end-to-end). The broker is stopped and its files removed
+# for the end-to-end suite, the alert rules' tests (promtool), schemathesis
+# against the API, then every test of the workspace (unit, proptests,
+# black-box, Kafka end-to-end, a one-minute soak). The broker is stopped and its files removed
 # at exit, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,18 @@ echo "== kafka broker (127.0.0.1:$KAFKA_PORT)"
 scripts/kafka/kafka.sh start
 scripts/kafka/kafka.sh wait 180
 export REFUND_PROJECTOR_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
+
+echo "== prometheus alert rules (promtool)"
+if ! command -v promtool >/dev/null 2>&1; then
+  # Debian's prometheus package ships promtool (no daemon starts in CI).
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+promtool check rules config/alerts.yml
+promtool test rules config/alerts.test.yml
+
+echo "== API fuzzing (schemathesis)"
+scripts/fuzz-api.sh
 
 echo "== cargo test --release"
 cargo test --workspace --release
