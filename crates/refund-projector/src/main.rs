@@ -38,6 +38,11 @@ struct Cli {
     /// TOML file of settings: flag names as keys, `[kafka]` for librdkafka.
     #[arg(long, global = true, env = "REFUND_PROJECTOR_CONFIG")]
     config: Option<PathBuf>,
+    /// The store's page cache, in MiB (redb's cache: the process's RSS grows
+    /// up to about this much above its base as the store is read and
+    /// written).
+    #[arg(long, global = true, default_value_t = 256, env = "REFUND_PROJECTOR_CACHE_MIB")]
+    cache_mib: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -362,6 +367,7 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(args);
+    let _ = CACHE_BYTES.set(cli.cache_mib.max(1) << 20);
     telemetry::init_tracing(cli.log_format);
     refunds_ingest::disable_transparent_huge_pages();
     match run(cli.command) {
@@ -512,8 +518,15 @@ pub(crate) async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// `--cache-mib`, in bytes, set once at start.
+static CACHE_BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
 pub(crate) fn open_store(db: &Path) -> anyhow::Result<Store> {
-    Store::open(db, &StoreParams::default()).with_context(|| format!("failed to open the store {}", db.display()))
+    let mut params = StoreParams::default();
+    if let Some(&bytes) = CACHE_BYTES.get() {
+        params.cache_bytes = bytes;
+    }
+    Store::open(db, &params).with_context(|| format!("failed to open the store {}", db.display()))
 }
 
 fn run_replay(db: &Path, params: &ReplayParams) -> anyhow::Result<()> {
