@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # API load benchmark: a store of about 1M events (generate --refunds 330000),
-# `serve` on loopback, and wrk (Debian's package) against the query shapes of
-# issue 3, at 8 and 64 connections. Prints requests/s and p50/p99 per shape.
+# `serve` on loopback, and wrk (Debian's package) against six list query shapes
+# and a cursor walk, at 8 and 64 connections. Prints requests/s and p50/p99 per shape.
 #
 #   scripts/bench-api.sh                  # 330,000 refunds
 #   REFUNDS=3300000 scripts/bench-api.sh  # the 10x store

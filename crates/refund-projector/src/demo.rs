@@ -22,9 +22,9 @@ use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, Producer};
 use refunds_api::Auth;
+use refunds_generate::{GenerateParams, generate};
 use refunds_ingest::kafka_source::{GapPolicy, IngestStatus, KafkaParams, Shutdown};
 
-use crate::generate::{GenerateParams, generate};
 use crate::service::{ServiceParams, Started, run_service};
 
 /// Most events the producer may be ahead of the store.

@@ -3,7 +3,6 @@
 
 mod config;
 mod demo;
-mod generate;
 mod produce;
 mod rebuild;
 mod service;
@@ -444,10 +443,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Generate { refunds, seed, dup_rate, shuffle_window, invalid_rate } => {
             anyhow::ensure!((0.0..=1.0).contains(&dup_rate), "--dup-rate must be between 0 and 1");
             anyhow::ensure!((0.0..=1.0).contains(&invalid_rate), "--invalid-rate must be between 0 and 1");
-            let params = generate::GenerateParams { refunds, seed, dup_rate, shuffle_window, invalid_rate };
+            let params = refunds_generate::GenerateParams { refunds, seed, dup_rate, shuffle_window, invalid_rate };
             let stdout = io::stdout();
             let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
-            generate::generate(&params, &mut out).context("failed to write events")?;
+            refunds_generate::generate(&params, &mut out).context("failed to write events")?;
             out.flush().context("failed to write events")?;
             Ok(())
         }

@@ -3,7 +3,8 @@
 //! Events of one refund inside a batch are coalesced: the row is read once,
 //! every new event is merged, and each index key is rewritten only if its
 //! value changed. Counter deltas are summed over the batch and written once
-//! per counter row.
+//! per counter row. The steps up to the rows are here; the index entries and
+//! the counters are written by [`crate::index_jobs`].
 
 use std::collections::HashMap as StdHashMap;
 
@@ -12,15 +13,15 @@ use std::collections::HashMap as StdHashMap;
 // that could degrade them beyond one batch.
 use foldhash::HashMap;
 
-use std::ops::{Bound, Range};
+use std::ops::Bound;
 
-use redb::{CursorError, Durability, ReadableTable, Table, WriteTransaction};
-use refunds_domain::{RefundEvent, RefundState, TextField, Timestamp, merge_all};
+use redb::{Durability, ReadableTable, Table, WriteTransaction};
+use refunds_domain::{RefundEvent, RefundState, Timestamp, merge_all};
 
 use crate::audit::{Outcome, PackedPayload, StoredSource, decode_entry, encode_entry_into};
 use crate::batch::{Batch, BatchSummary, Checkpoint, Item, ItemKind, SourcePos};
-use crate::histogram;
-use crate::keys::{self, CountDim, Index, TenantNo};
+use crate::index_jobs::{Change, insert_sorted, write_index_entries_and_counts};
+use crate::keys::{self, Index, TenantNo};
 use crate::read::{dead_letter_document, stat_names};
 use crate::{FILE_KIND, Store, StoreError, TENANT_KIND, TOPIC_KIND, row, tables};
 
@@ -189,24 +190,8 @@ impl Store {
                 }
                 drop(refunds);
 
-                // The index entries and the counters, as jobs that this thread
-                // and a worker take in turn, each job owning its table.
-                let mut jobs = Vec::with_capacity(INDEX_JOB_ORDER.len() + 1);
-                jobs.push(IndexJob::Counts(txn.open_table(tables::COUNTS)?));
-                for index in INDEX_JOB_ORDER {
-                    jobs.push(IndexJob::Entries(
-                        index,
-                        txn.open_table(index.table().expect("listed indexes have tables"))?,
-                    ));
-                }
-                jobs.reverse();
-                let jobs = std::sync::Mutex::new(jobs);
-                let run = || run_index_jobs(&jobs, &changes);
-                std::thread::scope(|indexes| {
-                    let worker = indexes.spawn(run);
-                    let here = run();
-                    worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)).and(here)
-                })?;
+                // The index entries and the counters, on this thread and a worker.
+                write_index_entries_and_counts(&txn, &changes)?;
 
                 let mut stats = txn.open_table(tables::STATS)?;
                 for (name, delta) in [
@@ -658,173 +643,6 @@ fn apply_refund(
     Ok(())
 }
 
-/// A refund whose state a batch changed.
-struct Change {
-    tenant: TenantNo,
-    home: u32,
-    old: Option<RefundState>,
-    new: RefundState,
-}
-
-/// The order in which the index jobs are taken, after the counters (the
-/// longest job): by the time each took in a profile of 912,612 generated
-/// events, longest first, so that the two threads finish close together
-/// (the spread indexes cost about three times the low-cardinality ones).
-const INDEX_JOB_ORDER: [Index; 12] = [
-    Index::Amount,
-    Index::Text(TextField::TransactionId),
-    Index::Text(TextField::OrderNo),
-    Index::Text(TextField::ExternalRefundId),
-    Index::Text(TextField::ReferenceId),
-    Index::Text(TextField::StoreId),
-    Index::Created,
-    Index::Status,
-    Index::Currency,
-    Index::Text(TextField::Processor),
-    Index::Text(TextField::PaymentMethodType),
-    Index::Text(TextField::ProductType),
-];
-
-/// One table's share of step three.
-enum IndexJob<'t> {
-    Entries(Index, Table<'t, &'static [u8], u32>),
-    Counts(Table<'t, &'static [u8], u64>),
-}
-
-/// Takes jobs off the shared stack (its end is the next job) until none is
-/// left. Two threads run this at once: whichever is free takes the next
-/// table, so the split follows the machine rather than a fixed guess.
-fn run_index_jobs(jobs: &std::sync::Mutex<Vec<IndexJob<'_>>>, changes: &[Change]) -> Result<(), StoreError> {
-    loop {
-        let job = jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
-        match job {
-            None => return Ok(()),
-            Some(IndexJob::Entries(index, table)) => write_index_entries(index, table, changes)?,
-            Some(IndexJob::Counts(mut counts)) => apply_count_deltas(&mut counts, &count_deltas(changes))?,
-        }
-    }
-}
-
-/// Step three for one index table: the keys the changes remove and insert,
-/// in key order. A key ends with its refund id and each refund is coalesced,
-/// so no key is both removed and inserted by one batch.
-fn write_index_entries(
-    index: Index,
-    mut table: Table<'_, &'static [u8], u32>,
-    changes: &[Change],
-) -> Result<(), StoreError> {
-    // Every key of the batch in one buffer, named by ranges: two keys per
-    // change and index would otherwise be two allocations.
-    let mut keys: Vec<u8> = Vec::with_capacity(changes.len() * 48);
-    let mut old_key: Vec<u8> = Vec::with_capacity(128);
-    let mut removes: Vec<Range<usize>> = Vec::new();
-    let mut inserts: Vec<(Range<usize>, u32)> = Vec::new();
-    for change in changes {
-        let start = keys.len();
-        let has_new = index.write_key(change.tenant, &change.new, &mut keys);
-        old_key.clear();
-        let has_old = change.old.as_ref().is_some_and(|old| index.write_key(change.tenant, old, &mut old_key));
-        if has_old && has_new && old_key[..] == keys[start..] {
-            keys.truncate(start);
-            continue;
-        }
-        if has_new {
-            inserts.push((start..keys.len(), change.home));
-        }
-        if has_old {
-            let start = keys.len();
-            keys.extend_from_slice(&old_key);
-            removes.push(start..keys.len());
-        }
-    }
-    let key = |range: &Range<usize>| &keys[range.clone()];
-    removes.sort_unstable_by(|a, b| key(a).cmp(key(b)));
-    for range in &removes {
-        table.remove(key(range))?;
-    }
-    inserts.sort_unstable_by(|a, b| key(&a.0).cmp(key(&b.0)));
-    // A key already present carries the same home (it is fixed): leave it.
-    insert_sorted(&mut table, &inserts, |(range, home)| (key(range), *home))?;
-    Ok(())
-}
-
-/// The counter changes of a batch, summed per counter row, sorted by key.
-fn count_deltas(changes: &[Change]) -> Vec<(Vec<u8>, i64)> {
-    let mut deltas: HashMap<Vec<u8>, i64> = HashMap::default();
-    let mut histogram: HashMap<histogram::RowKey, i64> = HashMap::default();
-    histogram.reserve(changes.len());
-    let mut rows = Vec::new();
-    for Change { tenant, old, new, .. } in changes {
-        for dim in CountDim::ALL {
-            let old_value = old.as_ref().and_then(|s| dim.value_of(s));
-            let new_value = dim.value_of(new);
-            if old_value == new_value {
-                continue;
-            }
-            if let Some(v) = old_value {
-                *deltas.entry(keys::count_key(*tenant, dim, &v)).or_default() -= 1;
-            }
-            if let Some(v) = new_value {
-                *deltas.entry(keys::count_key(*tenant, dim, &v)).or_default() += 1;
-            }
-        }
-        let (created_moved, amount_moved) = old.as_ref().map_or((true, true), |old| histogram::moved(old, new));
-        for (moved, rows_of) in [
-            (created_moved, histogram::created_rows as fn(TenantNo, &RefundState, &mut Vec<histogram::RowKey>)),
-            (amount_moved, histogram::amount_rows),
-        ] {
-            if !moved {
-                continue;
-            }
-            if let Some(old) = old {
-                rows_of(*tenant, old, &mut rows);
-                for key in rows.drain(..) {
-                    *histogram.entry(key).or_default() -= 1;
-                }
-            }
-            rows_of(*tenant, new, &mut rows);
-            for key in rows.drain(..) {
-                *histogram.entry(key).or_default() += 1;
-            }
-        }
-    }
-    let mut all: Vec<(Vec<u8>, i64)> = deltas.into_iter().filter(|(_, d)| *d != 0).collect();
-    all.extend(histogram.into_iter().filter(|(_, d)| *d != 0).map(|(k, d)| (k.as_slice().to_vec(), d)));
-    all.sort_unstable();
-    all
-}
-
-/// Inserts entries sorted by key. Each run of keys that falls into one gap
-/// between existing keys goes through one cursor (redb splices such runs into
-/// the leaves instead of descending the tree for every key). A key that is
-/// already present is left as it is; returns how many were.
-fn insert_sorted<'e, V: redb::Value + 'static, E>(
-    table: &mut Table<'_, &'static [u8], V>,
-    entries: &'e [E],
-    entry: impl Fn(&'e E) -> (&'e [u8], V::SelfType<'e>),
-) -> Result<usize, StoreError> {
-    let (mut next, mut present) = (0, 0);
-    while let Some(first) = entries.get(next) {
-        let mut cursor = table.lower_bound_mut(Bound::Included(entry(first).0))?;
-        let run_start = next;
-        while let Some(e) = entries.get(next) {
-            let (key, value) = entry(e);
-            match cursor.insert_before(key, value) {
-                Ok(()) => next += 1,
-                Err(CursorError::UnorderedKey) => break,
-                Err(err) => return Err(redb::Error::from(err).into()),
-            }
-        }
-        cursor.close()?;
-        if next == run_start {
-            // The gap's next entry is this very key: it is already there.
-            next += 1;
-            present += 1;
-        }
-    }
-    Ok(present)
-}
-
 /// An audit entry to write: what [`encode_entry_into`] takes.
 struct AuditRow<'b> {
     outcome: Outcome,
@@ -849,21 +667,6 @@ fn append_in_order(
         cursor.insert_before(seq, entry.as_slice()).map_err(redb::Error::from)?;
     }
     cursor.close()?;
-    Ok(())
-}
-
-fn apply_count_deltas(counts: &mut Table<'_, &'static [u8], u64>, deltas: &[(Vec<u8>, i64)]) -> Result<(), StoreError> {
-    for (key, delta) in deltas {
-        let current = counts.get(key.as_slice())?.map_or(0, |v| v.value());
-        let updated = current
-            .checked_add_signed(*delta)
-            .ok_or_else(|| StoreError::Corrupt(format!("count would go negative ({current} {delta:+})")))?;
-        if updated == 0 {
-            counts.remove(key.as_slice())?;
-        } else {
-            counts.insert(key.as_slice(), updated)?;
-        }
-    }
     Ok(())
 }
 

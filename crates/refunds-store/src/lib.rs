@@ -53,6 +53,7 @@ mod audit;
 mod batch;
 mod gaps;
 pub mod histogram;
+mod index_jobs;
 pub mod keys;
 pub mod page;
 pub mod query;
