@@ -125,13 +125,18 @@ pub(super) fn producer_config(params: &KafkaParams) -> ClientConfig {
         .set("message.timeout.ms", "30000")
         .set("message.max.bytes", "8388608")
         .set("linger.ms", "5");
+    set_shared_options(&mut config, params);
+    config
+}
+
+/// The user's librdkafka settings that apply to a producer or an admin
+/// client: consumer-only ones would make them refuse to start.
+fn set_shared_options(config: &mut ClientConfig, params: &KafkaParams) {
     for (key, value) in &params.options {
-        // Consumer-only settings would make the producer refuse to start.
         if !is_consumer_only(key) {
             config.set(key, value);
         }
     }
-    config
 }
 
 /// The admin client's settings (topic configuration checks): the
@@ -139,11 +144,7 @@ pub(super) fn producer_config(params: &KafkaParams) -> ClientConfig {
 pub(super) fn admin_config(params: &KafkaParams) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &params.brokers);
-    for (key, value) in &params.options {
-        if !is_consumer_only(key) {
-            config.set(key, value);
-        }
-    }
+    set_shared_options(&mut config, params);
     config
 }
 

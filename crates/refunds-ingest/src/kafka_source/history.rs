@@ -407,11 +407,9 @@ impl Assignment {
             match self.policy {
                 GapPolicy::Refuse => return Err(IngestError::HistoryGap(gap.describe())),
                 GapPolicy::Hold => {
+                    // The message names topic, partition and both offsets.
                     tracing::error!(
-                        topic = %gap.topic,
                         partition = gap.partition,
-                        needed = gap.needed,
-                        available = gap.available,
                         reason = gap.reason.as_str(),
                         "{}; the partition is not consumed and /readyz answers 503 until the instance is restarted \
                          with --accept-history-gap (or the store is rebuilt from a complete source)",
@@ -422,11 +420,7 @@ impl Assignment {
                 }
                 GapPolicy::Accept => {
                     tracing::warn!(
-                        topic = %gap.topic,
                         partition = gap.partition,
-                        needed = gap.needed,
-                        available = gap.available,
-                        reason = gap.reason.as_str(),
                         resume_at = gap.resume_at,
                         "{}; accepted (--accept-history-gap): consuming from offset {}, and the gap stays listed in \
                          /v1/status for the life of the store",
