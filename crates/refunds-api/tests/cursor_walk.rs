@@ -13,13 +13,8 @@ use refunds_store::{Batch, Durability, Item, ItemKind, SourcePos, Store, StorePa
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-const KEYS: &str = r#"
-[[keys]]
-id = "ops"
-secret = "ops"
-tenant = "*"
-scopes = ["admin"]
-"#;
+mod common;
+use common::KEYS;
 
 fn queued(tenant: &str, id: &str, second: i64) -> Item {
     let at = Timestamp::from_millis(1_767_225_600_000 + second * 1000).unwrap();
