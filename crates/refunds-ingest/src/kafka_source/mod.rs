@@ -164,7 +164,7 @@ pub fn consume(
         if assignment.due() {
             // Between batches: a gap is accepted before any message past it
             // is polled, and reaches the writer after every one before it.
-            let plan = match assignment.refresh(&consumer, &store, params, &status) {
+            let mut plan = match assignment.refresh(&consumer, &store, params, &status) {
                 Ok(plan) => plan,
                 Err(error) => {
                     failed = Some(error);
@@ -172,7 +172,8 @@ pub fn consume(
                 }
             };
             if !plan.accept.is_empty() {
-                let gaps = PolledBatch { accept: plan.accept.clone(), items: Vec::new(), started: Instant::now() };
+                let accept = std::mem::take(&mut plan.accept);
+                let gaps = PolledBatch { accept, items: Vec::new(), started: Instant::now() };
                 if tx.send(gaps).is_err() {
                     break;
                 }

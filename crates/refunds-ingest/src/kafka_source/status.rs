@@ -45,6 +45,17 @@ pub(super) struct StatusInner {
     pub(super) stalled: bool,
 }
 
+impl StatusInner {
+    /// `high_watermark - max(applied, low watermark)`, at least 0; `None`
+    /// while the high watermark is unknown.
+    fn lag_of(&self, partition: i32) -> Option<i64> {
+        let high = *self.high_watermarks.get(&partition)?;
+        let applied = self.applied.get(&partition).copied().unwrap_or(0);
+        let low = self.low_watermarks.get(&partition).copied().unwrap_or(0);
+        Some((high - applied.max(low)).max(0))
+    }
+}
+
 /// One partition's progress, as `/v1/status` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionFigures {
@@ -78,8 +89,7 @@ impl IngestStatus {
             .map(|&partition| {
                 let applied_offset = inner.applied.get(&partition).copied().unwrap_or(0);
                 let high_watermark = inner.high_watermarks.get(&partition).copied();
-                let low = inner.low_watermarks.get(&partition).copied().unwrap_or(0);
-                let lag = high_watermark.map(|hw| (hw - applied_offset.max(low)).max(0));
+                let lag = inner.lag_of(partition);
                 PartitionFigures { topic: inner.topic.clone(), partition, applied_offset, high_watermark, lag }
             })
             .collect()
@@ -149,17 +159,8 @@ impl IngestStatus {
             return None;
         }
         // Held partitions wait for an operator, not for the consumer.
-        let lag: i64 = inner
-            .assigned
-            .iter()
-            .filter(|p| !inner.held_gaps.contains_key(p))
-            .filter_map(|p| {
-                let high = *inner.high_watermarks.get(p)?;
-                let applied = inner.applied.get(p).copied().unwrap_or(0);
-                let low = inner.low_watermarks.get(p).copied().unwrap_or(0);
-                Some((high - applied.max(low)).max(0))
-            })
-            .sum();
+        let lag: i64 =
+            inner.assigned.iter().filter(|p| !inner.held_gaps.contains_key(p)).filter_map(|&p| inner.lag_of(p)).sum();
         (lag > 0).then(|| {
             format!("the consumer is stalled: {lag} events wait and nothing was applied for {} s", idle.as_secs())
         })
