@@ -95,6 +95,11 @@ struct KafkaArgs {
     /// `/readyz` answers 503 with the reason.
     #[arg(long, env = "REFUND_PROJECTOR_ACCEPT_HISTORY_GAP", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     accept_history_gap: bool,
+    /// Most requests that may wait at once for a `min_position` the store
+    /// has not reached; one more is answered 503 `not_caught_up` at once.
+    /// A waiting request costs about a kilobyte and no thread.
+    #[arg(long, default_value_t = refunds_api::DEFAULT_MAX_WAITING, env = "REFUND_PROJECTOR_MAX_WAITING_REQUESTS")]
+    max_waiting_requests: usize,
 }
 
 impl KafkaArgs {
@@ -394,6 +399,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 kafka: params,
                 ready_max_lag: kafka.ready_max_lag,
                 stall_after: stall_after(kafka.stall_after_ms),
+                max_waiting_requests: kafka.max_waiting_requests,
             };
             service::run_service(service, |_| {})
         }
@@ -421,8 +427,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                 create_partitions,
                 options: &kafka_options,
             };
-            let count = produce::produce(&params)?;
-            eprintln!("produced {count} messages to {topic}");
+            let produced = produce::produce(&params)?;
+            eprintln!("produced {} messages to {topic}", produced.count);
+            // Alone on stdout, for a script's `min_position`.
+            println!("{}", produced.position);
             Ok(())
         }
         Command::Probe { url } => produce::probe(&url),
