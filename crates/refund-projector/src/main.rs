@@ -97,7 +97,7 @@ struct KafkaArgs {
     accept_history_gap: bool,
     /// Most requests that may wait at once for a `min_position` the store
     /// has not reached; one more is answered 503 `not_caught_up` at once.
-    /// A waiting request costs about a kilobyte and no thread.
+    /// A waiting request costs its connection (about 20 KiB) and no thread.
     #[arg(long, default_value_t = refunds_api::DEFAULT_MAX_WAITING, env = "REFUND_PROJECTOR_MAX_WAITING_REQUESTS")]
     max_waiting_requests: usize,
 }
