@@ -158,7 +158,43 @@ fn a_client_reads_its_own_write_from_a_replica_ahead_and_from_one_held_behind() 
     // /v1/status carries the same position as the header of its response.
     let (_, headers, body) = a.raw_get("/v1/status");
     let status: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(status["position"].as_str(), headers.get("x-refunds-position").map(String::as_str));
+    let last = status["position"].as_str().unwrap().to_owned();
+    assert_eq!(Some(&last), headers.get("x-refunds-position"));
+    assert!(a.terminate().0.success());
+
+    // `serve` over A's store: the same position; one not reached is 503 at
+    // once, since no consumer will ever reach it.
+    let mut serve = command()
+        .args(["serve", "--db", db_a.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(["--api-keys", keys.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(serve.stderr.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().expect("serve printed its address").unwrap();
+        if let Some(address) = line.strip_prefix("listening on ") {
+            break address.trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let get = |path: &str| {
+        let response = agent.get(format!("{base}{path}")).header("Authorization", ADMIN).call().unwrap();
+        let position = response.headers().get("x-refunds-position").map(|v| v.to_str().unwrap().to_owned());
+        (response.status().as_u16(), position)
+    };
+    assert_eq!(get(&format!("/v1/refunds?limit=1&min_position={last}")), (200, Some(last.clone())));
+    let ahead: String = position_map(&last)
+        .iter()
+        .map(|((topic, partition), offset)| format!("{topic}:{partition}:{}", offset + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let asked = Instant::now();
+    assert_eq!(get(&format!("/v1/refunds?limit=1&min_position={ahead}&max_wait_ms=5000")), (503, Some(last)));
+    assert!(asked.elapsed() < Duration::from_secs(2), "serve answers at once: {:?}", asked.elapsed());
+    let _ = serve.kill();
+    let _ = serve.wait();
 }
 
 #[test]
