@@ -93,9 +93,10 @@ fn load(base: &str, path: &str, seconds: u64) -> Vec<Duration> {
     clients.into_iter().flat_map(|c| c.join().expect("client")).collect()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
+/// The `percent` percentile of sorted latencies (nearest rank).
+fn percentile(sorted: &[Duration], percent: usize) -> Duration {
+    let rank = (sorted.len() * percent).div_ceil(100).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 fn ms(d: Duration) -> f64 {
@@ -144,17 +145,17 @@ fn main() -> anyhow::Result<()> {
     }
     without.sort();
     with.sort();
-    let (p99_without, p99_with) = (percentile(&without, 0.99), percentile(&with, 0.99));
+    let (p99_without, p99_with) = (percentile(&without, 99), percentile(&with, 99));
     println!(
         "list, {CONNECTIONS} connections, {rounds} interleaved rounds of {round_seconds} s, {refunds} refunds:\n  \
          without min_position: {} requests, p50 {:.3} ms, p99 {:.3} ms\n  \
          with a reached one:   {} requests, p50 {:.3} ms, p99 {:.3} ms\n  \
          p99 with / without: {:.3}",
         without.len(),
-        ms(percentile(&without, 0.5)),
+        ms(percentile(&without, 50)),
         ms(p99_without),
         with.len(),
-        ms(percentile(&with, 0.5)),
+        ms(percentile(&with, 50)),
         ms(p99_with),
         p99_with.as_secs_f64() / p99_without.as_secs_f64()
     );
@@ -187,10 +188,10 @@ fn main() -> anyhow::Result<()> {
     println!(
         "durable commit to a waiting request's answer, {commits} commits x {WAITERS} waiters:\n  \
          p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (the commit itself: p50 {:.3} ms)",
-        ms(percentile(&answers, 0.5)),
-        ms(percentile(&answers, 0.99)),
+        ms(percentile(&answers, 50)),
+        ms(percentile(&answers, 99)),
         ms(*answers.last().unwrap_or(&Duration::ZERO)),
-        ms(percentile(&commit_times, 0.5)),
+        ms(percentile(&commit_times, 50)),
     );
     Ok(())
 }
