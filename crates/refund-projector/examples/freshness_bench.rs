@@ -6,9 +6,10 @@
 //!    already reached, against the same request without it: rounds of each,
 //!    interleaved, 8 connections.
 //! 2. The time from a durable commit to the answer of a request waiting for
-//!    it: each round, 20 requests wait for the next offset, then one batch
-//!    moving the checkpoint there is committed durably; each request's answer
-//!    time minus the moment the commit call returned.
+//!    it: each round, 20 requests for one refund (what a client reads after
+//!    its write) wait for the next offset, then one batch moving the
+//!    checkpoint there is committed durably; each request's answer time minus
+//!    the moment the commit call returned.
 //!
 //! The consumer itself is not running (the commits are made here, as the
 //! writer thread makes them), so the figures are the API's and the store's.
@@ -161,12 +162,23 @@ fn main() -> anyhow::Result<()> {
     );
 
     // 2. From a durable commit to the answers waiting for it.
+    let refund = {
+        let response =
+            agent().get(format!("{base}/v1/refunds?limit=1")).header("Authorization", "Api-Key bench").call()?;
+        let page: serde_json::Value = serde_json::from_slice(&response.into_body().read_to_vec()?)?;
+        let first = &page["results"][0];
+        format!(
+            "{}?tenant_id={}",
+            first["id"].as_str().unwrap_or_default(),
+            first["tenant_id"].as_str().unwrap_or_default()
+        )
+    };
     let mut answers = Vec::new();
     let mut commit_times = Vec::new();
     for i in 1..=commits {
         let waiting: Vec<_> = (0..WAITERS)
             .map(|_| {
-                let url = format!("{base}/v1/refunds?limit=1&min_position={TOPIC}:0:{i}&max_wait_ms=5000");
+                let url = format!("{base}/v1/refunds/{refund}&min_position={TOPIC}:0:{i}&max_wait_ms=5000");
                 std::thread::spawn(move || {
                     assert_eq!(get(&agent(), &url), 200, "{url}");
                     Instant::now()
