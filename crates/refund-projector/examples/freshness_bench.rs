@@ -114,8 +114,14 @@ fn main() -> anyhow::Result<()> {
     let db = dir.path().join("store.redb");
 
     eprintln!("generating and replaying {refunds} refunds");
-    let params =
-        refunds_generate::GenerateParams { refunds, seed: 7, dup_rate: 0.02, shuffle_window: 200, invalid_rate: 0.0 };
+    let params = refunds_generate::GenerateParams {
+        refunds,
+        seed: 7,
+        dup_rate: 0.02,
+        shuffle_window: 200,
+        invalid_rate: 0.0,
+        arrival: refunds_generate::Arrival::Realistic,
+    };
     refunds_generate::generate(&params, std::io::BufWriter::new(std::fs::File::create(&events)?))?;
     let mut store = Store::open(&db, &StoreParams::default())?;
     replay(&mut store, &ReplayParams::new(Input::File(events.clone())), |_| {})?;

@@ -351,7 +351,20 @@ enum Command {
         /// Probability that an invalid line follows an event.
         #[arg(long, default_value_t = 0.0, env = "REFUND_PROJECTOR_INVALID_RATE")]
         invalid_rate: f64,
+        /// How the events of refunds interleave: `realistic` (a busy
+        /// platform's webhooks: a refund a second, outcomes minutes to days
+        /// later, 3% delivered again hours later) or `ordered` (refunds spread
+        /// over two years, few in flight at once).
+        #[arg(long, value_enum, default_value_t = ArrivalArg::Realistic, env = "REFUND_PROJECTOR_ARRIVAL")]
+        arrival: ArrivalArg,
     },
+}
+
+/// `generate --arrival`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ArrivalArg {
+    Realistic,
+    Ordered,
 }
 
 /// mimalloc instead of glibc's malloc: the apply path allocates and frees
@@ -448,10 +461,15 @@ fn run(command: Command) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Generate { refunds, seed, dup_rate, shuffle_window, invalid_rate } => {
+        Command::Generate { refunds, seed, dup_rate, shuffle_window, invalid_rate, arrival } => {
             anyhow::ensure!((0.0..=1.0).contains(&dup_rate), "--dup-rate must be between 0 and 1");
             anyhow::ensure!((0.0..=1.0).contains(&invalid_rate), "--invalid-rate must be between 0 and 1");
-            let params = refunds_generate::GenerateParams { refunds, seed, dup_rate, shuffle_window, invalid_rate };
+            let arrival = match arrival {
+                ArrivalArg::Realistic => refunds_generate::Arrival::Realistic,
+                ArrivalArg::Ordered => refunds_generate::Arrival::Ordered,
+            };
+            let params =
+                refunds_generate::GenerateParams { refunds, seed, dup_rate, shuffle_window, invalid_rate, arrival };
             let stdout = io::stdout();
             let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
             refunds_generate::generate(&params, &mut out).context("failed to write events")?;
