@@ -303,6 +303,14 @@ enum Command {
         #[arg(long, env = "REFUND_PROJECTOR_DB")]
         db: PathBuf,
     },
+    /// Shrink a store file to its tables: move pages to the front and cut
+    /// the free space behind them. Needs the store to itself (stop `run` or
+    /// `serve` first).
+    Compact {
+        /// The store file.
+        #[arg(long, env = "REFUND_PROJECTOR_DB")]
+        db: PathBuf,
+    },
     /// Serve the HTTP API over an existing store (no consumer).
     ///
     /// Prints `listening on http://ADDR` on stderr once it accepts requests;
@@ -439,6 +447,21 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tables { db } => print_table_sizes(&db),
+        Command::Compact { db } => {
+            anyhow::ensure!(db.exists(), "the store {} does not exist", db.display());
+            let mut store = open_store(&db)?;
+            let started = std::time::Instant::now();
+            let (before, after) = store.compact(&db).context("failed to compact the store")?;
+            let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
+            eprintln!(
+                "compacted {} from {:.1} MiB to {:.1} MiB in {:.1?}",
+                db.display(),
+                mib(before),
+                mib(after),
+                started.elapsed()
+            );
+            Ok(())
+        }
         Command::Serve { db, api } => run_serve(&db, &api.listen, &api.api_keys, api.jwt_secret.as_deref()),
         Command::Produce { brokers, topic, input, create_partitions, kafka_options } => {
             let params = produce::ProduceParams {

@@ -392,3 +392,15 @@ impl Store {
         Ok(sizes)
     }
 }
+
+impl Store {
+    /// Moves pages to the front of the file and truncates the free space
+    /// behind them, until no more can be moved. Needs the store to itself
+    /// (no reader or writer in another thread). Returns the file's size
+    /// before and after, in bytes.
+    pub fn compact(&mut self, path: &std::path::Path) -> Result<(u64, u64), StoreError> {
+        let before = Store::file_bytes(path);
+        while self.db.compact().map_err(|e| StoreError::Corrupt(format!("compaction failed: {e}")))? {}
+        Ok((before, Store::file_bytes(path)))
+    }
+}
