@@ -15,7 +15,7 @@ mod time_param;
 
 use std::sync::Arc;
 
-pub use auth::{Auth, AuthConfigError, Caller};
+pub use auth::{Auth, AuthConfigError, AuthParams, Caller, JwksSource, Refresh};
 pub use error::ApiError;
 use refunds_store::Store;
 pub use routes::router;

@@ -435,6 +435,7 @@ async fn status(
             "partitions": partitions,
             "history_gaps": history_gaps,
             "topic_settings": topic_settings,
+            "auth": state.auth.status_json(),
         })),
     )
         .into_response())
