@@ -35,7 +35,13 @@ pub struct JwtArgs {
     /// a secret can be rotated without refusals. In the environment, several
     /// secrets are comma separated (a secret cannot contain a comma); in the
     /// config file, a string or a list of strings.
-    #[arg(long = "jwt-secret", value_name = "SECRET", env = "REFUND_PROJECTOR_JWT_SECRET", hide_env_values = true, value_delimiter = ',')]
+    #[arg(
+        long = "jwt-secret",
+        value_name = "SECRET",
+        env = "REFUND_PROJECTOR_JWT_SECRET",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
     pub jwt_secrets: Vec<String>,
     /// An identity provider's JWKS (a file path, or an http:// or https://
     /// URL): RS256 and ES256 JWTs are verified with the key named by their

@@ -136,7 +136,9 @@ impl std::fmt::Debug for Auth {
 impl Auth {
     pub fn new(params: AuthParams) -> Result<Auth, AuthConfigError> {
         let fixed = match &params.fixed_keys {
-            Some(text) => parse_keys(text).map_err(|message| AuthConfigError::Invalid { path: "(built in)".into(), message })?,
+            Some(text) => {
+                parse_keys(text).map_err(|message| AuthConfigError::Invalid { path: "(built in)".into(), message })?
+            }
             None => Vec::new(),
         };
         let from_file = match &params.api_keys {

@@ -321,14 +321,17 @@ impl Verifier {
                 result?
             }
             Algorithm::RS256 | Algorithm::ES256 => {
-                let jwks =
-                    self.jwks.as_ref().ok_or_else(|| ApiError::unauthorized("RS256 and ES256 JWTs are not accepted here"))?;
+                let jwks = self
+                    .jwks
+                    .as_ref()
+                    .ok_or_else(|| ApiError::unauthorized("RS256 and ES256 JWTs are not accepted here"))?;
                 let kid = header.kid.as_deref();
                 let (key, alg) = match jwks.key(kid) {
                     Some(found) => found,
                     None => {
                         jwks.refresh_for_unknown_kid();
-                        jwks.key(kid).ok_or_else(|| ApiError::unauthorized("the token's signing key (kid) is unknown"))?
+                        jwks.key(kid)
+                            .ok_or_else(|| ApiError::unauthorized("the token's signing key (kid) is unknown"))?
                     }
                 };
                 if alg != header.alg {
