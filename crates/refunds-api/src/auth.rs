@@ -531,4 +531,200 @@ mod tests {
         let without_secret = Auth::from_toml(KEYS, None).unwrap();
         assert!(without_secret.authenticate(Some(&good), 0).is_err(), "no --jwt-secret, no JWTs");
     }
+
+    fn jwt_with(header: &str, claims: &serde_json::Value, secret: &[u8]) -> String {
+        let header = URL_SAFE_NO_PAD.encode(header);
+        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        mac.update(format!("{header}.{payload}").as_bytes());
+        format!("Bearer {header}.{payload}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
+    fn with_jwt(params: AuthParams) -> Auth {
+        Auth::new(AuthParams { fixed_keys: Some(KEYS.to_owned()), ..params }).unwrap()
+    }
+
+    fn refused(auth: &Auth, header: &str, now: i64) -> bool {
+        matches!(auth.authenticate(Some(header), now), Err(ApiError::Unauthorized { .. }))
+    }
+
+    #[test]
+    fn nbf_is_honoured_with_the_same_leeway_as_exp() {
+        let claims = serde_json::json!({"tenant_id": "*", "scope": "admin", "exp": 5000, "nbf": 1060});
+        let token = format!("Bearer {}", jwt(claims, b"jwt-secret"));
+        assert!(refused(&auth(), &token, 999), "more than 60 s before nbf");
+        assert!(auth().authenticate(Some(&token), 1000).is_ok(), "60 s before nbf: within the leeway");
+        assert!(auth().authenticate(Some(&token), 1060).is_ok());
+        let fractional = serde_json::json!({"tenant_id": "*", "scope": "admin", "exp": 1000.9, "nbf": 10.5});
+        let token = format!("Bearer {}", jwt(fractional, b"jwt-secret"));
+        assert!(auth().authenticate(Some(&token), 1060).is_ok(), "NumericDate may have a fraction");
+        assert!(refused(&auth(), &token, 1061));
+        for bad in [serde_json::json!("1000"), serde_json::json!(null), serde_json::json!([1])] {
+            let claims = serde_json::json!({"tenant_id": "*", "scope": "admin", "exp": 5000, "nbf": bad});
+            assert!(refused(&auth(), &format!("Bearer {}", jwt(claims, b"jwt-secret")), 1000), "nbf {bad}");
+        }
+    }
+
+    #[test]
+    fn any_of_several_secrets_verifies_and_no_other_does() {
+        let auth = with_jwt(AuthParams { jwt_secrets: vec!["old".into(), "new".into()], ..AuthParams::default() });
+        let claims = serde_json::json!({"tenant_id": "*", "scope": "admin", "exp": 1000});
+        for secret in [b"old".as_slice(), b"new"] {
+            assert!(auth.authenticate(Some(&format!("Bearer {}", jwt(claims.clone(), secret))), 0).is_ok());
+        }
+        assert!(refused(&auth, &format!("Bearer {}", jwt(claims, b"other")), 0));
+        assert!(Auth::new(AuthParams { jwt_secrets: vec![String::new()], ..AuthParams::default() }).is_err());
+    }
+
+    #[test]
+    fn issuer_and_audience_when_set_must_match_and_aud_may_be_an_array() {
+        let auth = with_jwt(AuthParams {
+            jwt_secrets: vec!["s".into()],
+            jwt_issuer: Some("https://idp".into()),
+            jwt_audience: Some("refunds".into()),
+            ..AuthParams::default()
+        });
+        let header = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let base = serde_json::json!({"tenant_id": "*", "scope": "admin", "exp": 1000, "iss": "https://idp"});
+        let cases = [
+            (serde_json::json!("refunds"), Some("https://idp"), true),
+            (serde_json::json!(["x", "refunds"]), Some("https://idp"), true),
+            (serde_json::json!(["x", "y"]), Some("https://idp"), false),
+            (serde_json::json!("refunds-other"), Some("https://idp"), false),
+            (serde_json::json!(null), Some("https://idp"), false),
+            (serde_json::json!("refunds"), Some("https://idp/"), false),
+            (serde_json::json!("refunds"), None, false),
+        ];
+        for (aud, iss, accepted) in cases {
+            let mut claims = base.clone();
+            match iss {
+                Some(iss) => claims["iss"] = iss.into(),
+                None => {
+                    claims.as_object_mut().unwrap().remove("iss");
+                }
+            }
+            if aud.is_null() {
+                claims.as_object_mut().unwrap().remove("aud");
+            } else {
+                claims["aud"] = aud.clone();
+            }
+            let result = auth.authenticate(Some(&jwt_with(header, &claims, b"s")), 0);
+            assert_eq!(result.is_ok(), accepted, "aud {aud}, iss {iss:?}: {result:?}");
+        }
+        // Without --jwt-audience a token's aud is not checked.
+        let plain = with_jwt(AuthParams { jwt_secrets: vec!["s".into()], ..AuthParams::default() });
+        let claims = serde_json::json!({"tenant_id": "*", "scope": "admin", "exp": 1000, "aud": "anything"});
+        assert!(plain.authenticate(Some(&jwt_with(header, &claims, b"s")), 0).is_ok());
+    }
+
+    #[test]
+    fn only_hs256_goes_to_the_secrets_and_none_or_other_algorithms_are_refused() {
+        let auth = auth();
+        let claims = serde_json::json!({"tenant_id": "*", "scope": "admin", "exp": 1000});
+        for header in [
+            r#"{"alg":"none","typ":"JWT"}"#,
+            r#"{"alg":"HS384","typ":"JWT"}"#,
+            r#"{"alg":"RS256","typ":"JWT","kid":"k"}"#,
+            r#"{"typ":"JWT"}"#,
+        ] {
+            assert!(refused(&auth, &jwt_with(header, &claims, b"jwt-secret"), 0), "{header}");
+        }
+        let unsigned = jwt_with(r#"{"alg":"none"}"#, &claims, b"");
+        let unsigned = format!("{}.", unsigned.rsplit_once('.').unwrap().0);
+        assert!(refused(&auth, &unsigned, 0));
+    }
+
+    /// RFC 7515 A.3's P-256 public key.
+    const EC_JWK: &str = r#"{"kty":"EC","crv":"P-256","kid":"a3",
+        "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+
+    fn counting_jwks(document: String) -> (Auth, Arc<std::sync::atomic::AtomicUsize>) {
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = fetches.clone();
+        let source = JwksSource {
+            label: "test".into(),
+            fetch: Box::new(move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(document.clone())
+            }),
+        };
+        (with_jwt(AuthParams { jwks: Some(source), ..AuthParams::default() }), fetches)
+    }
+
+    #[test]
+    fn unknown_kids_fetch_the_jwks_at_most_once_a_minute_and_hs256_is_refused_without_secrets() {
+        let (auth, fetches) = counting_jwks(format!(r#"{{"keys":[{EC_JWK}]}}"#));
+        assert!(auth.refresh_jwks(Refresh::Start));
+        assert_eq!(auth.status_json()["jwks"]["kids"], serde_json::json!(["a3"]));
+        let claims = serde_json::json!({"tenant_id": "*", "scope": "admin", "exp": 1000});
+        for i in 0..20 {
+            let header = format!(r#"{{"alg":"ES256","kid":"random-{i}"}}"#);
+            assert!(refused(&auth, &jwt_with(&header, &claims, b"x"), 0));
+        }
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2, "start, then one for the first unknown kid");
+        // A known kid with a bad signature, an algorithm the key is not for.
+        assert!(refused(&auth, &jwt_with(r#"{"alg":"ES256","kid":"a3"}"#, &claims, b"x"), 0));
+        assert!(refused(&auth, &jwt_with(r#"{"alg":"RS256","kid":"a3"}"#, &claims, b"x"), 0));
+        let hs = jwt_with(r#"{"alg":"HS256","kid":"a3"}"#, &claims, EC_JWK.as_bytes());
+        assert!(refused(&auth, &hs, 0), "no secret configured: a JWK is never one");
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_jwks_without_usable_keys_or_unparsable_keeps_the_keys_it_had() {
+        let (auth, _) = counting_jwks(
+            r#"{"keys":[{"kty":"EC","crv":"P-384","kid":"p384","x":"AA","y":"AA"},{"kty":"oct","k":"c2VjcmV0","kid":"hmac"}]}"#
+                .to_owned(),
+        );
+        assert!(!auth.refresh_jwks(Refresh::Start));
+        let status = auth.status_json();
+        assert!(status["jwks"]["error"].as_str().unwrap().contains("no usable"), "{status}");
+        assert!(!status["jwks"]["error"].as_str().unwrap().contains("c2VjcmV0"), "{status}");
+        assert!(auth.jwks_failing());
+        let (auth, _) = counting_jwks("<html>".to_owned());
+        assert!(!auth.refresh_jwks(Refresh::Start));
+        assert!(auth.jwks_failing());
+    }
+
+    #[test]
+    fn a_reloaded_file_replaces_the_keys_whole_and_a_broken_one_keeps_them_without_echoing_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        std::fs::write(&path, KEYS).unwrap();
+        let auth = Auth::new(AuthParams { api_keys: Some(path.clone()), ..AuthParams::default() }).unwrap();
+        assert!(auth.authenticate(Some("Api-Key s3cret"), 0).is_ok());
+        std::fs::write(
+            &path,
+            "[[keys]]\nid = \"new\"\nsecret = \"fresh\"\ntenant = \"t\"\nscopes = [\"refunds:read\"]\n",
+        )
+        .unwrap();
+        assert_eq!(auth.reload_keys("test"), Ok(1));
+        assert!(refused(&auth, "Api-Key s3cret", 0), "the old set is gone whole");
+        assert_eq!(auth.authenticate(Some("Api-Key fresh"), 0).unwrap().name, "new");
+
+        for broken in [
+            "[[keys]]\nid = \"x\"\nsecret = \"hunter2-unterminated\ntenant = \"*\"\n",
+            "[[keys]]\nid = \"x\"\nsecret = \"hunter2\"\ntenant = \"*\"\nscopes = \"hunter2\"\n",
+            "[[keys]]\nid = \"x\"\nsecret = \"hunter2\"\nsecret_sha256 = \"00\"\ntenant = \"*\"\n",
+            "[[keys]]\nid = \"x\"\nsecret = \"hunter2\"\ntenant = \"*\"\nscope = [\"admin\"]\n",
+        ] {
+            std::fs::write(&path, broken).unwrap();
+            let error = auth.reload_keys("test").unwrap_err();
+            assert!(!error.contains("hunter2"), "{error}");
+            assert_eq!(auth.status_json()["keys_reload_error"], error.as_str());
+            assert!(auth.authenticate(Some("Api-Key fresh"), 0).is_ok(), "kept: {error}");
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert!(auth.reload_keys("test").is_err(), "a missing file keeps the keys too");
+        assert!(auth.authenticate(Some("Api-Key fresh"), 0).is_ok());
+        std::fs::write(&path, KEYS).unwrap();
+        assert_eq!(auth.reload_keys("test"), Ok(2));
+        assert_eq!(auth.status_json()["keys_reload_error"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_toml_error_names_its_line_and_column() {
+        let error = parse_keys("[[keys]]\nid = \"a\"\nsecret = 5\ntenant = \"*\"\n").unwrap_err();
+        assert!(error.starts_with("line 3, column "), "{error}");
+    }
 }
