@@ -184,11 +184,22 @@ fn watch_keys(auth: &Auth, path: &Path, hup: &mpsc::Receiver<()>) {
         };
         let now = file_stamp(path);
         if reason == "SIGHUP" || now != seen {
-            seen = now;
+            // A file being written (truncated, then filled) must not be read
+            // half way: wait until it holds still for a moment. An empty
+            // file in between would otherwise revoke every key for a second.
+            thread::sleep(SETTLE);
+            let settled = file_stamp(path);
+            if reason != "SIGHUP" && settled != now {
+                continue;
+            }
+            seen = settled;
             let _ = auth.reload_keys(reason);
         }
     }
 }
+
+/// How long a changed file must hold still before it is read.
+const SETTLE: Duration = Duration::from_millis(200);
 
 fn watch_jwks(auth: &Auth, at: &JwksAt, every: Duration, hup: &mpsc::Receiver<()>) {
     let mut seen = match at {
@@ -210,15 +221,21 @@ fn watch_jwks(auth: &Auth, at: &JwksAt, every: Duration, hup: &mpsc::Receiver<()
             JwksAt::File(path) => {
                 let now = file_stamp(path);
                 if hangup {
-                    Some(Refresh::Start)
+                    Some(Refresh::Hangup)
                 } else if now != seen {
-                    seen = now;
-                    Some(Refresh::Changed)
+                    thread::sleep(SETTLE);
+                    let settled = file_stamp(path);
+                    if settled == now {
+                        seen = now;
+                        Some(Refresh::Changed)
+                    } else {
+                        None
+                    }
                 } else {
                     None
                 }
             }
-            JwksAt::Url(_) if hangup => Some(Refresh::Start),
+            JwksAt::Url(_) if hangup => Some(Refresh::Hangup),
             JwksAt::Url(_) if Instant::now() >= due => Some(Refresh::Periodic),
             JwksAt::Url(_) => None,
         };

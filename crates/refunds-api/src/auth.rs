@@ -226,6 +226,9 @@ impl Auth {
     pub fn publish_metrics(&self) {
         let state = self.keys_state.lock().unwrap_or_else(PoisonError::into_inner);
         metrics::counter!("refund_projector_api_keys_reload_errors_total").increment(0);
+        if self.jwt.jwks().is_some() {
+            metrics::gauge!("refund_projector_jwks_keys").set(0.0);
+        }
         publish_keys_metrics(&state, self.keys.read().unwrap_or_else(PoisonError::into_inner).len() + self.fixed.len());
     }
 

@@ -81,6 +81,7 @@ pub struct Jwks {
 #[derive(Debug, Clone, Copy)]
 pub enum Refresh {
     Start,
+    Hangup,
     Periodic,
     Changed,
     UnknownKid,
@@ -90,6 +91,7 @@ impl Refresh {
     fn as_str(self) -> &'static str {
         match self {
             Refresh::Start => "start",
+            Refresh::Hangup => "SIGHUP",
             Refresh::Periodic => "periodic",
             Refresh::Changed => "changed",
             Refresh::UnknownKid => "unknown kid",
@@ -131,7 +133,7 @@ impl Jwks {
             Ok((keys, skipped)) => {
                 let mut kids: Vec<String> = keys.keys().map(|k| k.clone().unwrap_or_default()).collect();
                 kids.sort();
-                if kids != state.kids || state.error.is_some() || matches!(why, Refresh::Start) {
+                if kids != state.kids || state.error.is_some() || matches!(why, Refresh::Start | Refresh::Hangup) {
                     tracing::info!(source = %self.source.label, kids = ?kids, skipped = ?skipped, why = why.as_str(), "JWKS loaded");
                 }
                 metrics::gauge!("refund_projector_jwks_keys").set(keys.len() as f64);
