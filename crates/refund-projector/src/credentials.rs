@@ -28,7 +28,7 @@ use anyhow::Context;
 use refunds_api::{Auth, AuthParams, JwksSource, Refresh};
 
 /// The JWT flags `run`, `serve` and `demo` share.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct JwtArgs {
     /// Secret that HS256 JWTs are signed with; without one, HS256 JWTs are
     /// refused. Repeatable: a token signed with any of them is accepted, so
@@ -60,6 +60,19 @@ pub struct JwtArgs {
     /// contain this (every JWT, HS256 included).
     #[arg(long, env = "REFUND_PROJECTOR_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+}
+
+impl std::fmt::Debug for JwtArgs {
+    /// Without the secrets, and the JWKS URL without credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtArgs")
+            .field("jwt_secrets", &self.jwt_secrets.len())
+            .field("jwks", &self.jwks.as_deref().map(redact_url))
+            .field("jwks_refresh_secs", &self.jwks_refresh_secs)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .finish()
+    }
 }
 
 /// Where the JWKS comes from.
@@ -99,7 +112,9 @@ impl JwtArgs {
         let auth = Auth::new(AuthParams {
             api_keys: api_keys.map(Path::to_path_buf),
             fixed_keys,
-            jwt_secrets: self.jwt_secrets.clone(),
+            // Empty items (a trailing comma in the environment) are no
+            // secret; an empty HMAC key would let anyone sign.
+            jwt_secrets: self.jwt_secrets.iter().filter(|s| !s.is_empty()).cloned().collect(),
             jwks: source,
             jwt_issuer: self.jwt_issuer.clone(),
             jwt_audience: self.jwt_audience.clone(),
@@ -291,7 +306,9 @@ fn http_fetcher(url: String) -> impl Fn() -> Result<String, String> + Send + Syn
 /// A URL as logs and `/v1/status` may show it: without user info, query
 /// string or fragment (where credentials sometimes travel).
 fn redact_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
     let rest = rest.split(['?', '#']).next().unwrap_or_default();
     let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
     let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
@@ -307,6 +324,7 @@ mod tests {
         assert_eq!(redact_url("https://user:pw@idp.example/jwks.json?token=x#f"), "https://idp.example/jwks.json");
         assert_eq!(redact_url("http://127.0.0.1:9/keys"), "http://127.0.0.1:9/keys");
         assert_eq!(redact_url("http://h"), "http://h");
+        assert_eq!(redact_url("/etc/jwks.json"), "/etc/jwks.json");
     }
 
     #[test]
