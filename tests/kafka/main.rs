@@ -927,10 +927,16 @@ fn a_key_revoked_in_the_file_is_refused_within_seconds_while_run_keeps_consuming
     }
     eprintln!("revoked within {:?}", revoked.elapsed());
     let second_messages = producing.join().unwrap();
-    let after = runner.wait_caught_up(first_messages + second_messages, Duration::from_secs(120));
+    let at_revocation = runner.wait_caught_up(first_messages + second_messages, Duration::from_secs(120));
+    assert!(at_revocation["events_applied"].as_u64().unwrap() > before["events_applied"].as_u64().unwrap());
+    // And the consumer goes on after the reload.
+    let third = dir.path().join("third.ndjson");
+    generate(&third, 500, 33, None);
+    let third_messages = produce_file(&bootstrap, &topic, &third);
+    let after = runner.wait_caught_up(first_messages + second_messages + third_messages, Duration::from_secs(120));
     assert!(
-        after["events_applied"].as_u64().unwrap() > before["events_applied"].as_u64().unwrap(),
-        "events are applied after the reload: {before} -> {after}"
+        after["events_applied"].as_u64().unwrap() > at_revocation["events_applied"].as_u64().unwrap(),
+        "events are applied after the reload: {at_revocation} -> {after}"
     );
     assert_eq!(refunds_status(&runner, "Api-Key secret-reader"), 401);
     assert_eq!(after["auth"]["keys"], 1, "{after}");
