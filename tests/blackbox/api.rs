@@ -417,6 +417,61 @@ fn errors_are_json_with_the_contracts_codes() {
 }
 
 #[test]
+fn freshness_parameters_are_checked_on_every_route_and_a_replayed_store_has_no_kafka_position() {
+    let f = fixture();
+    let server = Server::start(&f.db, &f.keys);
+    let admin = Some("Api-Key secret-ops");
+    let id = f.refunds[0]["id"].as_str().unwrap();
+    let routes = [
+        "/v1/refunds".to_owned(),
+        format!("/v1/refunds/{id}"),
+        format!("/v1/refunds/{id}/events"),
+        "/v1/status".to_owned(),
+    ];
+    let refused = [
+        ("max_wait_ms=10", "max_wait_ms"),
+        ("min_position=t:0:1&max_wait_ms=10001", "max_wait_ms"),
+        ("min_position=t:0:1&max_wait_ms=-1", "max_wait_ms"),
+        ("min_position=t:0:1&max_wait_ms=soon", "max_wait_ms"),
+        ("min_position=t:0", "min_position"),
+        ("min_position=t:x:1", "min_position"),
+        ("min_position=t:0:1,", "min_position"),
+        ("min_position=t%20x:0:1", "min_position"),
+        ("min_position=t:0:1&min_position=t:0:2", "min_position"),
+        // A well-formed position of a topic this store never applied.
+        ("min_position=refunds:0:1", "min_position"),
+    ];
+    for route in &routes {
+        for (query, param) in refused {
+            let (status, body, _) = server.get(&format!("{route}?{query}"), admin);
+            assert_eq!(
+                (status, body["error"]["code"].as_str(), body["error"]["param"].as_str()),
+                (400, Some("invalid_parameter"), Some(param)),
+                "{route}?{query}: {body}"
+            );
+        }
+    }
+    // Nobody waits, or learns about topics, without credentials.
+    assert_eq!(server.get("/v1/refunds?min_position=refunds:0:1", None).0, 401);
+
+    // A store filled by replay has applied nothing from Kafka: no position,
+    // but the newest arrival, on every /v1 response, errors included.
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    for (path, expected) in
+        [("/v1/refunds?limit=1", 200), ("/v1/status", 200), ("/v1/refunds/nope", 404), ("/v1/refunds?limit=0", 400)]
+    {
+        let response =
+            agent.get(format!("{}{path}", server.base)).header("Authorization", "Api-Key secret-ops").call().unwrap();
+        assert_eq!(response.status().as_u16(), expected, "{path}");
+        assert!(response.headers().get("x-refunds-position").is_none(), "{path}");
+        let at = response.headers().get("x-last-applied-at").map(|v| v.to_str().unwrap().to_owned());
+        assert!(at.as_deref().is_some_and(|t| t.ends_with('Z') && t.len() == 24), "{path}: {at:?}");
+    }
+    let (_, status, _) = server.get("/v1/status", admin);
+    assert_eq!(status["position"], Value::Null);
+}
+
+#[test]
 fn openapi_json_is_served_and_documents_every_route() {
     let f = fixture();
     let server = Server::start(&f.db, &f.keys);

@@ -8,6 +8,7 @@
 //! events_duplicate + events_conflicting_duplicate + events_invalid` equals
 //! the number of messages produced, whatever crashed or restarted meanwhile.
 
+mod freshness;
 #[path = "../blackbox/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;

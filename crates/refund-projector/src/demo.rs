@@ -80,6 +80,7 @@ pub fn run_demo(params: DemoParams) -> anyhow::Result<()> {
         watch,
         kafka,
         ready_max_lag: 1_000,
+        max_waiting_requests: refunds_api::DEFAULT_MAX_WAITING,
         stall_after: Some(Duration::from_millis(crate::DEFAULT_STALL_AFTER_MS)),
     };
 

@@ -96,6 +96,11 @@ struct KafkaArgs {
     /// `/readyz` answers 503 with the reason.
     #[arg(long, env = "REFUND_PROJECTOR_ACCEPT_HISTORY_GAP", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     accept_history_gap: bool,
+    /// Most requests that may wait at once for a `min_position` the store
+    /// has not reached; one more is answered 503 `not_caught_up` at once.
+    /// A waiting request costs its connection (about 20 KiB) and no thread.
+    #[arg(long, default_value_t = refunds_api::DEFAULT_MAX_WAITING, env = "REFUND_PROJECTOR_MAX_WAITING_REQUESTS")]
+    max_waiting_requests: usize,
 }
 
 impl KafkaArgs {
@@ -351,7 +356,20 @@ enum Command {
         /// Probability that an invalid line follows an event.
         #[arg(long, default_value_t = 0.0, env = "REFUND_PROJECTOR_INVALID_RATE")]
         invalid_rate: f64,
+        /// How the events of refunds interleave: `realistic` (a busy
+        /// platform's webhooks: a refund a second, outcomes minutes to days
+        /// later, 3% delivered again hours later) or `ordered` (refunds spread
+        /// over two years, few in flight at once).
+        #[arg(long, value_enum, default_value_t = ArrivalArg::Realistic, env = "REFUND_PROJECTOR_ARRIVAL")]
+        arrival: ArrivalArg,
     },
+}
+
+/// `generate --arrival`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ArrivalArg {
+    Realistic,
+    Ordered,
 }
 
 /// mimalloc instead of glibc's malloc: the apply path allocates and frees
@@ -400,6 +418,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 kafka: params,
                 ready_max_lag: kafka.ready_max_lag,
                 stall_after: stall_after(kafka.stall_after_ms),
+                max_waiting_requests: kafka.max_waiting_requests,
             };
             service::run_service(service, |_| {})
         }
@@ -427,8 +446,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                 create_partitions,
                 options: &kafka_options,
             };
-            let count = produce::produce(&params)?;
-            eprintln!("produced {count} messages to {topic}");
+            let produced = produce::produce(&params)?;
+            eprintln!("produced {} messages to {topic}", produced.count);
+            // Alone on stdout, for a script's `min_position`.
+            println!("{}", produced.position);
             Ok(())
         }
         Command::Probe { url } => produce::probe(&url),
@@ -446,10 +467,15 @@ fn run(command: Command) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Generate { refunds, seed, dup_rate, shuffle_window, invalid_rate } => {
+        Command::Generate { refunds, seed, dup_rate, shuffle_window, invalid_rate, arrival } => {
             anyhow::ensure!((0.0..=1.0).contains(&dup_rate), "--dup-rate must be between 0 and 1");
             anyhow::ensure!((0.0..=1.0).contains(&invalid_rate), "--invalid-rate must be between 0 and 1");
-            let params = refunds_generate::GenerateParams { refunds, seed, dup_rate, shuffle_window, invalid_rate };
+            let arrival = match arrival {
+                ArrivalArg::Realistic => refunds_generate::Arrival::Realistic,
+                ArrivalArg::Ordered => refunds_generate::Arrival::Ordered,
+            };
+            let params =
+                refunds_generate::GenerateParams { refunds, seed, dup_rate, shuffle_window, invalid_rate, arrival };
             let stdout = io::stdout();
             let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
             refunds_generate::generate(&params, &mut out).context("failed to write events")?;

@@ -77,11 +77,20 @@ impl Store {
 
     /// One refund of one tenant.
     pub fn get_refund(&self, tenant_id: &str, refund_id: &str) -> Result<Option<RefundState>, StoreError> {
+        self.get_refund_in(&self.read()?, tenant_id, refund_id)
+    }
+
+    /// [`Store::get_refund`] in the snapshot `txn`.
+    pub fn get_refund_in(
+        &self,
+        txn: &ReadTransaction,
+        tenant_id: &str,
+        refund_id: &str,
+    ) -> Result<Option<RefundState>, StoreError> {
         let Some(tenant) = self.tenant_no(tenant_id) else {
             return Ok(None);
         };
-        let txn = self.read()?;
-        get_refund_in(&txn, tenant, refund_id)
+        get_refund_in(txn, tenant, refund_id)
     }
 
     /// Writes every refund, rendered as the API does, one per line, ordered
@@ -149,13 +158,22 @@ impl Store {
 
     /// A refund's audit trail ordered by (occurred_at, event_id), then arrival.
     pub fn audit_trail(&self, tenant_id: &str, refund_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_trail_in(&self.read()?, tenant_id, refund_id)
+    }
+
+    /// [`Store::audit_trail`] in the snapshot `txn`.
+    pub fn audit_trail_in(
+        &self,
+        txn: &ReadTransaction,
+        tenant_id: &str,
+        refund_id: &str,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         let Some(tenant) = self.tenant_no(tenant_id) else {
             return Ok(Vec::new());
         };
-        let txn = self.read()?;
         let orphans = txn.open_table(tables::AUDIT_ORPHANS)?;
         let log = txn.open_table(tables::AUDIT_LOG)?;
-        let mut sequences = match row_in(&txn, tenant, refund_id)? {
+        let mut sequences = match row_in(txn, tenant, refund_id)? {
             Some(row) => {
                 let (_, seqs) = row::split(&row).ok_or_else(|| corrupt(format!("row of {refund_id}")))?;
                 row::seqs(seqs).ok_or_else(|| corrupt(format!("row of {refund_id}")))?
@@ -210,7 +228,11 @@ impl Store {
     }
 
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        let txn = self.read()?;
+        Self::stats_in(&self.read()?)
+    }
+
+    /// [`Store::stats`] of the snapshot `txn`.
+    pub fn stats_in(txn: &ReadTransaction) -> Result<StoreStats, StoreError> {
         let stats = txn.open_table(tables::STATS)?;
         let get = |name: &str| -> Result<u64, StoreError> { Ok(stats.get(name)?.map_or(0, |v| v.value())) };
         let pending = txn.open_table(tables::DEAD_LETTERS_PENDING)?;
