@@ -348,9 +348,9 @@ fn read_keys(path: &Path) -> Result<Vec<Key>, AuthConfigError> {
     parse_keys(&text).map_err(|message| AuthConfigError::Invalid { path: path.display().to_string(), message })
 }
 
-/// An error about the keys file, safe to log and show: the TOML parser's
-/// message quotes the offending line, which may hold a secret, so only its
-/// position and a message with quoted values removed are kept.
+/// An error about the keys file, safe to log and show: a path, an I/O
+/// error, or a parse error as [`toml_error`] renders it (never the file's
+/// content, which may hold a secret).
 fn error_text(error: &AuthConfigError) -> String {
     match error {
         AuthConfigError::Read { path, source } => format!("failed to read the API keys file {path}: {source}"),
