@@ -284,12 +284,14 @@ fn http_fetcher(url: String) -> impl Fn() -> Result<String, String> + Send + Syn
         .tls_config(tls)
         .build()
         .into();
+    let shown = redact_url(&url);
     move || {
+        // An error may quote the URL: show it without its credentials.
         let mut response = agent
             .get(&url)
             .header("Accept", "application/json")
             .call()
-            .map_err(|e| format!("fetching the JWKS failed: {e}"))?;
+            .map_err(|e| format!("fetching the JWKS failed: {e}").replace(&url, &shown))?;
         let status = response.status().as_u16();
         if status != 200 {
             return Err(format!("fetching the JWKS answered HTTP {status}"));
