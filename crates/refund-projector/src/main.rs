@@ -301,6 +301,13 @@ enum Command {
         #[arg(long, env = "REFUND_PROJECTOR_DB")]
         db: PathBuf,
     },
+    /// Print every table of a store with its rows and size, largest first:
+    /// where the store's bytes go.
+    Tables {
+        /// The store file.
+        #[arg(long, env = "REFUND_PROJECTOR_DB")]
+        db: PathBuf,
+    },
     /// Serve the HTTP API over an existing store (no consumer).
     ///
     /// Prints `listening on http://ADDR` on stderr once it accepts requests;
@@ -437,6 +444,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             out.flush().context("failed to write the export")?;
             Ok(())
         }
+        Command::Tables { db } => print_table_sizes(&db),
         Command::Serve { db, api } => run_serve(&db, &api),
         Command::Produce { brokers, topic, input, create_partitions, kafka_options } => {
             let params = produce::ProduceParams {
@@ -526,6 +534,31 @@ fn run_serve(db: &Path, api: &ApiArgs) -> anyhow::Result<()> {
     runtime.shutdown_timeout(Duration::from_secs(1));
     service::close_store(&slot);
     served
+}
+
+fn print_table_sizes(db: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(db.exists(), "the store {} does not exist", db.display());
+    let store = open_store(db)?;
+    let sizes = store.table_sizes().context("failed to read the tables")?;
+    let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
+    println!("{:<24} {:>12} {:>10} {:>10} {:>10} {:>10}", "table", "rows", "MiB", "stored", "metadata", "unused");
+    let (mut pages, mut rows) = (0, 0);
+    for size in &sizes {
+        pages += size.pages;
+        rows += size.rows;
+        println!(
+            "{:<24} {:>12} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            size.name,
+            size.rows,
+            mib(size.pages * 4096),
+            mib(size.stored_bytes),
+            mib(size.metadata_bytes),
+            mib(size.fragmented_bytes)
+        );
+    }
+    println!("{:<24} {:>12} {:>10.1}", "all tables", rows, mib(pages * 4096));
+    println!("{:<24} {:>12} {:>10.1}", "file", "", mib(Store::file_bytes(db)));
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

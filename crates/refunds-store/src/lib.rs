@@ -76,7 +76,7 @@ pub use keys::TenantNo;
 pub use page::{Direction, PageRequest, SortKey, page_in};
 pub use positions::{Positions, last_applied_at_in, positions_in};
 pub use query::{Filter, count_in};
-pub use read::{DeadLetter, ExportError, StoreStats, decode_row_state, source_json};
+pub use read::{DeadLetter, ExportError, StoreStats, TableSize, decode_row_state, source_json};
 pub use redb::{Durability, ReadTransaction};
 
 /// The on-disk format this build writes. A store of another format is refused.

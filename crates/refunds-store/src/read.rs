@@ -353,3 +353,42 @@ impl From<redb::TransactionError> for ExportError {
         ExportError::Store(err.into())
     }
 }
+
+/// One table's share of the store file (see [`Store::table_sizes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSize {
+    pub name: String,
+    pub rows: u64,
+    /// Leaf and branch pages, 4 KiB each: what the table takes in the file.
+    pub pages: u64,
+    /// Keys and values as inserted, without the B-tree's overhead.
+    pub stored_bytes: u64,
+    /// Keys in branch pages and other metadata.
+    pub metadata_bytes: u64,
+    /// Unused space inside the table's pages.
+    pub fragmented_bytes: u64,
+}
+
+impl Store {
+    /// Every table's rows and bytes, largest first: where a store's size goes.
+    pub fn table_sizes(&self) -> Result<Vec<TableSize>, StoreError> {
+        use redb::{ReadableTableMetadata, TableHandle};
+        let txn = self.read()?;
+        let mut sizes = Vec::new();
+        for handle in txn.list_tables()? {
+            let name = handle.name().to_owned();
+            let table = txn.open_untyped_table(handle)?;
+            let stats = table.stats()?;
+            sizes.push(TableSize {
+                name,
+                rows: table.len()?,
+                pages: stats.leaf_pages() + stats.branch_pages(),
+                stored_bytes: stats.stored_bytes(),
+                metadata_bytes: stats.metadata_bytes(),
+                fragmented_bytes: stats.fragmented_bytes(),
+            });
+        }
+        sizes.sort_by(|a, b| b.pages.cmp(&a.pages).then_with(|| a.name.cmp(&b.name)));
+        Ok(sizes)
+    }
+}
