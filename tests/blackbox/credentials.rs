@@ -485,3 +485,81 @@ fn sighup_reloads_the_keys_file_and_the_server_keeps_serving() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(status_with(&server, "Api-Key secret-ops"), 200);
 }
+
+#[test]
+fn credential_problems_are_logged_without_a_secret_a_token_or_a_urls_credentials() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(&keys, KEYS_V1).unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut child = command()
+        .args([
+            "serve",
+            "--db",
+            f.db.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--api-keys",
+            keys.to_str().unwrap(),
+        ])
+        .args(["--jwks", &format!("http://idp-user:idp-password@{closed}/jwks?access_token=query-secret")])
+        .args(["--log-format", "json"])
+        .env("REFUND_PROJECTOR_JWT_SECRET", "hs-secret-one,hs-secret-two")
+        .env("RUST_LOG", "info,refunds_api=debug")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().expect("serve printed its address").unwrap();
+        log.lock().unwrap().push(line.clone());
+        if let Some(address) = line.strip_prefix("listening on ") {
+            break address.trim().to_owned();
+        }
+    };
+    let sink = log.clone();
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| sink.lock().unwrap().push(l)));
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let call = |authorization: &str| -> u16 {
+        let response = agent.get(format!("{base}/v1/refunds?limit=1")).header("Authorization", authorization).call();
+        response.unwrap().status().as_u16()
+    };
+    let claims = json!({"sub": "svc-logged", "tenant_id": "*", "scope": "refunds:read", "exp": now() + 600});
+    let good = hs256(&claims, "hs-secret-two");
+    assert_eq!(call(&good), 200);
+    let forged = hs256(&claims, "hs-guess");
+    assert_eq!(call(&forged), 401);
+    let unknown_kid = TestKey::ec("nobody").sign(&claims);
+    assert_eq!(call(&bearer(&unknown_kid)), 401);
+    assert_eq!(call("Api-Key secret-dash"), 200);
+    assert_eq!(call("Api-Key not-a-key"), 401);
+    std::fs::write(&keys, "[[keys]]\nid = \"x\"\nsecret = \"file-secret-value\ntenant = \"*\"\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log.lock().unwrap().join("\n");
+    assert!(log.contains("API keys not reloaded"), "the broken file is logged:\n{log}");
+    assert!(log.contains("JWKS refresh failed"), "the failing JWKS is logged:\n{log}");
+    assert!(log.contains("svc-logged"), "the JWT's subject is logged:\n{log}");
+    for secret in [
+        "hs-secret-one",
+        "hs-secret-two",
+        "hs-guess",
+        "secret-dash",
+        "not-a-key",
+        "file-secret-value",
+        "idp-password",
+        "idp-user",
+        "query-secret",
+        good.trim_start_matches("Bearer "),
+        forged.trim_start_matches("Bearer "),
+        unknown_kid.as_str(),
+    ] {
+        assert!(!log.contains(secret), "{secret} appears in the log:\n{log}");
+    }
+}
