@@ -48,20 +48,23 @@ impl Server {
     }
 
     pub fn start_with(db: &Path, keys: &Path, extra: &[&str]) -> Server {
-        let mut child = command()
-            .args([
-                "serve",
-                "--db",
-                db.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--api-keys",
-                keys.to_str().unwrap(),
-            ])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut cmd = command();
+        cmd.args([
+            "serve",
+            "--db",
+            db.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--api-keys",
+            keys.to_str().unwrap(),
+        ])
+        .args(extra);
+        Server::spawn(cmd)
+    }
+
+    /// Starts `cmd` (a `serve` command line) and waits for its address.
+    pub fn spawn(mut cmd: std::process::Command) -> Server {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
         let base = loop {
@@ -73,6 +76,14 @@ impl Server {
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Server { child, base }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn get(&self, path: &str, auth: Option<&str>) -> (u16, Value, Option<String>) {

@@ -2,6 +2,7 @@
 //! for the library crates and reports errors once, here.
 
 mod config;
+mod credentials;
 mod demo;
 mod produce;
 mod rebuild;
@@ -123,12 +124,13 @@ struct ApiArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:8080", env = "REFUND_PROJECTOR_LISTEN")]
     listen: String,
-    /// TOML file of API keys (`[[keys]]` with id, secret_sha256 or secret, tenant, scopes).
+    /// TOML file of API keys (`[[keys]]` with id, secret_sha256 or secret,
+    /// tenant, scopes). Read again on SIGHUP and when it changes on disk; a
+    /// file that no longer parses keeps the keys in use.
     #[arg(long, env = "REFUND_PROJECTOR_API_KEYS")]
     api_keys: PathBuf,
-    /// Secret that HS256 JWTs are signed with; without it JWTs are refused.
-    #[arg(long, env = "REFUND_PROJECTOR_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: Option<String>,
+    #[command(flatten)]
+    jwt: credentials::JwtArgs,
 }
 
 /// Where `rebuild` and `verify` read the events: a file, or a topic from its
@@ -216,9 +218,12 @@ enum Command {
         /// Partitions of the demo topic.
         #[arg(long, default_value_t = 3, env = "REFUND_PROJECTOR_PARTITIONS")]
         partitions: i32,
-        /// Secret that HS256 JWTs are signed with; without it JWTs are refused.
-        #[arg(long, env = "REFUND_PROJECTOR_JWT_SECRET", hide_env_values = true)]
-        jwt_secret: Option<String>,
+        /// TOML file of API keys accepted besides the demo key, read again
+        /// on SIGHUP and when it changes on disk.
+        #[arg(long, env = "REFUND_PROJECTOR_API_KEYS")]
+        api_keys: Option<PathBuf>,
+        #[command(flatten)]
+        jwt: credentials::JwtArgs,
     },
     /// Consume a Kafka topic into the store and serve the API.
     ///
@@ -413,17 +418,18 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Demo { db, listen, rate, refunds, seed, partitions, jwt_secret } => {
-            demo::run_demo(demo::DemoParams { db, listen, rate, refunds, seed, partitions, jwt_secret })
+        Command::Demo { db, listen, rate, refunds, seed, partitions, api_keys, jwt } => {
+            demo::run_demo(demo::DemoParams { db, listen, rate, refunds, seed, partitions, api_keys, jwt })
         }
         Command::Run { kafka, db, api } => {
-            let auth = refunds_api::Auth::load(&api.api_keys, api.jwt_secret.as_deref())?;
+            let (auth, watch) = api.jwt.credentials(Some(&api.api_keys), None)?.split();
             let params = kafka.params();
             params.check_options()?;
             let service = service::ServiceParams {
                 db: &db,
                 listen: &api.listen,
                 auth,
+                watch,
                 kafka: params,
                 ready_max_lag: kafka.ready_max_lag,
                 stall_after: stall_after(kafka.stall_after_ms),
@@ -462,7 +468,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Serve { db, api } => run_serve(&db, &api.listen, &api.api_keys, api.jwt_secret.as_deref()),
+        Command::Serve { db, api } => run_serve(&db, &api),
         Command::Produce { brokers, topic, input, create_partitions, kafka_options } => {
             let params = produce::ProduceParams {
                 brokers: &brokers,
@@ -510,8 +516,9 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn run_serve(db: &Path, listen: &str, api_keys: &Path, jwt_secret: Option<&str>) -> anyhow::Result<()> {
-    let auth = refunds_api::Auth::load(api_keys, jwt_secret)?;
+fn run_serve(db: &Path, api: &ApiArgs) -> anyhow::Result<()> {
+    let listen = api.listen.as_str();
+    let (auth, watch) = api.jwt.credentials(Some(&api.api_keys), None)?.split();
     anyhow::ensure!(db.exists(), "the store {} does not exist; create it with replay or run", db.display());
     let store = open_store(db)?;
     let mut state = refunds_api::AppState::new(std::sync::Arc::new(store), std::sync::Arc::new(auth), db);
@@ -535,6 +542,7 @@ fn run_serve(db: &Path, listen: &str, api_keys: &Path, jwt_secret: Option<&str>)
     }
     let slot = state.store.clone();
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    watch.start(&state.auth, &runtime)?;
     let served = runtime.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("failed to listen on {listen}"))?;

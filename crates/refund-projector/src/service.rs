@@ -75,6 +75,8 @@ pub struct ServiceParams<'a> {
     pub db: &'a Path,
     pub listen: &'a str,
     pub auth: Auth,
+    /// What keeps `auth` current (keys file, JWKS, SIGHUP).
+    pub watch: crate::credentials::Watch,
     pub kafka: KafkaParams,
     pub ready_max_lag: i64,
     /// A consumer with events waiting that applies nothing for this long is
@@ -111,6 +113,7 @@ pub fn run_service(params: ServiceParams<'_>, on_started: impl FnOnce(Started<'_
     state.waiters = Arc::new(refunds_api::Waiters::new(params.max_waiting_requests));
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    params.watch.start(&state.auth, &runtime)?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(params.listen))
         .with_context(|| format!("failed to listen on {}", params.listen))?;

@@ -16,7 +16,7 @@ mod time_param;
 
 use std::sync::Arc;
 
-pub use auth::{Auth, AuthConfigError, Caller};
+pub use auth::{Auth, AuthConfigError, AuthParams, Caller, JwksSource, Refresh};
 pub use error::ApiError;
 pub use freshness::{DEFAULT_MAX_WAITING, Waiters, parse_position};
 use refunds_store::Store;

@@ -460,6 +460,7 @@ async fn status(
             "history_gaps": history_gaps,
             "topic_settings": topic_settings,
             "position": position,
+            "auth": state.auth.status_json(),
     });
     Ok((StatusCode::OK, snapshot_headers(&state, &snapshot), body.to_string()).into_response())
 }
