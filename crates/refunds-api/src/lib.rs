@@ -11,6 +11,7 @@ mod error;
 mod list;
 mod params;
 mod routes;
+mod summary;
 mod time_param;
 
 use std::sync::Arc;

@@ -20,6 +20,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/refunds", get(list_refunds))
+        // A static segment wins over `{id}` in axum's router, so `summary`
+        // is never taken for a refund id (a test pins it).
+        .route("/v1/refunds/summary", get(crate::summary::summary))
         .route("/v1/refunds/{id}", get(get_refund))
         .route("/v1/refunds/{id}/events", get(get_refund_events))
         .route("/v1/status", get(status))
@@ -37,6 +40,7 @@ pub fn router(state: AppState) -> Router {
 fn route_template(path: &str) -> &'static str {
     match path.split('/').collect::<Vec<_>>()[..] {
         ["", "v1", "refunds"] => "/v1/refunds",
+        ["", "v1", "refunds", "summary"] => "/v1/refunds/summary",
         ["", "v1", "refunds", _] => "/v1/refunds/{id}",
         ["", "v1", "refunds", _, "events"] => "/v1/refunds/{id}/events",
         ["", "v1", "status"] => "/v1/status",
@@ -199,7 +203,7 @@ impl std::io::Write for ChunkWriter {
 
 /// Freshness of what a list shows: the arrival time of the newest applied
 /// event, and (with a consumer) the events not yet applied.
-fn freshness_headers(state: &AppState, last_applied_at: Option<refunds_domain::Timestamp>) -> HeaderMap {
+pub(crate) fn freshness_headers(state: &AppState, last_applied_at: Option<refunds_domain::Timestamp>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     if let Some(at) = last_applied_at
@@ -213,7 +217,7 @@ fn freshness_headers(state: &AppState, last_applied_at: Option<refunds_domain::T
     headers
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let header = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -250,7 +254,7 @@ static INLINE_READS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 /// (most reads take well under a millisecond, and handing them to another
 /// thread cost a fifth of the server's time), else on the blocking pool, so
 /// that a slow read never holds every worker.
-async fn read<T: Send + 'static>(
+pub(crate) async fn read<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
