@@ -371,3 +371,314 @@ pub fn render(request: &SummaryQuery, summary: &Summary) -> String {
     out.push_str("]}");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use refunds_domain::Timestamp;
+    use refunds_store::{Batch, Durability, Item, SourcePos, StoreParams};
+    use serde_json::json;
+
+    use super::*;
+
+    fn ms(rfc3339: &str) -> i64 {
+        Timestamp::parse_rfc3339(rfc3339).unwrap().millis()
+    }
+
+    fn calendar(interval: Interval, tz: &str) -> Calendar {
+        Calendar { interval, tz: Tz::from_str(tz).unwrap() }
+    }
+
+    /// The rendered start and the length in hours of the period holding `at`.
+    fn period(interval: Interval, tz: &str, at: &str) -> (String, f64) {
+        let c = calendar(interval, tz);
+        let (start, end) = c.period_of(ms(at));
+        (c.render(start), (end - start) as f64 / 3_600_000.0)
+    }
+
+    #[test]
+    fn local_days_follow_dst_23_and_25_hours() {
+        assert_eq!(
+            period(Interval::Day, "Europe/Berlin", "2025-03-30T12:00:00Z"),
+            ("2025-03-30T00:00:00.000+01:00".to_owned(), 23.0)
+        );
+        assert_eq!(
+            period(Interval::Day, "Europe/Berlin", "2025-10-26T12:00:00Z"),
+            ("2025-10-26T00:00:00.000+02:00".to_owned(), 25.0)
+        );
+        assert_eq!(
+            period(Interval::Day, "America/New_York", "2025-03-09T12:00:00Z"),
+            ("2025-03-09T00:00:00.000-05:00".to_owned(), 23.0)
+        );
+        assert_eq!(
+            period(Interval::Day, "America/New_York", "2025-11-02T12:00:00Z"),
+            ("2025-11-02T00:00:00.000-04:00".to_owned(), 25.0)
+        );
+        assert_eq!(
+            period(Interval::Day, "UTC", "2025-11-02T12:00:00Z"),
+            ("2025-11-02T00:00:00.000+00:00".to_owned(), 24.0)
+        );
+    }
+
+    #[test]
+    fn a_repeated_hour_is_two_periods_and_a_skipped_hour_none() {
+        // New York, 2025-11-02: 01:00-02:00 happens at -04:00, then at -05:00.
+        assert_eq!(
+            period(Interval::Hour, "America/New_York", "2025-11-02T05:30:00Z"),
+            ("2025-11-02T01:00:00.000-04:00".to_owned(), 1.0)
+        );
+        assert_eq!(
+            period(Interval::Hour, "America/New_York", "2025-11-02T06:30:00Z"),
+            ("2025-11-02T01:00:00.000-05:00".to_owned(), 1.0)
+        );
+        // 2025-03-09: 01:59:59.999 -05:00 is followed by 03:00 -04:00.
+        let c = calendar(Interval::Hour, "America/New_York");
+        let (start, end) = c.period_of(ms("2025-03-09T06:59:59.999Z"));
+        assert_eq!(c.render(start), "2025-03-09T01:00:00.000-05:00");
+        assert_eq!(c.render(end), "2025-03-09T03:00:00.000-04:00");
+        // Berlin's hour after the spring gap.
+        assert_eq!(
+            period(Interval::Hour, "Europe/Berlin", "2025-03-30T01:00:00Z"),
+            ("2025-03-30T03:00:00.000+02:00".to_owned(), 1.0)
+        );
+    }
+
+    #[test]
+    fn half_and_quarter_hour_zones_start_their_days_off_the_utc_hour() {
+        assert_eq!(
+            period(Interval::Day, "Asia/Kolkata", "2025-06-01T18:29:59.999Z"),
+            ("2025-06-01T00:00:00.000+05:30".to_owned(), 24.0)
+        );
+        assert_eq!(
+            period(Interval::Day, "Asia/Kolkata", "2025-06-01T18:30:00Z"),
+            ("2025-06-02T00:00:00.000+05:30".to_owned(), 24.0)
+        );
+        assert_eq!(
+            period(Interval::Day, "Asia/Kathmandu", "2025-06-01T18:15:00Z"),
+            ("2025-06-02T00:00:00.000+05:45".to_owned(), 24.0)
+        );
+        assert_eq!(
+            period(Interval::Hour, "Asia/Kathmandu", "2025-06-01T18:14:59.999Z"),
+            ("2025-06-01T23:00:00.000+05:45".to_owned(), 1.0)
+        );
+    }
+
+    #[test]
+    fn weeks_start_on_monday_across_a_month_end_and_months_are_local() {
+        // Wednesday 2025-12-31 lies in the ISO week from Monday 2025-12-29.
+        assert_eq!(
+            period(Interval::Week, "Europe/Berlin", "2025-12-31T12:00:00Z"),
+            ("2025-12-29T00:00:00.000+01:00".to_owned(), 168.0)
+        );
+        // Sunday 23:30 local is still the week before.
+        assert_eq!(
+            period(Interval::Week, "America/New_York", "2026-01-05T04:30:00Z"),
+            ("2025-12-29T00:00:00.000-05:00".to_owned(), 168.0)
+        );
+        // The week of the fall-back is an hour longer.
+        assert_eq!(period(Interval::Week, "Europe/Berlin", "2025-10-26T12:00:00Z").1, 169.0);
+        // A month of the local calendar: Berlin's March has 743 hours.
+        assert_eq!(
+            period(Interval::Month, "Europe/Berlin", "2025-03-31T21:59:59.999Z"),
+            ("2025-03-01T00:00:00.000+01:00".to_owned(), 743.0)
+        );
+        assert_eq!(
+            period(Interval::Month, "Europe/Berlin", "2025-03-31T22:00:00Z"),
+            ("2025-04-01T00:00:00.000+02:00".to_owned(), 720.0)
+        );
+        assert_eq!(
+            period(Interval::Month, "Asia/Kathmandu", "2025-01-31T18:14:59.999Z").0,
+            "2025-01-01T00:00:00.000+05:45"
+        );
+        assert_eq!(
+            period(Interval::Month, "Asia/Kathmandu", "2025-01-31T18:15:00Z").0,
+            "2025-02-01T00:00:00.000+05:45"
+        );
+    }
+
+    #[test]
+    fn a_day_starting_in_a_gap_starts_at_the_transition() {
+        // Sao Paulo moved its clocks from 00:00 to 01:00 on 2018-11-04.
+        assert_eq!(
+            period(Interval::Day, "America/Sao_Paulo", "2018-11-04T12:00:00Z"),
+            ("2018-11-04T01:00:00.000-02:00".to_owned(), 23.0)
+        );
+    }
+
+    fn store_with(created: &[&str]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), &StoreParams { cache_bytes: 8 << 20 }).unwrap();
+        let items = created
+            .iter()
+            .enumerate()
+            .map(|(i, at)| {
+                let raw = json!({"event_id": format!("e{i}"), "type": "refund.queued", "occurred_at": at,
+                    "refund": {"id": format!("r{i}"), "tenant_id": "org_1", "amount": 100 + i, "currency": "EUR",
+                        "processor": "stripe"}})
+                .to_string();
+                let source = SourcePos::File { path: Arc::from("t"), line: i as u64 + 1 };
+                Item::received(source, Timestamp::from_millis(0).unwrap(), raw.into_bytes(), None)
+            })
+            .collect();
+        store.apply_batch(&Batch { items, checkpoints: vec![] }, Durability::None).unwrap();
+        (dir, store)
+    }
+
+    /// (period_start, count) of a summary over the whole store.
+    fn buckets(store: &Store, query: &str) -> Vec<(String, u64)> {
+        let params = Params::parse(Some(query), KNOWN).unwrap();
+        let request = parse(&params).unwrap();
+        let txn = store.read().unwrap();
+        let summary = summarize(&txn, &[store.tenant_no("org_1").unwrap()], &request).unwrap();
+        let calendar = Calendar { interval: request.interval.unwrap(), tz: request.tz };
+        summary.groups.iter().map(|g| (calendar.render(g.period_start.unwrap()), g.count)).collect()
+    }
+
+    #[test]
+    fn refunds_one_ms_around_a_local_midnight_land_in_their_days() {
+        // Around local midnights of Berlin (23- and 25-hour days), New York,
+        // Kolkata and Kathmandu: one ms before, at, and after.
+        let cases = [
+            ("Europe/Berlin", "2025-03-29T23:00:00Z", "2025-03-30T00:00:00.000+01:00", "2025-03-29T00:00:00.000+01:00"),
+            ("Europe/Berlin", "2025-10-26T23:00:00Z", "2025-10-27T00:00:00.000+01:00", "2025-10-26T00:00:00.000+02:00"),
+            (
+                "America/New_York",
+                "2025-11-02T04:00:00Z",
+                "2025-11-02T00:00:00.000-04:00",
+                "2025-11-01T00:00:00.000-04:00",
+            ),
+            (
+                "America/New_York",
+                "2025-03-10T04:00:00Z",
+                "2025-03-10T00:00:00.000-04:00",
+                "2025-03-09T00:00:00.000-05:00",
+            ),
+            ("Asia/Kolkata", "2025-06-01T18:30:00Z", "2025-06-02T00:00:00.000+05:30", "2025-06-01T00:00:00.000+05:30"),
+            (
+                "Asia/Kathmandu",
+                "2025-06-01T18:15:00Z",
+                "2025-06-02T00:00:00.000+05:45",
+                "2025-06-01T00:00:00.000+05:45",
+            ),
+        ];
+        for (tz, midnight, day, day_before) in cases {
+            let at = ms(midnight);
+            let times: Vec<String> =
+                [at - 1, at, at + 1].iter().map(|&t| Timestamp::from_millis(t).unwrap().to_string()).collect();
+            let refs: Vec<&str> = times.iter().map(String::as_str).collect();
+            let (_dir, store) = store_with(&refs);
+            for group in ["", "&group_by=processor"] {
+                let got = buckets(&store, &format!("interval=day&tz={tz}{group}"));
+                assert_eq!(got, vec![(day_before.to_owned(), 1), (day.to_owned(), 2)], "{tz} {midnight} {group}");
+            }
+            // A created bound at the midnight itself cuts exactly there.
+            let got = buckets(&store, &format!("interval=day&tz={tz}&created_after={}", times[1]));
+            assert_eq!(got, vec![(day.to_owned(), 2)], "{tz}");
+        }
+    }
+
+    #[test]
+    fn months_and_weeks_bucket_refunds_at_their_edges() {
+        let (_dir, store) = store_with(&[
+            "2025-01-31T23:59:59.999+01:00",
+            "2025-02-01T00:00:00+01:00",
+            "2025-12-28T23:59:59.999+01:00", // Sunday
+            "2025-12-29T00:00:00+01:00",     // Monday
+            "2026-01-01T00:00:00+01:00",     // Thursday, same ISO week
+        ]);
+        assert_eq!(
+            buckets(&store, "interval=month&tz=Europe/Berlin"),
+            vec![
+                ("2025-01-01T00:00:00.000+01:00".to_owned(), 1),
+                ("2025-02-01T00:00:00.000+01:00".to_owned(), 1),
+                ("2025-12-01T00:00:00.000+01:00".to_owned(), 2),
+                ("2026-01-01T00:00:00.000+01:00".to_owned(), 1),
+            ]
+        );
+        let weeks = buckets(&store, "interval=week&tz=Europe/Berlin&created_after=2025-12-01");
+        assert_eq!(
+            weeks,
+            vec![("2025-12-22T00:00:00.000+01:00".to_owned(), 1), ("2025-12-29T00:00:00.000+01:00".to_owned(), 2)]
+        );
+    }
+
+    #[test]
+    fn more_than_a_thousand_periods_is_refused_on_interval() {
+        let (_dir, store) = store_with(&["2025-01-01T00:00:00Z", "2025-03-01T00:00:00Z"]);
+        let params = Params::parse(Some("interval=hour"), KNOWN).unwrap();
+        let txn = store.read().unwrap();
+        let error = summarize(&txn, &[store.tenant_no("org_1").unwrap()], &parse(&params).unwrap()).unwrap_err();
+        assert!(
+            matches!(&error, ApiError::InvalidParameter { param, message } if param == "interval" && message.contains("created")),
+            "{error:?}"
+        );
+        // 1,000 hours exactly is fine; 1,001 is not.
+        let (_dir, store) = store_with(&["2025-01-01T00:00:00Z", "2025-02-11T15:59:59Z"]);
+        let txn = store.read().unwrap();
+        assert!(summarize(&txn, &[store.tenant_no("org_1").unwrap()], &parse(&params).unwrap()).is_ok());
+        let (_dir, store) = store_with(&["2025-01-01T00:00:00Z", "2025-02-11T16:00:00Z"]);
+        let txn = store.read().unwrap();
+        assert!(summarize(&txn, &[store.tenant_no("org_1").unwrap()], &parse(&params).unwrap()).is_err());
+    }
+
+    #[test]
+    fn group_by_interval_and_tz_errors_name_their_parameter() {
+        for (query, param) in [
+            ("group_by=amount", "group_by"),
+            ("group_by=status,status", "group_by"),
+            ("group_by=status,currency,processor", "group_by"),
+            ("group_by=status,", "group_by"),
+            ("interval=year", "interval"),
+            ("interval=Day", "interval"),
+            ("tz=Europe/Nowhere", "tz"),
+            ("tz=%2B05:00", "tz"),
+            ("state=done", "state"),
+        ] {
+            let params = Params::parse(Some(query), KNOWN).unwrap();
+            let error = parse(&params).unwrap_err();
+            assert!(matches!(&error, ApiError::InvalidParameter { param: p, .. } if p == param), "{query}: {error:?}");
+        }
+        for query in [
+            "limit=5",
+            "ordering=created",
+            "order=chronological",
+            "offset=0",
+            "page=1",
+            "cursor=x",
+            "starting_after=r",
+            "ending_before=r",
+            "page_size=5",
+            "Group_by=status",
+        ] {
+            assert!(matches!(Params::parse(Some(query), KNOWN), Err(ApiError::UnknownParameter { .. })), "{query}");
+        }
+    }
+
+    #[test]
+    fn the_body_writes_sums_past_64_bits_as_exact_integers() {
+        let request =
+            parse(&Params::parse(Some("group_by=currency&interval=day&tz=Asia/Kolkata"), KNOWN).unwrap()).unwrap();
+        let big = u128::from(u64::MAX) * 3;
+        let amounts = vec![CurrencyAmount { currency: "USD".into(), amount: big, refunds: 3 }];
+        let summary = Summary {
+            count: 3,
+            amounts: amounts.clone(),
+            groups: vec![refunds_store::SummaryGroup {
+                period_start: Some(ms("2025-11-30T18:30:00Z")),
+                values: vec![Some("USD".into())],
+                count: 3,
+                amounts,
+            }],
+        };
+        let body = render(&request, &summary);
+        assert!(body.contains("\"amount\":55340232221128654845"), "{body}");
+        assert_eq!(
+            body,
+            "{\"object\":\"summary\",\"count\":3,\"group_by\":[\"currency\"],\"interval\":\"day\",\"tz\":\"Asia/Kolkata\",\
+             \"amounts\":[{\"currency\":\"USD\",\"amount\":55340232221128654845,\"refunds\":3}],\
+             \"groups\":[{\"period_start\":\"2025-12-01T00:00:00.000+05:30\",\"currency\":\"USD\",\"count\":3,\
+             \"amounts\":[{\"currency\":\"USD\",\"amount\":55340232221128654845,\"refunds\":3}]}]}"
+        );
+    }
+}
