@@ -11,3 +11,4 @@ mod list;
 mod rebuild;
 mod replay;
 mod schema;
+mod summary;
