@@ -15,6 +15,7 @@
 //! with different offsets, a skipped hour does not exist, and a day starting
 //! in a gap starts at the transition.
 
+use std::fmt::Write as _;
 use std::str::FromStr;
 
 use axum::extract::{RawQuery, State};
@@ -309,7 +310,13 @@ impl Calendar {
 }
 
 fn push_json_str(out: &mut String, s: &str) {
-    out.push_str(&serde_json::to_string(s).expect("a string serializes"));
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).expect("a string serializes"));
+    }
 }
 
 fn push_amounts(out: &mut String, amounts: &[CurrencyAmount]) {
@@ -321,7 +328,7 @@ fn push_amounts(out: &mut String, amounts: &[CurrencyAmount]) {
         out.push_str("{\"currency\":");
         push_json_str(out, &a.currency);
         // u128 written as digits: an exact JSON integer past 64 bits.
-        out.push_str(&format!(",\"amount\":{},\"refunds\":{}}}", a.amount, a.refunds));
+        let _ = write!(out, ",\"amount\":{},\"refunds\":{}}}", a.amount, a.refunds);
     }
     out.push(']');
 }
@@ -348,12 +355,17 @@ pub fn render(request: &SummaryQuery, summary: &Summary) -> String {
     out.push_str(",\"amounts\":");
     push_amounts(&mut out, &summary.amounts);
     out.push_str(",\"groups\":[");
+    // Groups of one period are adjacent: its start is rendered once.
+    let mut rendered: Option<(i64, String)> = None;
     for (i, group) in summary.groups.iter().enumerate() {
         out.push_str(if i > 0 { ",{" } else { "{" });
         if let (Some(calendar), Some(start)) = (&calendar, group.period_start) {
-            out.push_str("\"period_start\":");
-            push_json_str(&mut out, &calendar.render(start));
-            out.push(',');
+            if rendered.as_ref().is_none_or(|(at, _)| *at != start) {
+                rendered = Some((start, calendar.render(start)));
+            }
+            out.push_str("\"period_start\":\"");
+            out.push_str(rendered.as_ref().map_or("", |(_, text)| text.as_str()));
+            out.push_str("\",");
         }
         for (dim, value) in request.group_by.iter().zip(&group.values) {
             push_json_str(&mut out, dim.name());
@@ -364,7 +376,7 @@ pub fn render(request: &SummaryQuery, summary: &Summary) -> String {
             }
             out.push(',');
         }
-        out.push_str(&format!("\"count\":{},\"amounts\":", group.count));
+        let _ = write!(out, "\"count\":{},\"amounts\":", group.count);
         push_amounts(&mut out, &group.amounts);
         out.push('}');
     }

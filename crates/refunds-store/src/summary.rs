@@ -165,6 +165,11 @@ impl Family {
         (ms.div_euclid(self.row_ms), u8::try_from(slot).expect("at most 96 slots a row"))
     }
 
+    /// Slots in a row.
+    fn slots(self) -> i64 {
+        if self.row_ms == 0 { 1 } else { self.row_ms / self.slot_ms }
+    }
+
     /// The instants `[start, end]` of a slot.
     fn slot_range(self, row: i64, slot: u8) -> (i64, i64) {
         if self.row_ms == 0 {
@@ -619,7 +624,25 @@ fn read_family(
         };
         let Some(group) = group else { continue };
         let currency = <[u8; 3]>::try_from(&dims_bytes[1..4]).ok().filter(|c| *c != NO_CURRENCY);
-        for (slot, value) in decode_slots(value.value()).ok_or_else(corrupt)? {
+        let slots = decode_slots(value.value()).ok_or_else(corrupt)?;
+        // A row wholly inside the bounds and one period (a UTC day of a
+        // UTC summary) is added in one step.
+        let (row_first, _) = family.slot_range(row, 0);
+        let (_, row_last) = family.slot_range(row, u8::try_from(family.slots() - 1).expect("at most 96 slots"));
+        if row_first >= created_min
+            && row_last <= created_max
+            && let Some(period) = periods.of_range(row_first, row_last)
+        {
+            let mut total = Slot::default();
+            for (_, value) in &slots {
+                total.count += value.count;
+                total.with_amount += value.with_amount;
+                total.sum += value.sum;
+            }
+            sums.add(period, group, currency, total);
+            continue;
+        }
+        for (slot, value) in slots {
             let (a, b) = family.slot_range(row, slot);
             if b < created_min || a > created_max {
                 continue;
