@@ -15,7 +15,6 @@
 //! with different offsets, a skipped hour does not exist, and a day starting
 //! in a gap starts at the transition.
 
-use std::fmt::Write as _;
 use std::str::FromStr;
 
 use axum::extract::{RawQuery, State};
@@ -328,7 +327,11 @@ fn push_amounts(out: &mut String, amounts: &[CurrencyAmount]) {
         out.push_str("{\"currency\":");
         push_json_str(out, &a.currency);
         // u128 written as digits: an exact JSON integer past 64 bits.
-        let _ = write!(out, ",\"amount\":{},\"refunds\":{}}}", a.amount, a.refunds);
+        out.push_str(",\"amount\":");
+        out.push_str(itoa::Buffer::new().format(a.amount));
+        out.push_str(",\"refunds\":");
+        out.push_str(itoa::Buffer::new().format(a.refunds));
+        out.push('}');
     }
     out.push(']');
 }
@@ -338,7 +341,9 @@ fn push_amounts(out: &mut String, amounts: &[CurrencyAmount]) {
 pub fn render(request: &SummaryQuery, summary: &Summary) -> String {
     let calendar = request.interval.map(|interval| Calendar { interval, tz: request.tz });
     let mut out = String::with_capacity(256 + summary.groups.len() * 160);
-    out.push_str(&format!("{{\"object\":\"summary\",\"count\":{},\"group_by\":[", summary.count));
+    out.push_str("{\"object\":\"summary\",\"count\":");
+    out.push_str(itoa::Buffer::new().format(summary.count));
+    out.push_str(",\"group_by\":[");
     for (i, dim) in request.group_by.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -367,7 +372,7 @@ pub fn render(request: &SummaryQuery, summary: &Summary) -> String {
             out.push_str(rendered.as_ref().map_or("", |(_, text)| text.as_str()));
             out.push_str("\",");
         }
-        for (dim, value) in request.group_by.iter().zip(&group.values) {
+        for (dim, value) in request.group_by.iter().zip(group.values.iter()) {
             push_json_str(&mut out, dim.name());
             out.push(':');
             match value {
@@ -376,7 +381,9 @@ pub fn render(request: &SummaryQuery, summary: &Summary) -> String {
             }
             out.push(',');
         }
-        let _ = write!(out, "\"count\":{},\"amounts\":", group.count);
+        out.push_str("\"count\":");
+        out.push_str(itoa::Buffer::new().format(group.count));
+        out.push_str(",\"amounts\":");
         push_amounts(&mut out, &group.amounts);
         out.push('}');
     }
@@ -672,13 +679,13 @@ mod tests {
         let request =
             parse(&Params::parse(Some("group_by=currency&interval=day&tz=Asia/Kolkata"), KNOWN).unwrap()).unwrap();
         let big = u128::from(u64::MAX) * 3;
-        let amounts = vec![CurrencyAmount { currency: "USD".into(), amount: big, refunds: 3 }];
+        let amounts = vec![CurrencyAmount { currency: std::sync::Arc::from("USD"), amount: big, refunds: 3 }];
         let summary = Summary {
             count: 3,
             amounts: amounts.clone(),
             groups: vec![refunds_store::SummaryGroup {
                 period_start: Some(ms("2025-11-30T18:30:00Z")),
-                values: vec![Some("USD".into())],
+                values: vec![Some("USD".to_owned())].into(),
                 count: 3,
                 amounts,
             }],

@@ -39,6 +39,7 @@
 
 use std::collections::BTreeSet;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use foldhash::HashMap;
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, Table};
@@ -111,7 +112,8 @@ pub struct SummaryRequest<'a> {
 /// Refunds of one currency: how many have an amount, and its sum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurrencyAmount {
-    pub currency: String,
+    /// Shared by every entry of the currency (a summary may hold thousands).
+    pub currency: Arc<str>,
     pub amount: u128,
     pub refunds: u64,
 }
@@ -120,8 +122,9 @@ pub struct CurrencyAmount {
 pub struct SummaryGroup {
     /// Start (ms) of the period, when the request has periods.
     pub period_start: Option<i64>,
-    /// One value per `group_by` dimension, in its order (`None`: no value).
-    pub values: Vec<Option<String>>,
+    /// One value per `group_by` dimension, in its order (`None`: no value);
+    /// shared by the group's cells of every period.
+    pub values: Arc<[Option<String>]>,
     pub count: u64,
     pub amounts: Vec<CurrencyAmount>,
 }
@@ -308,14 +311,27 @@ fn decode_slots(bytes: &[u8]) -> Option<Vec<(u8, Slot)>> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
-        let slot = bytes[at];
-        at += 1;
-        let count = u64::try_from(get_varint(bytes, &mut at)?).ok()?;
-        let with_amount = u64::try_from(get_varint(bytes, &mut at)?).ok()?;
-        let sum = get_varint(bytes, &mut at)?;
-        out.push((slot, Slot { count, with_amount, sum }));
+        out.push(next_slot(bytes, &mut at)?);
     }
     Some(out)
+}
+
+/// The slot at `at` of a row's value, moving `at` past it.
+fn next_slot(bytes: &[u8], at: &mut usize) -> Option<(u8, Slot)> {
+    let slot = *bytes.get(*at)?;
+    *at += 1;
+    let count = u64::try_from(get_varint(bytes, at)?).ok()?;
+    let with_amount = u64::try_from(get_varint(bytes, at)?).ok()?;
+    let sum = get_varint(bytes, at)?;
+    Some((slot, Slot { count, with_amount, sum }))
+}
+
+/// A row's slots, decoded as they are read (no allocation per row).
+fn slots_of(bytes: &[u8]) -> impl Iterator<Item = Result<(u8, Slot), StoreError>> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        (at < bytes.len()).then(|| next_slot(bytes, &mut at).ok_or_else(|| StoreError::Corrupt("summary row".into())))
+    })
 }
 
 fn encode_slots(slots: &[(u8, Slot)], out: &mut Vec<u8>) {
@@ -624,7 +640,7 @@ fn read_family(
         };
         let Some(group) = group else { continue };
         let currency = <[u8; 3]>::try_from(&dims_bytes[1..4]).ok().filter(|c| *c != NO_CURRENCY);
-        let slots = decode_slots(value.value()).ok_or_else(corrupt)?;
+        let value = value.value();
         // A row wholly inside the bounds and one period (a UTC day of a
         // UTC summary) is added in one step.
         let (row_first, _) = family.slot_range(row, 0);
@@ -634,7 +650,8 @@ fn read_family(
             && let Some(period) = periods.of_range(row_first, row_last)
         {
             let mut total = Slot::default();
-            for (_, value) in &slots {
+            for slot in slots_of(value) {
+                let (_, value) = slot?;
                 total.count += value.count;
                 total.with_amount += value.with_amount;
                 total.sum += value.sum;
@@ -642,7 +659,8 @@ fn read_family(
             sums.add(period, group, currency, total);
             continue;
         }
-        for (slot, value) in slots {
+        for slot in slots_of(value) {
+            let (slot, value) = slot?;
             let (a, b) = family.slot_range(row, slot);
             if b < created_min || a > created_max {
                 continue;
@@ -671,36 +689,9 @@ fn merge_ranges(ranges: BTreeSet<(i64, i64)>) -> Vec<(i64, i64)> {
     out
 }
 
-/// Orders and renders the sums.
+/// Orders the sums: the distinct groups are sorted once, then the cells by
+/// (period, group order), integers only.
 fn finish(sums: Sums, request: &SummaryRequest<'_>) -> Summary {
-    let mut total = Summary::default();
-    let mut all: Vec<([u8; 3], u64, u128)> = Vec::new();
-    let grouped = !request.group_by.is_empty() || request.period_of.is_some();
-    let mut groups = Vec::new();
-    for ((period, group), (count, amounts)) in sums.cells {
-        if count == 0 {
-            continue;
-        }
-        total.count += count;
-        for (currency, n, sum) in &amounts {
-            match all.iter_mut().find(|(c, _, _)| c == currency) {
-                Some(entry) => {
-                    entry.1 += n;
-                    entry.2 += sum;
-                }
-                None => all.push((*currency, *n, *sum)),
-            }
-        }
-        if grouped {
-            groups.push(SummaryGroup {
-                period_start: request.period_of.is_some().then_some(period),
-                values: sums.groups[group as usize].clone(),
-                count,
-                amounts: render_amounts(amounts),
-            });
-        }
-    }
-    total.amounts = render_amounts(all);
     let rank = |dim: Dim, value: &Option<String>| -> (u8, u8) {
         match (dim, value) {
             (_, None) => (1, 0),
@@ -708,32 +699,73 @@ fn finish(sums: Sums, request: &SummaryRequest<'_>) -> Summary {
             _ => (0, 0),
         }
     };
-    groups.sort_by(|x, y| {
-        x.period_start.cmp(&y.period_start).then_with(|| {
-            for (i, dim) in request.group_by.iter().enumerate() {
-                let (a, b) = (&x.values[i], &y.values[i]);
-                let order = rank(*dim, a).cmp(&rank(*dim, b)).then_with(|| a.cmp(b));
-                if order.is_ne() {
-                    return order;
-                }
+    let mut order: Vec<u32> = (0..u32::try_from(sums.groups.len()).expect("fewer than 2^32 groups")).collect();
+    order.sort_by(|&x, &y| {
+        let (x, y) = (&sums.groups[x as usize], &sums.groups[y as usize]);
+        for (i, dim) in request.group_by.iter().enumerate() {
+            let (a, b) = (&x[i], &y[i]);
+            let order = rank(*dim, a).cmp(&rank(*dim, b)).then_with(|| a.cmp(b));
+            if order.is_ne() {
+                return order;
             }
-            std::cmp::Ordering::Equal
-        })
+        }
+        std::cmp::Ordering::Equal
     });
+    let mut position = vec![0u32; order.len()];
+    for (at, &group) in (0u32..).zip(&order) {
+        position[group as usize] = at;
+    }
+    let values: Vec<Arc<[Option<String>]>> = sums.groups.into_iter().map(Arc::from).collect();
+    let mut currencies: Vec<([u8; 3], Arc<str>)> = Vec::new();
+    let mut currency = |code: [u8; 3]| -> Arc<str> {
+        if let Some((_, name)) = currencies.iter().find(|(c, _)| *c == code) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(String::from_utf8_lossy(&code).as_ref());
+        currencies.push((code, name.clone()));
+        name
+    };
+
+    let mut total = Summary::default();
+    let mut all: Vec<([u8; 3], u64, u128)> = Vec::new();
+    let grouped = !request.group_by.is_empty() || request.period_of.is_some();
+    let mut cells: Vec<_> = sums.cells.into_iter().filter(|(_, (count, _))| *count > 0).collect();
+    cells.sort_unstable_by_key(|((period, group), _)| (*period, position[*group as usize]));
+    let mut groups = Vec::with_capacity(if grouped { cells.len() } else { 0 });
+    for ((period, group), (count, amounts)) in cells {
+        total.count += count;
+        for (code, n, sum) in &amounts {
+            match all.iter_mut().find(|(c, _, _)| c == code) {
+                Some(entry) => {
+                    entry.1 += n;
+                    entry.2 += sum;
+                }
+                None => all.push((*code, *n, *sum)),
+            }
+        }
+        if grouped {
+            groups.push(SummaryGroup {
+                period_start: request.period_of.is_some().then_some(period),
+                values: values[group as usize].clone(),
+                count,
+                amounts: render_amounts(amounts, &mut currency),
+            });
+        }
+    }
+    total.amounts = render_amounts(all, &mut currency);
     total.groups = groups;
     total
 }
 
-fn render_amounts(mut amounts: Vec<([u8; 3], u64, u128)>) -> Vec<CurrencyAmount> {
-    amounts.sort_by_key(|(c, _, _)| *c);
+fn render_amounts(
+    mut amounts: Vec<([u8; 3], u64, u128)>,
+    currency: &mut impl FnMut([u8; 3]) -> Arc<str>,
+) -> Vec<CurrencyAmount> {
+    amounts.sort_unstable_by_key(|(c, _, _)| *c);
     amounts
         .into_iter()
         .filter(|(_, n, _)| *n > 0)
-        .map(|(c, refunds, amount)| CurrencyAmount {
-            currency: String::from_utf8_lossy(&c).into_owned(),
-            amount,
-            refunds,
-        })
+        .map(|(c, refunds, amount)| CurrencyAmount { currency: currency(c), amount, refunds })
         .collect()
 }
 

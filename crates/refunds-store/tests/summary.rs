@@ -205,8 +205,8 @@ fn cells_of(summary: &Summary) -> Cells {
         .groups
         .iter()
         .map(|g| {
-            let amounts = g.amounts.iter().map(|a| (a.currency.clone(), (a.refunds, a.amount))).collect();
-            ((g.period_start, g.values.clone()), (g.count, amounts))
+            let amounts = g.amounts.iter().map(|a| (a.currency.to_string(), (a.refunds, a.amount))).collect();
+            ((g.period_start, g.values.to_vec()), (g.count, amounts))
         })
         .collect()
 }
@@ -258,7 +258,7 @@ proptest! {
             }
         }
         let got: BTreeMap<String, (u64, u128)> =
-            summary.amounts.iter().map(|a| (a.currency.clone(), (a.refunds, a.amount))).collect();
+            summary.amounts.iter().map(|a| (a.currency.to_string(), (a.refunds, a.amount))).collect();
         prop_assert_eq!(got, totals);
         // Ordered by currency; groups by period, then values.
         prop_assert!(summary.amounts.windows(2).all(|w| w[0].currency < w[1].currency));
@@ -301,8 +301,8 @@ fn sums_pass_64_bits_exactly() {
         let case = Case { filter: Filter::default(), group_by: vec![Dim::Currency], grid, one_tenant: None };
         let (summary, count) = summarize(&store, &tenants, &case);
         assert_eq!((summary.count, count), (4, 4));
-        assert_eq!(summary.amounts[0].currency, "EUR");
-        assert_eq!(summary.amounts[1].currency, "USD");
+        assert_eq!(&*summary.amounts[0].currency, "EUR");
+        assert_eq!(&*summary.amounts[1].currency, "USD");
         assert_eq!(summary.amounts[1].amount, 3 * u128::from(max), "{grid:?}");
         assert_eq!(summary.amounts[1].refunds, 3);
     }
