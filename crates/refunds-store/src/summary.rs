@@ -7,10 +7,11 @@
 //! `summaries` holds per-tenant rows of (count, refunds with an amount, sum
 //! of amounts), kept in the batch's write transaction like the counters.
 //! A row is keyed `tenant | family | row | status | currency [| processor |
-//! payment_method_type | product_type]` and its value lists the non-empty
-//! time slots of that row: `slot, count, refunds with amount, sum`, varints,
-//! the sum a u128 (a sum of amounts up to 2^64-1 passes 64 bits). Three
-//! families:
+//! payment_method_type | product_type]` and its value holds the row's
+//! totals, then its non-empty time slots: `slot, count, refunds with amount,
+//! sum`, varints, the sum a u128 (a sum of amounts up to 2^64-1 passes 64
+//! bits). A row wholly inside one period and the created bounds is read
+//! from its totals alone. Three families:
 //!
 //! - [`TOTALS`]: status and currency, no time: one slot for all history.
 //!   Answers summaries without `interval` or created bounds (the "every
@@ -295,6 +296,13 @@ fn put_varint(out: &mut Vec<u8>, mut v: u128) {
 }
 
 fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u128> {
+    // Most counts are one byte.
+    if let Some(&byte) = bytes.get(*at)
+        && byte < 0x80
+    {
+        *at += 1;
+        return Some(u128::from(byte));
+    }
     let mut v: u128 = 0;
     for shift in (0..133).step_by(7) {
         let byte = *bytes.get(*at)?;
@@ -307,9 +315,19 @@ fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u128> {
     None
 }
 
+/// The row's totals over its slots (what a summary reads when the whole
+/// row lies in one period), moving `at` past them.
+fn read_totals(bytes: &[u8], at: &mut usize) -> Option<Slot> {
+    let count = u64::try_from(get_varint(bytes, at)?).ok()?;
+    let with_amount = u64::try_from(get_varint(bytes, at)?).ok()?;
+    let sum = get_varint(bytes, at)?;
+    Some(Slot { count, with_amount, sum })
+}
+
 fn decode_slots(bytes: &[u8]) -> Option<Vec<(u8, Slot)>> {
     let mut out = Vec::new();
     let mut at = 0;
+    read_totals(bytes, &mut at)?;
     while at < bytes.len() {
         out.push(next_slot(bytes, &mut at)?);
     }
@@ -329,12 +347,29 @@ fn next_slot(bytes: &[u8], at: &mut usize) -> Option<(u8, Slot)> {
 /// A row's slots, decoded as they are read (no allocation per row).
 fn slots_of(bytes: &[u8]) -> impl Iterator<Item = Result<(u8, Slot), StoreError>> + '_ {
     let mut at = 0;
+    let totals = read_totals(bytes, &mut at);
+    let mut failed = totals.is_none();
     std::iter::from_fn(move || {
+        if std::mem::take(&mut failed) {
+            at = bytes.len();
+            return Some(Err(StoreError::Corrupt("summary row".into())));
+        }
         (at < bytes.len()).then(|| next_slot(bytes, &mut at).ok_or_else(|| StoreError::Corrupt("summary row".into())))
     })
 }
 
+/// A row's value: its totals, then `slot, count, refunds with amount, sum`
+/// for each non-empty slot in slot order, all varints but the slot byte.
 fn encode_slots(slots: &[(u8, Slot)], out: &mut Vec<u8>) {
+    let mut totals = Slot::default();
+    for (_, value) in slots {
+        totals.count += value.count;
+        totals.with_amount += value.with_amount;
+        totals.sum += value.sum;
+    }
+    put_varint(out, u128::from(totals.count));
+    put_varint(out, u128::from(totals.with_amount));
+    put_varint(out, totals.sum);
     for (slot, value) in slots {
         out.push(*slot);
         put_varint(out, u128::from(value.count));
@@ -618,13 +653,11 @@ fn read_family(
     // Group ids of the dimension parts seen (None: filtered out).
     let mut seen: HashMap<Vec<u8>, Option<u32>> = HashMap::default();
     let corrupt = || StoreError::Corrupt("summary row".into());
-    for entry in table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice())))? {
-        let (key, value) = entry?;
-        let key = key.value();
+    let mut visit = |key: &[u8], value: &[u8]| -> Result<bool, StoreError> {
         let row_bytes: [u8; 8] = key.get(5..13).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
         let row = (u64::from_be_bytes(row_bytes) ^ (1 << 63)) as i64;
         if row > last_row {
-            break;
+            return Ok(false);
         }
         let dims_bytes = &key[13..];
         let group = match seen.get(dims_bytes) {
@@ -638,9 +671,8 @@ fn read_family(
                 group
             }
         };
-        let Some(group) = group else { continue };
+        let Some(group) = group else { return Ok(true) };
         let currency = <[u8; 3]>::try_from(&dims_bytes[1..4]).ok().filter(|c| *c != NO_CURRENCY);
-        let value = value.value();
         // A row wholly inside the bounds and one period (a UTC day of a
         // UTC summary) is added in one step.
         let (row_first, _) = family.slot_range(row, 0);
@@ -649,15 +681,9 @@ fn read_family(
             && row_last <= created_max
             && let Some(period) = periods.of_range(row_first, row_last)
         {
-            let mut total = Slot::default();
-            for slot in slots_of(value) {
-                let (_, value) = slot?;
-                total.count += value.count;
-                total.with_amount += value.with_amount;
-                total.sum += value.sum;
-            }
+            let total = read_totals(value, &mut 0).ok_or_else(corrupt)?;
             sums.add(period, group, currency, total);
-            continue;
+            return Ok(true);
         }
         for slot in slots_of(value) {
             let (slot, value) = slot?;
@@ -672,6 +698,52 @@ fn read_family(
                     splits.insert((a.max(created_min), b.min(created_max)));
                 }
             }
+        }
+        Ok(true)
+    };
+    let row_of = |key: &[u8]| -> Result<i64, StoreError> {
+        let row_bytes: [u8; 8] = key.get(5..13).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
+        Ok((u64::from_be_bytes(row_bytes) ^ (1 << 63)) as i64)
+    };
+    let mut statuses: Vec<u8> = filter.statuses.iter().map(|s| s.code()).collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    if statuses.is_empty() {
+        for entry in table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice())))? {
+            let (key, value) = entry?;
+            if !visit(key.value(), value.value())? {
+                break;
+            }
+        }
+        return Ok(splits);
+    }
+    // A status filter reads only its statuses' rows: status follows the row
+    // number in the key, so each row is one seek per status (and one to the
+    // next row that exists), instead of every row of every status.
+    let mut next = start;
+    loop {
+        let Some(first) =
+            table.range::<&[u8]>((Bound::Included(next.as_slice()), Bound::Excluded(end.as_slice())))?.next()
+        else {
+            break;
+        };
+        let row = row_of(first?.0.value())?;
+        if row > last_row {
+            break;
+        }
+        for &status in &statuses {
+            let mut from = family.row_prefix(tenant, row);
+            from.push(status);
+            let mut to = family.row_prefix(tenant, row);
+            to.push(status + 1);
+            for entry in table.range::<&[u8]>((Bound::Included(from.as_slice()), Bound::Excluded(to.as_slice())))? {
+                let (key, value) = entry?;
+                visit(key.value(), value.value())?;
+            }
+        }
+        match row.checked_add(1) {
+            Some(after) if family.row_ms != 0 => next = family.row_prefix(tenant, after),
+            _ => break,
         }
     }
     Ok(splits)
