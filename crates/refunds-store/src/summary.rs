@@ -381,6 +381,12 @@ fn encode_slots(slots: &[(u8, Slot)], out: &mut Vec<u8>) {
 // ---------------------------------------------------------------------------
 // Apply
 
+/// A change of one slot: (count, refunds with an amount, sum).
+type Delta = (i64, i64, i128);
+
+/// Per currency: (code, refunds with an amount, sum).
+type CurrencySums = Vec<([u8; 3], u64, u128)>;
+
 /// A refund's change as the summary rows see it.
 pub(crate) struct SummaryChange<'c> {
     pub(crate) tenant: TenantNo,
@@ -394,7 +400,7 @@ pub(crate) fn apply_summary_deltas<'c>(
     table: &mut Table<'_, &'static [u8], &'static [u8]>,
     changes: impl Iterator<Item = SummaryChange<'c>>,
 ) -> Result<(), StoreError> {
-    let mut deltas: HashMap<(Vec<u8>, u8), (i64, i64, i128)> = HashMap::default();
+    let mut deltas: HashMap<(Vec<u8>, u8), Delta> = HashMap::default();
     for change in changes {
         for family in FAMILIES {
             if change.old.is_some_and(|old| !family.moved(old, change.new)) {
@@ -410,8 +416,7 @@ pub(crate) fn apply_summary_deltas<'c>(
             *d = (d.0 + c, d.1 + a, d.2 + s);
         }
     }
-    let mut sorted: Vec<((Vec<u8>, u8), (i64, i64, i128))> =
-        deltas.into_iter().filter(|(_, d)| *d != (0, 0, 0)).collect();
+    let mut sorted: Vec<((Vec<u8>, u8), Delta)> = deltas.into_iter().filter(|(_, d)| *d != (0, 0, 0)).collect();
     sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let corrupt = |key: &[u8]| StoreError::Corrupt(format!("summary row {key:?}"));
     let mut value = Vec::new();
@@ -462,7 +467,7 @@ struct Sums {
     groups: Vec<Vec<Option<String>>>,
     /// (period start or `i64::MIN`, group id) -> count, and per currency
     /// (refunds with an amount, sum).
-    cells: HashMap<(i64, u32), (u64, Vec<([u8; 3], u64, u128)>)>,
+    cells: HashMap<(i64, u32), (u64, CurrencySums)>,
 }
 
 impl Sums {

@@ -250,7 +250,7 @@ proptest! {
         }
         // Totals: the groups' amounts added per currency.
         let mut totals: BTreeMap<String, (u64, u128)> = BTreeMap::new();
-        for (_, (_, amounts)) in &expected {
+        for (_, amounts) in expected.values() {
             for (c, (n, s)) in amounts {
                 let e = totals.entry(c.clone()).or_default();
                 e.0 += n;
