@@ -20,7 +20,7 @@ use std::str::FromStr;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, Offset, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use refunds_store::{CurrencyAmount, Dim, Filter, Store, Summary, SummaryRequest, TenantNo, summary_in};
 
@@ -220,7 +220,9 @@ const HOUR_MS: i64 = 3_600_000;
 impl Calendar {
     /// `[start, end)` (ms) of the period holding the instant `ms`.
     pub fn period_of(&self, ms: i64) -> (i64, i64) {
-        let start = self.start_of(ms);
+        // Clamped so that the period always holds `ms`, whatever a zone's
+        // history does (an offset change inside a local hour).
+        let start = self.start_of(ms).min(ms);
         let end = match self.interval {
             Interval::Hour => {
                 // An hour is an hour long unless the offset changes inside it.
@@ -245,7 +247,13 @@ impl Calendar {
                 next.map_or(i64::MAX, |date| self.first_instant(date.and_hms_opt(0, 0, 0).expect("midnight")))
             }
         };
-        (start, end.max(start + 1))
+        (start, end.max(ms + 1))
+    }
+
+    /// The zone's offset from UTC at `ms`, in ms.
+    fn offset_ms(&self, ms: i64) -> i64 {
+        let utc = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default();
+        i64::from(self.tz.offset_from_utc_datetime(&utc.naive_utc()).fix().local_minus_utc()) * 1000
     }
 
     fn local(&self, ms: i64) -> NaiveDateTime {
@@ -260,16 +268,23 @@ impl Calendar {
         let day_start = |d: NaiveDate| d.and_hms_opt(0, 0, 0).expect("midnight");
         match self.interval {
             Interval::Hour => {
-                let hour = date.and_hms_opt(local.hour(), 0, 0).expect("a whole hour");
-                match self.tz.from_local_datetime(&hour) {
-                    LocalResult::Single(t) => t.timestamp_millis(),
-                    // The repeated hour: the occurrence `ms` is in.
-                    LocalResult::Ambiguous(a, b) => {
-                        let (a, b) = (a.timestamp_millis(), b.timestamp_millis());
-                        if b.max(a) <= ms { b.max(a) } else { b.min(a) }
-                    }
-                    LocalResult::None => self.first_instant(hour).min(ms),
+                // The local hour's start at the offset `ms` has, unless the
+                // offset changed since (a fall-back within the hour, Lord
+                // Howe's half-hour shifts): then the transition starts it.
+                let into_hour = i64::from(local.minute()) * 60_000
+                    + i64::from(local.second()) * 1000
+                    + i64::from(local.nanosecond() / 1_000_000);
+                let candidate = ms - into_hour;
+                let offset = self.offset_ms(ms);
+                if self.offset_ms(candidate) == offset {
+                    return candidate;
                 }
+                let (mut lo, mut hi) = (candidate, ms);
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    if self.offset_ms(mid) == offset { hi = mid } else { lo = mid }
+                }
+                hi
             }
             Interval::Day => self.first_instant(day_start(date)),
             Interval::Week => {
@@ -523,6 +538,37 @@ mod tests {
             period(Interval::Day, "America/Sao_Paulo", "2018-11-04T12:00:00Z"),
             ("2018-11-04T01:00:00.000-02:00".to_owned(), 23.0)
         );
+    }
+
+    /// Whatever a zone's history does (half-hour DST on Lord Howe, Chatham's
+    /// +12:45, Monrovia's -00:44:30 until 1972, Sao Paulo's midnight gap),
+    /// every period holds the instant asked about, starts where the one
+    /// before it ends, and is found again from its own start.
+    #[test]
+    fn periods_hold_their_instant_and_tile_time_in_odd_zones() {
+        let zones =
+            ["Australia/Lord_Howe", "Pacific/Chatham", "Africa/Monrovia", "America/Sao_Paulo", "America/St_Johns"];
+        let windows = ["1972-01-01T00:00:00Z", "2018-11-01T00:00:00Z", "2025-04-01T00:00:00Z", "2025-09-30T00:00:00Z"];
+        for zone in zones {
+            for interval in [Interval::Hour, Interval::Day, Interval::Week, Interval::Month] {
+                let c = calendar(interval, zone);
+                for window in windows {
+                    let from = ms(window);
+                    let mut t = from;
+                    while t < from + 10 * 86_400_000 {
+                        let (start, end) = c.period_of(t);
+                        assert!(start <= t && t < end, "{zone} {interval:?} {t}: {start}..{end}");
+                        assert_eq!(c.period_of(start), (start, end), "{zone} {interval:?} {t}");
+                        assert_eq!(
+                            c.period_of(end).0,
+                            end,
+                            "{zone} {interval:?} {t}: the next period starts at the end"
+                        );
+                        t += 13 * 60_000;
+                    }
+                }
+            }
+        }
     }
 
     fn store_with(created: &[&str]) -> (tempfile::TempDir, Store) {

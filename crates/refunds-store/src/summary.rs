@@ -517,11 +517,16 @@ impl Periods<'_> {
                 p
             }
         };
-        (b < found.1).then_some(found.0)
+        (found.0 <= a && b < found.1).then_some(found.0)
     }
 
     fn of(&mut self, t: i64) -> i64 {
-        self.of_range(t, t).expect("an instant lies in its period")
+        match self.of_range(t, t) {
+            Some(start) => start,
+            // A rule whose period does not hold the instant it was asked
+            // about (it should not happen): that period, uncached.
+            None => self.period_of.map_or(i64::MIN, |period_of| period_of(t).0),
+        }
     }
 }
 
