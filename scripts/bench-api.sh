@@ -8,6 +8,7 @@
 #   REFUNDS=3300000 scripts/bench-api.sh  # the 10x store
 #   DURATION=10s scripts/bench-api.sh
 #   STORE=/tmp/big.redb REFUNDS=3300000 scripts/bench-api.sh  # keep the store for the next run
+#   ARRIVAL=ordered scripts/bench-api.sh  # generate's --arrival model (default realistic)
 #   ONLY=S CONNS=8 scripts/bench-api.sh   # the summary shapes only, at 8 connections only
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk
 if [ -z "${BIN:-}" ]; then cargo build --release --bins -q; fi
 bin=${BIN:-$PWD/target/release/refund-projector}
 refunds=${REFUNDS:-330000}
+arrival=${ARRIVAL:-realistic}
 duration=${DURATION:-5s}
 work=$(mktemp -d "${TMPDIR:-/tmp}/refund-api-bench.XXXXXX")
 trap 'kill $server 2>/dev/null && wait $server 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -23,7 +25,8 @@ trap 'kill $server 2>/dev/null && wait $server 2>/dev/null || true; rm -rf "$wor
 # STORE=path keeps the store there (built once, reused by later runs).
 store=${STORE:-$work/store.redb}
 if [ ! -e "$store" ]; then
-  "$bin" generate --refunds "$refunds" --seed 1 > "$work/events.ndjson"
+  echo "arrival: $arrival"
+  "$bin" generate --refunds "$refunds" --seed 1 --arrival "$arrival" > "$work/events.ndjson"
   "$bin" replay --input "$work/events.ndjson" --db "$store" 2>&1 | tail -n 1
   rm -f "$work/events.ndjson"
 fi

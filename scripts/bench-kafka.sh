@@ -3,7 +3,8 @@
 # (REFUNDS=330000), starts a single-node broker (scripts/kafka/kafka.sh) unless
 # BROKERS is given, produces them to a fresh 6-partition topic, then prints the
 # raw read rate of the consumer's configuration, the durable ingest rate into
-# a fresh store, and their ratio, with the machine it ran on.
+# a fresh store, and their ratio, with the machine it ran on. ARRIVAL picks
+# generate's --arrival model (realistic by default, or ordered).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REFUNDS="${REFUNDS:-330000}"
@@ -21,6 +22,8 @@ if [[ -z "${BROKERS:-}" ]]; then
   BROKERS="127.0.0.1:$KAFKA_PORT"
 fi
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
-target/release/refund-projector generate --refunds "$REFUNDS" --seed 1 --dup-rate 0.02 --shuffle-window 64 --invalid-rate 0.002 >"$WORK/events.ndjson"
+ARRIVAL="${ARRIVAL:-realistic}"
+echo "arrival: $ARRIVAL"
+target/release/refund-projector generate --refunds "$REFUNDS" --seed 1 --dup-rate 0.02 --shuffle-window 64 --invalid-rate 0.002 --arrival "$ARRIVAL" >"$WORK/events.ndjson"
 echo "events: $(wc -l <"$WORK/events.ndjson") lines, $(du -h "$WORK/events.ndjson" | cut -f1)"
 target/release/examples/kafka_bench "$BROKERS" "$WORK/events.ndjson" "$PARTITIONS" "$WORK"

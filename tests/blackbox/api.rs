@@ -48,20 +48,23 @@ impl Server {
     }
 
     pub fn start_with(db: &Path, keys: &Path, extra: &[&str]) -> Server {
-        let mut child = command()
-            .args([
-                "serve",
-                "--db",
-                db.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--api-keys",
-                keys.to_str().unwrap(),
-            ])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut cmd = command();
+        cmd.args([
+            "serve",
+            "--db",
+            db.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--api-keys",
+            keys.to_str().unwrap(),
+        ])
+        .args(extra);
+        Server::spawn(cmd)
+    }
+
+    /// Starts `cmd` (a `serve` command line) and waits for its address.
+    pub fn spawn(mut cmd: std::process::Command) -> Server {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
         let base = loop {
@@ -77,6 +80,10 @@ impl Server {
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The body of a 200 as sent (checked against the OpenAPI document too).
@@ -422,6 +429,61 @@ fn errors_are_json_with_the_contracts_codes() {
     assert_eq!(status, 400, "a query that is not UTF-8");
     let (status, body, _) = server.get("/v2/nothing", admin);
     assert_eq!((status, &body["error"]["code"]), (404, &Value::from("not_found")));
+}
+
+#[test]
+fn freshness_parameters_are_checked_on_every_route_and_a_replayed_store_has_no_kafka_position() {
+    let f = fixture();
+    let server = Server::start(&f.db, &f.keys);
+    let admin = Some("Api-Key secret-ops");
+    let id = f.refunds[0]["id"].as_str().unwrap();
+    let routes = [
+        "/v1/refunds".to_owned(),
+        format!("/v1/refunds/{id}"),
+        format!("/v1/refunds/{id}/events"),
+        "/v1/status".to_owned(),
+    ];
+    let refused = [
+        ("max_wait_ms=10", "max_wait_ms"),
+        ("min_position=t:0:1&max_wait_ms=10001", "max_wait_ms"),
+        ("min_position=t:0:1&max_wait_ms=-1", "max_wait_ms"),
+        ("min_position=t:0:1&max_wait_ms=soon", "max_wait_ms"),
+        ("min_position=t:0", "min_position"),
+        ("min_position=t:x:1", "min_position"),
+        ("min_position=t:0:1,", "min_position"),
+        ("min_position=t%20x:0:1", "min_position"),
+        ("min_position=t:0:1&min_position=t:0:2", "min_position"),
+        // A well-formed position of a topic this store never applied.
+        ("min_position=refunds:0:1", "min_position"),
+    ];
+    for route in &routes {
+        for (query, param) in refused {
+            let (status, body, _) = server.get(&format!("{route}?{query}"), admin);
+            assert_eq!(
+                (status, body["error"]["code"].as_str(), body["error"]["param"].as_str()),
+                (400, Some("invalid_parameter"), Some(param)),
+                "{route}?{query}: {body}"
+            );
+        }
+    }
+    // Nobody waits, or learns about topics, without credentials.
+    assert_eq!(server.get("/v1/refunds?min_position=refunds:0:1", None).0, 401);
+
+    // A store filled by replay has applied nothing from Kafka: no position,
+    // but the newest arrival, on every /v1 response, errors included.
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    for (path, expected) in
+        [("/v1/refunds?limit=1", 200), ("/v1/status", 200), ("/v1/refunds/nope", 404), ("/v1/refunds?limit=0", 400)]
+    {
+        let response =
+            agent.get(format!("{}{path}", server.base)).header("Authorization", "Api-Key secret-ops").call().unwrap();
+        assert_eq!(response.status().as_u16(), expected, "{path}");
+        assert!(response.headers().get("x-refunds-position").is_none(), "{path}");
+        let at = response.headers().get("x-last-applied-at").map(|v| v.to_str().unwrap().to_owned());
+        assert!(at.as_deref().is_some_and(|t| t.ends_with('Z') && t.len() == 24), "{path}: {at:?}");
+    }
+    let (_, status, _) = server.get("/v1/status", admin);
+    assert_eq!(status["position"], Value::Null);
 }
 
 #[test]

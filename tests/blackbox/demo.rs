@@ -98,3 +98,45 @@ fn demo_prints_a_working_key_and_curl_line_serves_growing_right_numbers_and_stop
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn demo_accepts_a_keys_file_beside_its_own_key_and_follows_its_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let entry = "[[keys]]\nid = \"extra\"\nsecret = \"secret-extra\"\ntenant = \"*\"\nscopes = [\"refunds:read\"]\n";
+    std::fs::write(&keys, entry).unwrap();
+    let mut child = command()
+        .args(["demo", "--listen", "127.0.0.1:0", "--rate", "100", "--api-keys", keys.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    while let Some(Ok(line)) = stdout.next() {
+        let done = line.starts_with("Ctrl-C");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    let curl = banner.iter().find(|l| l.trim_start().starts_with("curl -H 'Authorization: Api-Key")).unwrap();
+    let demo_header = curl.split('\'').nth(1).unwrap().split_once(": ").unwrap().1.to_owned();
+    let url = curl.split('\'').nth(3).unwrap().to_owned();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let status = |authorization: &str| -> u16 {
+        agent.get(&url).header("Authorization", authorization).call().unwrap().status().as_u16()
+    };
+    assert_eq!(status("Api-Key secret-extra"), 200);
+    std::fs::write(&keys, "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status("Api-Key secret-extra") != 401 {
+        assert!(Instant::now() < deadline, "the removed key still works after 5 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status(&demo_header), 200, "the demo's own key is not in the file and stays");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -4,6 +4,7 @@
 
 mod api;
 mod compose;
+mod credentials;
 mod demo;
 mod docs;
 mod helpers;

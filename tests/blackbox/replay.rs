@@ -178,3 +178,42 @@ fn replay_killed_at_several_points_then_rerun_gives_the_uninterrupted_export() {
     }
     assert!(seen.iter().all(|l| expected.contains_key(l)), "only invalid lines are dead-lettered");
 }
+
+#[test]
+fn tables_lists_every_table_with_its_rows_and_a_total_within_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, db) = (dir.path().join("events.ndjson"), dir.path().join("store.redb"));
+    generate(&events, 2_000, 4, Some((0.05, 50, 0.0)));
+    replay(&events, &db, None);
+    let output = run_ok(&["tables", "--db", db.to_str().unwrap()]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    let rows: BTreeMap<&str, Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields[0], fields[1..].to_vec())
+        })
+        .collect();
+    let refunds = export(&db).lines().count();
+    assert_eq!(rows["refunds"][0], refunds.to_string(), "{text}");
+    assert_eq!(rows["refund_homes"][0], refunds.to_string(), "{text}");
+    for table in ["audit_log", "event_ids", "by_created", "by_status", "checkpoints", "counts"] {
+        assert!(rows[table][0].parse::<u64>().unwrap() > 0, "{table}: {text}");
+    }
+    // "all tables" is two words: its rows and MiB come after them.
+    let total: f64 =
+        text.lines().find(|l| l.starts_with("all tables")).unwrap().split_whitespace().nth(3).unwrap().parse().unwrap();
+    let file: f64 = rows["file"][0].parse().unwrap();
+    assert!(total > 0.0 && total <= file, "{text}");
+
+    // `compact` cuts the free space and keeps every refund and trail.
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let before = (size(&db), export(&db));
+    let output = run_ok(&["compact", "--db", db.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("compacted"), "{output:?}");
+    assert!(size(&db) < before.0, "{} -> {}", before.0, size(&db));
+    assert_eq!(export(&db), before.1);
+    replay(&events, &db, None);
+    assert_eq!(export(&db), before.1, "a compacted store takes more of the same input as before");
+}

@@ -8,6 +8,7 @@
 //! events_duplicate + events_conflicting_duplicate + events_invalid` equals
 //! the number of messages produced, whatever crashed or restarted meanwhile.
 
+mod freshness;
 #[path = "../blackbox/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
@@ -877,4 +878,69 @@ fn sigterm_mid_ingest_exits_cleanly_within_ten_seconds_and_a_restart_applies_not
     assert_eq!(recorded(&status), before);
     assert!(runner.terminate().0.success());
     assert_eq!(export(&db), scenario.replay_export());
+}
+
+/// The status of `GET /v1/refunds?limit=1` on `runner` with `authorization`.
+fn refunds_status(runner: &Runner, authorization: &str) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let response =
+        agent.get(format!("{}/v1/refunds?limit=1", runner.base)).header("Authorization", authorization).call();
+    response.unwrap_or_else(|e| panic!("GET failed: {e}\n{}", runner.log_tail())).status().as_u16()
+}
+
+#[test]
+fn a_key_revoked_in_the_file_is_refused_within_seconds_while_run_keeps_consuming() {
+    let (_guard, bootstrap) = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let reader = "[[keys]]\nid = \"reader\"\nsecret = \"secret-reader\"\ntenant = \"*\"\nscopes = [\"refunds:read\"]\n";
+    std::fs::write(&keys, format!("{KEYS}\n{reader}")).unwrap();
+    let topic = unique_topic("revoke");
+    create_topics(&bootstrap, &topic, 2);
+    let (first, second) = (dir.path().join("first.ndjson"), dir.path().join("second.ndjson"));
+    generate(&first, 1_500, 31, None);
+    generate(&second, 1_500, 32, None);
+    let first_messages = produce_file(&bootstrap, &topic, &first);
+    let db = dir.path().join("store.redb");
+    let instance = Instance {
+        bootstrap: &bootstrap,
+        topic: &topic,
+        group: "g-revoke",
+        db: &db,
+        keys: &keys,
+        extra: vec![],
+        env: vec![],
+    };
+    let mut runner = Runner::start(&instance);
+    let before = runner.wait_caught_up(first_messages, Duration::from_secs(120));
+    assert_eq!(refunds_status(&runner, "Api-Key secret-reader"), 200);
+
+    // Revoke "reader" while events keep arriving.
+    let producing = {
+        let (bootstrap, topic, second) = (bootstrap.clone(), topic.clone(), second.clone());
+        std::thread::spawn(move || produce_file(&bootstrap, &topic, &second))
+    };
+    std::fs::write(&keys, KEYS).unwrap();
+    let revoked = Instant::now();
+    while refunds_status(&runner, "Api-Key secret-reader") != 401 {
+        assert!(revoked.elapsed() < Duration::from_secs(5), "the revoked key still works:\n{}", runner.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("revoked within {:?}", revoked.elapsed());
+    let second_messages = producing.join().unwrap();
+    let at_revocation = runner.wait_caught_up(first_messages + second_messages, Duration::from_secs(120));
+    assert!(at_revocation["events_applied"].as_u64().unwrap() > before["events_applied"].as_u64().unwrap());
+    // And the consumer goes on after the reload.
+    let third = dir.path().join("third.ndjson");
+    generate(&third, 500, 33, None);
+    let third_messages = produce_file(&bootstrap, &topic, &third);
+    let after = runner.wait_caught_up(first_messages + second_messages + third_messages, Duration::from_secs(120));
+    assert!(
+        after["events_applied"].as_u64().unwrap() > at_revocation["events_applied"].as_u64().unwrap(),
+        "events are applied after the reload: {at_revocation} -> {after}"
+    );
+    assert_eq!(refunds_status(&runner, "Api-Key secret-reader"), 401);
+    assert_eq!(after["auth"]["keys"], 1, "{after}");
+    assert!(runner.log_tail().contains("API keys reloaded"), "{}", runner.log_tail());
+    assert!(runner.terminate().0.success());
 }

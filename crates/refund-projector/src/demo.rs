@@ -21,7 +21,6 @@ use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, Producer};
-use refunds_api::Auth;
 use refunds_generate::{GenerateParams, generate};
 use refunds_ingest::kafka_source::{GapPolicy, IngestStatus, KafkaParams, Shutdown};
 
@@ -39,7 +38,9 @@ pub struct DemoParams {
     pub refunds: u64,
     pub seed: u64,
     pub partitions: i32,
-    pub jwt_secret: Option<String>,
+    /// Keys accepted besides the demo key (reloaded like `run`'s).
+    pub api_keys: Option<PathBuf>,
+    pub jwt: crate::credentials::JwtArgs,
 }
 
 pub fn run_demo(params: DemoParams) -> anyhow::Result<()> {
@@ -61,7 +62,7 @@ pub fn run_demo(params: DemoParams) -> anyhow::Result<()> {
     };
     let secret = demo_secret()?;
     let keys = format!("[[keys]]\nid = \"demo\"\nsecret = \"{secret}\"\ntenant = \"*\"\nscopes = [\"admin\"]\n");
-    let auth = Auth::from_toml(&keys, params.jwt_secret.as_deref()).map_err(|e| anyhow::anyhow!("demo key: {e}"))?;
+    let (auth, watch) = params.jwt.credentials(params.api_keys.as_deref(), Some(keys))?.split();
 
     let mut kafka = KafkaParams::new(&brokers, topic, "refund-projector-demo");
     kafka.options.push(("fetch.wait.max.ms".to_owned(), "10".to_owned()));
@@ -76,8 +77,10 @@ pub fn run_demo(params: DemoParams) -> anyhow::Result<()> {
         db: &db,
         listen: &params.listen,
         auth,
+        watch,
         kafka,
         ready_max_lag: 1_000,
+        max_waiting_requests: refunds_api::DEFAULT_MAX_WAITING,
         stall_after: Some(Duration::from_millis(crate::DEFAULT_STALL_AFTER_MS)),
     };
 

@@ -2,6 +2,7 @@
 //! for the library crates and reports errors once, here.
 
 mod config;
+mod credentials;
 mod demo;
 mod produce;
 mod rebuild;
@@ -95,6 +96,11 @@ struct KafkaArgs {
     /// `/readyz` answers 503 with the reason.
     #[arg(long, env = "REFUND_PROJECTOR_ACCEPT_HISTORY_GAP", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     accept_history_gap: bool,
+    /// Most requests that may wait at once for a `min_position` the store
+    /// has not reached; one more is answered 503 `not_caught_up` at once.
+    /// A waiting request costs its connection (about 20 KiB) and no thread.
+    #[arg(long, default_value_t = refunds_api::DEFAULT_MAX_WAITING, env = "REFUND_PROJECTOR_MAX_WAITING_REQUESTS")]
+    max_waiting_requests: usize,
 }
 
 impl KafkaArgs {
@@ -118,12 +124,13 @@ struct ApiArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:8080", env = "REFUND_PROJECTOR_LISTEN")]
     listen: String,
-    /// TOML file of API keys (`[[keys]]` with id, secret_sha256 or secret, tenant, scopes).
+    /// TOML file of API keys (`[[keys]]` with id, secret_sha256 or secret,
+    /// tenant, scopes). Read again on SIGHUP and when it changes on disk; a
+    /// file that no longer parses keeps the keys in use.
     #[arg(long, env = "REFUND_PROJECTOR_API_KEYS")]
     api_keys: PathBuf,
-    /// Secret that HS256 JWTs are signed with; without it JWTs are refused.
-    #[arg(long, env = "REFUND_PROJECTOR_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: Option<String>,
+    #[command(flatten)]
+    jwt: credentials::JwtArgs,
 }
 
 /// Where `rebuild` and `verify` read the events: a file, or a topic from its
@@ -211,9 +218,12 @@ enum Command {
         /// Partitions of the demo topic.
         #[arg(long, default_value_t = 3, env = "REFUND_PROJECTOR_PARTITIONS")]
         partitions: i32,
-        /// Secret that HS256 JWTs are signed with; without it JWTs are refused.
-        #[arg(long, env = "REFUND_PROJECTOR_JWT_SECRET", hide_env_values = true)]
-        jwt_secret: Option<String>,
+        /// TOML file of API keys accepted besides the demo key, read again
+        /// on SIGHUP and when it changes on disk.
+        #[arg(long, env = "REFUND_PROJECTOR_API_KEYS")]
+        api_keys: Option<PathBuf>,
+        #[command(flatten)]
+        jwt: credentials::JwtArgs,
     },
     /// Consume a Kafka topic into the store and serve the API.
     ///
@@ -291,6 +301,21 @@ enum Command {
         #[arg(long, env = "REFUND_PROJECTOR_DB")]
         db: PathBuf,
     },
+    /// Print every table of a store with its rows and size, largest first:
+    /// where the store's bytes go.
+    Tables {
+        /// The store file.
+        #[arg(long, env = "REFUND_PROJECTOR_DB")]
+        db: PathBuf,
+    },
+    /// Shrink a store file to its tables: move pages to the front and cut
+    /// the free space behind them. Needs the store to itself (stop `run` or
+    /// `serve` first).
+    Compact {
+        /// The store file.
+        #[arg(long, env = "REFUND_PROJECTOR_DB")]
+        db: PathBuf,
+    },
     /// Serve the HTTP API over an existing store (no consumer).
     ///
     /// Prints `listening on http://ADDR` on stderr once it accepts requests;
@@ -346,7 +371,20 @@ enum Command {
         /// Probability that an invalid line follows an event.
         #[arg(long, default_value_t = 0.0, env = "REFUND_PROJECTOR_INVALID_RATE")]
         invalid_rate: f64,
+        /// How the events of refunds interleave: `realistic` (a busy
+        /// platform's webhooks: a refund a second, outcomes minutes to days
+        /// later, 3% delivered again hours later) or `ordered` (refunds spread
+        /// over two years, few in flight at once).
+        #[arg(long, value_enum, default_value_t = ArrivalArg::Realistic, env = "REFUND_PROJECTOR_ARRIVAL")]
+        arrival: ArrivalArg,
     },
+}
+
+/// `generate --arrival`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ArrivalArg {
+    Realistic,
+    Ordered,
 }
 
 /// mimalloc instead of glibc's malloc: the apply path allocates and frees
@@ -380,20 +418,22 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Demo { db, listen, rate, refunds, seed, partitions, jwt_secret } => {
-            demo::run_demo(demo::DemoParams { db, listen, rate, refunds, seed, partitions, jwt_secret })
+        Command::Demo { db, listen, rate, refunds, seed, partitions, api_keys, jwt } => {
+            demo::run_demo(demo::DemoParams { db, listen, rate, refunds, seed, partitions, api_keys, jwt })
         }
         Command::Run { kafka, db, api } => {
-            let auth = refunds_api::Auth::load(&api.api_keys, api.jwt_secret.as_deref())?;
+            let (auth, watch) = api.jwt.credentials(Some(&api.api_keys), None)?.split();
             let params = kafka.params();
             params.check_options()?;
             let service = service::ServiceParams {
                 db: &db,
                 listen: &api.listen,
                 auth,
+                watch,
                 kafka: params,
                 ready_max_lag: kafka.ready_max_lag,
                 stall_after: stall_after(kafka.stall_after_ms),
+                max_waiting_requests: kafka.max_waiting_requests,
             };
             service::run_service(service, |_| {})
         }
@@ -412,7 +452,23 @@ fn run(command: Command) -> anyhow::Result<()> {
             out.flush().context("failed to write the export")?;
             Ok(())
         }
-        Command::Serve { db, api } => run_serve(&db, &api.listen, &api.api_keys, api.jwt_secret.as_deref()),
+        Command::Tables { db } => print_table_sizes(&db),
+        Command::Compact { db } => {
+            anyhow::ensure!(db.exists(), "the store {} does not exist", db.display());
+            let mut store = open_store(&db)?;
+            let started = std::time::Instant::now();
+            let (before, after) = store.compact(&db).context("failed to compact the store")?;
+            let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
+            eprintln!(
+                "compacted {} from {:.1} MiB to {:.1} MiB in {:.1?}",
+                db.display(),
+                mib(before),
+                mib(after),
+                started.elapsed()
+            );
+            Ok(())
+        }
+        Command::Serve { db, api } => run_serve(&db, &api),
         Command::Produce { brokers, topic, input, create_partitions, kafka_options } => {
             let params = produce::ProduceParams {
                 brokers: &brokers,
@@ -421,8 +477,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                 create_partitions,
                 options: &kafka_options,
             };
-            let count = produce::produce(&params)?;
-            eprintln!("produced {count} messages to {topic}");
+            let produced = produce::produce(&params)?;
+            eprintln!("produced {} messages to {topic}", produced.count);
+            // Alone on stdout, for a script's `min_position`.
+            println!("{}", produced.position);
             Ok(())
         }
         Command::Probe { url } => produce::probe(&url),
@@ -440,10 +498,15 @@ fn run(command: Command) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Generate { refunds, seed, dup_rate, shuffle_window, invalid_rate } => {
+        Command::Generate { refunds, seed, dup_rate, shuffle_window, invalid_rate, arrival } => {
             anyhow::ensure!((0.0..=1.0).contains(&dup_rate), "--dup-rate must be between 0 and 1");
             anyhow::ensure!((0.0..=1.0).contains(&invalid_rate), "--invalid-rate must be between 0 and 1");
-            let params = refunds_generate::GenerateParams { refunds, seed, dup_rate, shuffle_window, invalid_rate };
+            let arrival = match arrival {
+                ArrivalArg::Realistic => refunds_generate::Arrival::Realistic,
+                ArrivalArg::Ordered => refunds_generate::Arrival::Ordered,
+            };
+            let params =
+                refunds_generate::GenerateParams { refunds, seed, dup_rate, shuffle_window, invalid_rate, arrival };
             let stdout = io::stdout();
             let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
             refunds_generate::generate(&params, &mut out).context("failed to write events")?;
@@ -453,8 +516,9 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn run_serve(db: &Path, listen: &str, api_keys: &Path, jwt_secret: Option<&str>) -> anyhow::Result<()> {
-    let auth = refunds_api::Auth::load(api_keys, jwt_secret)?;
+fn run_serve(db: &Path, api: &ApiArgs) -> anyhow::Result<()> {
+    let listen = api.listen.as_str();
+    let (auth, watch) = api.jwt.credentials(Some(&api.api_keys), None)?.split();
     anyhow::ensure!(db.exists(), "the store {} does not exist; create it with replay or run", db.display());
     let store = open_store(db)?;
     let mut state = refunds_api::AppState::new(std::sync::Arc::new(store), std::sync::Arc::new(auth), db);
@@ -478,6 +542,7 @@ fn run_serve(db: &Path, listen: &str, api_keys: &Path, jwt_secret: Option<&str>)
     }
     let slot = state.store.clone();
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    watch.start(&state.auth, &runtime)?;
     let served = runtime.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("failed to listen on {listen}"))?;
@@ -492,6 +557,31 @@ fn run_serve(db: &Path, listen: &str, api_keys: &Path, jwt_secret: Option<&str>)
     runtime.shutdown_timeout(Duration::from_secs(1));
     service::close_store(&slot);
     served
+}
+
+fn print_table_sizes(db: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(db.exists(), "the store {} does not exist", db.display());
+    let store = open_store(db)?;
+    let sizes = store.table_sizes().context("failed to read the tables")?;
+    let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
+    println!("{:<24} {:>12} {:>10} {:>10} {:>10} {:>10}", "table", "rows", "MiB", "stored", "metadata", "unused");
+    let (mut pages, mut rows) = (0, 0);
+    for size in &sizes {
+        pages += size.pages;
+        rows += size.rows;
+        println!(
+            "{:<24} {:>12} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            size.name,
+            size.rows,
+            mib(size.pages * 4096),
+            mib(size.stored_bytes),
+            mib(size.metadata_bytes),
+            mib(size.fragmented_bytes)
+        );
+    }
+    println!("{:<24} {:>12} {:>10.1}", "all tables", rows, mib(pages * 4096));
+    println!("{:<24} {:>12} {:>10.1}", "file", "", mib(Store::file_bytes(db)));
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -11,8 +11,9 @@ use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Message};
 
 pub struct ProduceParams<'a> {
     pub brokers: &'a str,
@@ -24,8 +25,43 @@ pub struct ProduceParams<'a> {
     pub options: &'a [(String, String)],
 }
 
-/// Returns the number of messages produced (blank lines are skipped).
-pub fn produce(params: &ProduceParams<'_>) -> anyhow::Result<u64> {
+/// What `produce` wrote: the number of messages (blank lines are skipped)
+/// and their position, as `min_position` takes it: per partition written,
+/// the highest offset the broker acknowledged.
+pub struct Produced {
+    pub count: u64,
+    pub position: refunds_store::Positions,
+}
+
+/// Records each acknowledged message's offset, and counts the failures.
+#[derive(Default)]
+struct Acknowledged {
+    offsets: std::sync::Mutex<std::collections::BTreeMap<(String, i32), i64>>,
+    failed: std::sync::atomic::AtomicU64,
+    first_error: std::sync::OnceLock<String>,
+}
+
+impl ClientContext for Acknowledged {}
+
+impl ProducerContext for Acknowledged {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(message) => {
+                let mut offsets = self.offsets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let slot = offsets.entry((message.topic().to_owned(), message.partition())).or_insert(-1);
+                *slot = (*slot).max(message.offset());
+            }
+            Err((error, _)) => {
+                self.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = self.first_error.set(error.to_string());
+            }
+        }
+    }
+}
+
+pub fn produce(params: &ProduceParams<'_>) -> anyhow::Result<Produced> {
     if let Some(partitions) = params.create_partitions {
         create_topics(params, partitions)?;
     }
@@ -38,7 +74,8 @@ pub fn produce(params: &ProduceParams<'_>) -> anyhow::Result<u64> {
     for (key, value) in params.options {
         config.set(key, value);
     }
-    let producer: BaseProducer = config.create().context("failed to create the producer")?;
+    let producer: BaseProducer<Acknowledged> =
+        config.create_with_context(Acknowledged::default()).context("failed to create the producer")?;
     let reader: Box<dyn Read> = if params.input.as_os_str() == "-" {
         Box::new(io::stdin())
     } else {
@@ -62,13 +99,24 @@ pub fn produce(params: &ProduceParams<'_>) -> anyhow::Result<u64> {
         count += 1;
     }
     producer.flush(Duration::from_secs(60)).context("not every message was acknowledged")?;
-    Ok(count)
+    let acknowledged = producer.context();
+    let failed = acknowledged.failed.load(std::sync::atomic::Ordering::Relaxed);
+    if failed > 0 {
+        let error = acknowledged.first_error.get().map_or("", String::as_str);
+        anyhow::bail!("{failed} of {count} messages were not delivered (first error: {error})");
+    }
+    let offsets = std::mem::take(&mut *acknowledged.offsets.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    Ok(Produced { count, position: refunds_store::Positions::new(offsets) })
 }
 
 /// Produces one event line keyed by its refund id (unkeyed when the line has
 /// none), waiting while the producer's queue is full; serves delivery
 /// callbacks on the way. `produce` and the demo producer share it.
-pub fn send_line(producer: &BaseProducer, topic: &str, line: &[u8]) -> Result<(), rdkafka::error::KafkaError> {
+pub fn send_line<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &BaseProducer<C>,
+    topic: &str,
+    line: &[u8],
+) -> Result<(), rdkafka::error::KafkaError> {
     let key = serde_json::from_slice::<serde_json::Value>(line)
         .ok()
         .and_then(|v| v.pointer("/refund/id").and_then(|id| id.as_str()).map(str::to_owned));

@@ -19,6 +19,10 @@ struct Probe {
 }
 
 impl IngestProbe for Probe {
+    fn topic(&self) -> Option<String> {
+        Some(self.status.topic())
+    }
+
     fn partitions(&self) -> Vec<PartitionLag> {
         self.status
             .partitions()
@@ -71,11 +75,15 @@ pub struct ServiceParams<'a> {
     pub db: &'a Path,
     pub listen: &'a str,
     pub auth: Auth,
+    /// What keeps `auth` current (keys file, JWKS, SIGHUP).
+    pub watch: crate::credentials::Watch,
     pub kafka: KafkaParams,
     pub ready_max_lag: i64,
     /// A consumer with events waiting that applies nothing for this long is
     /// stalled (`None`: never).
     pub stall_after: Option<Duration>,
+    /// Most requests waiting for a `min_position` at once.
+    pub max_waiting_requests: usize,
 }
 
 /// What a caller of [`run_service`] may do once the API listens (the demo
@@ -102,8 +110,10 @@ pub fn run_service(params: ServiceParams<'_>, on_started: impl FnOnce(Started<'_
         stall_after: params.stall_after,
     }));
     state.metrics = crate::telemetry::metrics_renderer();
+    state.waiters = Arc::new(refunds_api::Waiters::new(params.max_waiting_requests));
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    params.watch.start(&state.auth, &runtime)?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(params.listen))
         .with_context(|| format!("failed to listen on {}", params.listen))?;

@@ -122,4 +122,28 @@ fn describe_metrics() {
         Unit::Seconds,
         "HTTP request latency, by route template."
     );
+    // Credentials (refunds_api::auth): the keys file and the JWKS.
+    describe_gauge!("refund_projector_api_keys", Unit::Count, "API keys accepted now.");
+    describe_gauge!(
+        "refund_projector_api_keys_reload_failed",
+        "1 while the API keys file on disk cannot be used (the previous keys stay in use), else 0."
+    );
+    describe_counter!(
+        "refund_projector_api_keys_reload_errors_total",
+        Unit::Count,
+        "Reloads of the API keys file that failed (unreadable or invalid)."
+    );
+    describe_gauge!(
+        "refund_projector_api_keys_loaded_timestamp_seconds",
+        Unit::Seconds,
+        "When the API keys in use were read (UNIX seconds)."
+    );
+    describe_counter!("refund_projector_jwks_fetches_total", Unit::Count, "JWKS fetches, by outcome (ok, error).");
+    describe_gauge!("refund_projector_jwks_refresh_failed", "1 while the last JWKS fetch failed, else 0.");
+    describe_gauge!("refund_projector_jwks_keys", Unit::Count, "JWKS keys in use (RS256 and ES256).");
+    describe_gauge!(
+        "refund_projector_jwks_refreshed_timestamp_seconds",
+        Unit::Seconds,
+        "When the JWKS keys in use were fetched (UNIX seconds)."
+    );
 }

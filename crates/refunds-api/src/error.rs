@@ -10,14 +10,37 @@ use serde_json::json;
 /// serve; the router adds its `Allow` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
-    InvalidParameter { param: String, message: String },
-    UnknownParameter { param: String },
-    InvalidCursor { param: String, message: String },
-    Unauthorized { message: String },
-    Forbidden { message: String, param: Option<String> },
-    NotFound { message: String },
-    MethodNotAllowed { method: String },
-    Unavailable { message: String },
+    InvalidParameter {
+        param: String,
+        message: String,
+    },
+    UnknownParameter {
+        param: String,
+    },
+    InvalidCursor {
+        param: String,
+        message: String,
+    },
+    Unauthorized {
+        message: String,
+    },
+    Forbidden {
+        message: String,
+        param: Option<String>,
+    },
+    NotFound {
+        message: String,
+    },
+    MethodNotAllowed {
+        method: String,
+    },
+    Unavailable {
+        message: String,
+    },
+    /// `min_position` not reached in time; answered with `Retry-After`.
+    NotCaughtUp {
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -46,7 +69,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::NotCaughtUp { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -60,6 +83,7 @@ impl ApiError {
             ApiError::NotFound { .. } => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unavailable { .. } => "unavailable",
+            ApiError::NotCaughtUp { .. } => "not_caught_up",
         }
     }
 
@@ -73,9 +97,10 @@ impl ApiError {
             ApiError::MethodNotAllowed { method } => {
                 (format!("method {method} is not allowed on this route; the Allow header lists those it serves"), None)
             }
-            ApiError::Unauthorized { message } | ApiError::NotFound { message } | ApiError::Unavailable { message } => {
-                (message.clone(), None)
-            }
+            ApiError::Unauthorized { message }
+            | ApiError::NotFound { message }
+            | ApiError::Unavailable { message }
+            | ApiError::NotCaughtUp { message } => (message.clone(), None),
         }
     }
 }
@@ -88,11 +113,17 @@ impl IntoResponse for ApiError {
             error["param"] = json!(param);
         }
         let mut response = (self.status(), axum::Json(json!({ "error": error }))).into_response();
-        if let ApiError::Unauthorized { .. } = self {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"refund-projector\", Basic realm=\"refund-projector\""),
-            );
+        match self {
+            ApiError::Unauthorized { .. } => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"refund-projector\", Basic realm=\"refund-projector\""),
+                );
+            }
+            ApiError::NotCaughtUp { .. } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         response
     }

@@ -8,6 +8,7 @@
 
 mod auth;
 mod error;
+mod freshness;
 mod list;
 mod params;
 mod routes;
@@ -16,8 +17,9 @@ mod time_param;
 
 use std::sync::Arc;
 
-pub use auth::{Auth, AuthConfigError, Caller};
+pub use auth::{Auth, AuthConfigError, AuthParams, Caller, JwksSource, Refresh};
 pub use error::ApiError;
+pub use freshness::{DEFAULT_MAX_WAITING, Waiters, parse_position};
 use refunds_store::Store;
 pub use routes::router;
 
@@ -59,6 +61,8 @@ pub struct AppState {
     pub ingest: Option<Arc<dyn IngestProbe>>,
     /// Renders `/metrics`; without it `/metrics` is an empty exposition.
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Requests waiting for a `min_position`, and how many may.
+    pub waiters: Arc<Waiters>,
 }
 
 impl AppState {
@@ -70,6 +74,7 @@ impl AppState {
             db_path: Arc::from(db_path),
             ingest: None,
             metrics: None,
+            waiters: Arc::new(Waiters::default()),
         }
     }
 }
@@ -98,6 +103,11 @@ pub struct HeldGap {
 
 /// What the API asks of the consumer feeding the store.
 pub trait IngestProbe: Send + Sync {
+    /// The topic consumed: `min_position` may name it before anything of it
+    /// is applied.
+    fn topic(&self) -> Option<String> {
+        None
+    }
     /// The partitions assigned to this instance.
     fn partitions(&self) -> Vec<PartitionLag>;
     /// Why the instance is not ready to serve, or `None` when it is.

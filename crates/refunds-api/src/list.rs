@@ -327,11 +327,10 @@ fn decode_cursor(key: &[u8; 32], cursor: &str, fingerprint: &str) -> Result<Star
 }
 
 /// Runs the request on one read snapshot and renders the response body.
-pub fn execute(store: &Store, request: &ListRequest) -> Result<String, ApiError> {
+pub fn execute(store: &Store, txn: &refunds_store::ReadTransaction, request: &ListRequest) -> Result<String, ApiError> {
     let unavailable = |e: refunds_store::StoreError| store_unavailable(&e);
-    let txn = store.read().map_err(unavailable)?;
     let tenant_nos: Vec<TenantNo> = request.tenants.iter().map(|(_, n)| *n).collect();
-    let count = count_in(&txn, &tenant_nos, &request.filter).map_err(unavailable)?;
+    let count = count_in(txn, &tenant_nos, &request.filter).map_err(unavailable)?;
     let (forward, backward) = match request.descending {
         true => (Direction::Descending, Direction::Ascending),
         false => (Direction::Ascending, Direction::Descending),
@@ -346,7 +345,7 @@ pub fn execute(store: &Store, request: &ListRequest) -> Result<String, ApiError>
             skip,
             take,
         };
-        page_in(&txn, &request).map_err(unavailable)
+        page_in(txn, &request).map_err(unavailable)
     };
     let limit = request.limit;
     // Keyset links: the previous side lies before the page's first refund,

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use refunds_domain::RefundState;
-use refunds_store::{AuditEntry, Store, source_json};
+use refunds_store::{AuditEntry, ReadTransaction, Store, source_json};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/export", get(admin_export))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::freshness::freshness))
         .layer(axum::middleware::from_fn(observe))
         .with_state(state)
 }
@@ -201,16 +202,13 @@ impl std::io::Write for ChunkWriter {
     }
 }
 
-/// Freshness of what a list shows: the arrival time of the newest applied
-/// event, and (with a consumer) the events not yet applied.
-pub(crate) fn freshness_headers(state: &AppState, last_applied_at: Option<refunds_domain::Timestamp>) -> HeaderMap {
+/// The headers of a response read from one snapshot: its content type, the
+/// snapshot's position and newest arrival, and (with a consumer) the events
+/// not yet applied.
+pub(crate) fn snapshot_headers<T>(state: &AppState, snapshot: &Snapshot<T>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-    if let Some(at) = last_applied_at
-        && let Ok(value) = header::HeaderValue::from_str(&at.to_string())
-    {
-        headers.insert("x-last-applied-at", value);
-    }
+    crate::freshness::set_headers(&mut headers, &snapshot.positions, snapshot.last_applied_at);
     if let Some(lag) = state.ingest.as_ref().and_then(|ingest| ingest.total_lag()) {
         headers.insert("x-consumer-lag", header::HeaderValue::from(lag));
     }
@@ -243,23 +241,38 @@ fn authenticate_admin(state: &AppState, headers: &HeaderMap, query: Option<&str>
 }
 
 /// The store, or 503 while it is being reopened.
-fn current_store(state: &AppState) -> Result<std::sync::Arc<Store>, ApiError> {
+pub(crate) fn current_store(state: &AppState) -> Result<std::sync::Arc<Store>, ApiError> {
     state.store.get().ok_or_else(|| ApiError::Unavailable { message: "the store is being reopened".to_owned() })
+}
+
+/// What a handler read from one snapshot, with that snapshot's freshness.
+pub(crate) struct Snapshot<T> {
+    pub(crate) value: T,
+    positions: std::sync::Arc<refunds_store::Positions>,
+    last_applied_at: Option<refunds_domain::Timestamp>,
 }
 
 /// Store reads running on an async worker right now.
 static INLINE_READS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Runs a store read: on this async worker while no other read runs on one
+/// Runs a store read in one snapshot, and reads that snapshot's position
+/// and newest arrival: on this async worker while no other read runs on one
 /// (most reads take well under a millisecond, and handing them to another
 /// thread cost a fifth of the server's time), else on the blocking pool, so
 /// that a slow read never holds every worker.
 pub(crate) async fn read<T: Send + 'static>(
     state: &AppState,
-    f: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
+    f: impl FnOnce(&Store, &ReadTransaction) -> Result<T, ApiError> + Send + 'static,
+) -> Result<Snapshot<T>, ApiError> {
     use std::sync::atomic::Ordering;
     let store = current_store(state)?;
+    let in_snapshot = move |store: &Store| -> Result<Snapshot<T>, ApiError> {
+        let txn = store.read().map_err(|e| store_unavailable(&e))?;
+        let value = f(store, &txn)?;
+        let positions = refunds_store::positions_in(&txn).map_err(|e| store_unavailable(&e))?;
+        let last_applied_at = refunds_store::last_applied_at_in(&txn).map_err(|e| store_unavailable(&e))?;
+        Ok(Snapshot { value, positions: std::sync::Arc::new(positions), last_applied_at })
+    };
     if INLINE_READS.fetch_add(1, Ordering::AcqRel) == 0 {
         struct Leave;
         impl Drop for Leave {
@@ -269,23 +282,29 @@ pub(crate) async fn read<T: Send + 'static>(
         }
         let _leave = Leave;
         // A panic answers 503, as it does from the blocking pool.
-        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&store)))
+        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| in_snapshot(&store)))
             .unwrap_or_else(|_| Err(store_unavailable(&"a store read panicked")));
     }
     INLINE_READS.fetch_sub(1, Ordering::AcqRel);
-    tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| store_unavailable(&e))?
+    tokio::task::spawn_blocking(move || in_snapshot(&store)).await.map_err(|e| store_unavailable(&e))?
 }
 
 /// The tenant a single-refund request is about: the requested tenant, or for
 /// a `"*"` caller naming none, the only tenant holding that id. Never reveals
 /// another tenant's refund.
-fn resolve_tenant(store: &Store, caller: &Caller, params: &Params, refund_id: &str) -> Result<String, ApiError> {
+fn resolve_tenant(
+    store: &Store,
+    txn: &ReadTransaction,
+    caller: &Caller,
+    params: &Params,
+    refund_id: &str,
+) -> Result<String, ApiError> {
     if let Some(tenant) = caller.requested_tenant(params)? {
         return Ok(tenant);
     }
     let mut holders = Vec::new();
     for (tenant, _) in store.tenants() {
-        if store.get_refund(&tenant, refund_id).map_err(|e| store_unavailable(&e))?.is_some() {
+        if store.get_refund_in(txn, &tenant, refund_id).map_err(|e| store_unavailable(&e))?.is_some() {
             holders.push(tenant);
         }
     }
@@ -296,10 +315,16 @@ fn resolve_tenant(store: &Store, caller: &Caller, params: &Params, refund_id: &s
     }
 }
 
-fn find_refund(store: &Store, caller: &Caller, params: &Params, id: &str) -> Result<RefundState, ApiError> {
-    let tenant = resolve_tenant(store, caller, params, id)?;
+fn find_refund(
+    store: &Store,
+    txn: &ReadTransaction,
+    caller: &Caller,
+    params: &Params,
+    id: &str,
+) -> Result<RefundState, ApiError> {
+    let tenant = resolve_tenant(store, txn, caller, params, id)?;
     store
-        .get_refund(&tenant, id)
+        .get_refund_in(txn, &tenant, id)
         .map_err(|e| store_unavailable(&e))?
         .ok_or_else(|| ApiError::not_found(format!("no refund {id}")))
 }
@@ -311,13 +336,12 @@ async fn list_refunds(
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers)?;
     let params = Params::parse(query.as_deref(), crate::list::KNOWN)?;
-    let (body, last_applied_at) = read(&state, move |store| {
+    let snapshot = read(&state, move |store, txn| {
         let request = crate::list::parse(store, &caller, &params, params.pairs())?;
-        let body = crate::list::execute(store, &request)?;
-        Ok((body, store.last_applied_at()))
+        crate::list::execute(store, txn, &request)
     })
     .await?;
-    Ok((freshness_headers(&state, last_applied_at), body).into_response())
+    Ok((snapshot_headers(&state, &snapshot), snapshot.value).into_response())
 }
 
 /// What both single-refund routes start with: the caller, the parameters
@@ -341,12 +365,12 @@ async fn get_refund(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (caller, params, id) = single_refund_request(&state, id, query.as_deref(), &headers)?;
-    let body = read(&state, move |store| {
-        let refund = find_refund(store, &caller, &params, &id)?;
+    let snapshot = read(&state, move |store, txn| {
+        let refund = find_refund(store, txn, &caller, &params, &id)?;
         Ok(refunds_domain::render_refund(&refund))
     })
     .await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok((snapshot_headers(&state, &snapshot), snapshot.value).into_response())
 }
 
 async fn get_refund_events(
@@ -356,14 +380,14 @@ async fn get_refund_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (caller, params, id) = single_refund_request(&state, id, query.as_deref(), &headers)?;
-    let body = read(&state, move |store| {
-        let refund = find_refund(store, &caller, &params, &id)?;
-        let trail = store.audit_trail(&refund.tenant_id, &refund.id).map_err(|e| store_unavailable(&e))?;
+    let snapshot = read(&state, move |store, txn| {
+        let refund = find_refund(store, txn, &caller, &params, &id)?;
+        let trail = store.audit_trail_in(txn, &refund.tenant_id, &refund.id).map_err(|e| store_unavailable(&e))?;
         let results: Vec<Value> = trail.iter().map(audit_json).collect();
-        Ok(json!({"object": "list", "refund_id": refund.id, "results": results}))
+        Ok(json!({"object": "list", "refund_id": refund.id, "results": results}).to_string())
     })
     .await?;
-    Ok(axum::Json(body).into_response())
+    Ok((snapshot_headers(&state, &snapshot), snapshot.value).into_response())
 }
 
 fn audit_json(entry: &AuditEntry) -> Value {
@@ -385,12 +409,14 @@ async fn status(
 ) -> Result<Response, ApiError> {
     authenticate_admin(&state, &headers, query.as_deref(), "/v1/status")?;
     let path = state.db_path.clone();
-    let (stats, accepted) = read(&state, |store| {
-        let stats = store.stats().map_err(|e| store_unavailable(&e))?;
-        let accepted = store.history_gaps().map_err(|e| store_unavailable(&e))?;
+    let snapshot = read(&state, |_, txn| {
+        let stats = Store::stats_in(txn).map_err(|e| store_unavailable(&e))?;
+        let accepted = refunds_store::history_gaps_in(txn).map_err(|e| store_unavailable(&e))?;
         Ok((stats, accepted))
     })
     .await?;
+    let (stats, accepted) = &snapshot.value;
+    let position = (!snapshot.positions.is_empty()).then(|| snapshot.positions.to_string());
     // Held gaps (not consumed, not ready) and accepted ones (recorded in
     // the store for its whole life), by topic, partition and offset.
     let mut history_gaps: Vec<(String, i32, i64, Value)> = Vec::new();
@@ -401,7 +427,7 @@ async fn status(
         });
         history_gaps.push((gap.topic, gap.partition, gap.needed, value));
     }
-    for gap in accepted {
+    for gap in accepted.iter().cloned() {
         let mut value = gap.to_json();
         value["accepted"] = json!(true);
         history_gaps.push((gap.topic, gap.partition, gap.needed, value));
@@ -425,9 +451,7 @@ async fn status(
             })
         })
         .collect();
-    Ok((
-        StatusCode::OK,
-        axum::Json(json!({
+    let body = json!({
             "events_applied": stats.events_applied,
             "events_duplicate": stats.events_duplicate,
             "events_conflicting_duplicate": stats.events_conflicting_duplicate,
@@ -439,7 +463,8 @@ async fn status(
             "partitions": partitions,
             "history_gaps": history_gaps,
             "topic_settings": topic_settings,
-        })),
-    )
-        .into_response())
+            "position": position,
+            "auth": state.auth.status_json(),
+    });
+    Ok((StatusCode::OK, snapshot_headers(&state, &snapshot), body.to_string()).into_response())
 }

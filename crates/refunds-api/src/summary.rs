@@ -22,7 +22,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, Offset, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
-use refunds_store::{CurrencyAmount, Dim, Filter, Store, Summary, SummaryRequest, TenantNo, summary_in};
+use refunds_store::{CurrencyAmount, Dim, Filter, Summary, SummaryRequest, TenantNo, summary_in};
 
 use crate::AppState;
 use crate::error::{ApiError, store_unavailable};
@@ -151,20 +151,23 @@ pub(crate) async fn summary(
     let caller = crate::routes::authenticate(&state, &headers)?;
     let params = Params::parse(query.as_deref(), KNOWN)?;
     let request = parse(&params)?;
-    let (body, last_applied_at) = crate::routes::read(&state, move |store| {
+    let snapshot = crate::routes::read(&state, move |store, txn| {
         let tenants = crate::list::tenant_scope(store, &caller, &params)?;
-        let body = execute(store, &tenants, &request)?;
-        Ok((body, store.last_applied_at()))
+        execute(txn, &tenants, &request)
     })
     .await?;
-    Ok((crate::routes::freshness_headers(&state, last_applied_at), body).into_response())
+    let headers = crate::routes::snapshot_headers(&state, &snapshot);
+    Ok((headers, snapshot.value).into_response())
 }
 
-/// Runs the summary on one read snapshot and renders the response body.
-pub fn execute(store: &Store, tenants: &[(String, TenantNo)], request: &SummaryQuery) -> Result<String, ApiError> {
-    let txn = store.read().map_err(|e| store_unavailable(&e))?;
+/// Runs the summary in the request's read snapshot and renders the body.
+pub fn execute(
+    txn: &refunds_store::ReadTransaction,
+    tenants: &[(String, TenantNo)],
+    request: &SummaryQuery,
+) -> Result<String, ApiError> {
     let tenant_nos: Vec<TenantNo> = tenants.iter().map(|(_, n)| *n).collect();
-    let summary = summarize(&txn, &tenant_nos, request)?;
+    let summary = summarize(txn, &tenant_nos, request)?;
     Ok(render(request, &summary))
 }
 
@@ -411,7 +414,7 @@ mod tests {
     use std::sync::Arc;
 
     use refunds_domain::Timestamp;
-    use refunds_store::{Batch, Durability, Item, SourcePos, StoreParams};
+    use refunds_store::{Batch, Durability, Item, SourcePos, Store, StoreParams};
     use serde_json::json;
 
     use super::*;

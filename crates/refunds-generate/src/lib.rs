@@ -10,9 +10,12 @@
 //! - [`lifecycle`]: refund `k` of `N` is planned from the main RNG stream
 //!   only: its tenant (Zipf-skewed over 40 tenants), attributes
 //!   ([`attributes`]), outcome and the timestamps of its events. Its queued
-//!   event happens at about `2024-01-01 + k * 2 years / N` (plus jitter);
-//!   later events seconds to days after. Every event is rendered to its final
-//!   line when planned ([`ndjson`]).
+//!   event happens at about `2024-01-01 + k * gap` (plus jitter), with the
+//!   gap set by the [`Arrival`] model: one second for `Realistic` (a busy
+//!   platform's traffic, so tens of thousands of refunds are in flight at
+//!   once), `2 years / N` for `Ordered`; later events seconds to days after,
+//!   and under `Realistic` some delivered again hours later. Every event is
+//!   rendered to its final line when planned ([`ndjson`]).
 //! - Planned events wait in a min-heap keyed by arrival time. Before refund `k`
 //!   is planned, every pending event that arrives before anything refund `k`
 //!   or a later refund can produce is written, so the stream comes out in
@@ -48,6 +51,34 @@ pub const DEFAULT_SHUFFLE_WINDOW: usize = 64;
 /// Default probability of an invalid line after each valid event.
 pub const DEFAULT_INVALID_RATE: f64 = 0.002;
 
+/// How a refund's events spread over time, and so how many refunds' events
+/// interleave in the stream. Both write every event in arrival order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arrival {
+    /// Webhook traffic of a busy platform: a new refund about every second,
+    /// its processing event 20 s to 40 min later, its outcome seconds to
+    /// days later, and 3% of events delivered a second time 1 min to 6 h
+    /// later (a webhook retry: the same bytes). A refund's events are
+    /// interleaved with those of tens of thousands of others, so a status
+    /// change usually lands on a refund created long before.
+    #[default]
+    Realistic,
+    /// Refunds spread evenly over two years whatever their number, the
+    /// processing event 1 s to 2 h after the queued one, no retries: few
+    /// refunds are in flight at once, so the stream is close to refund
+    /// order. Its bytes are those of the generator before `Realistic` existed.
+    Ordered,
+}
+
+impl Arrival {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arrival::Realistic => "realistic",
+            Arrival::Ordered => "ordered",
+        }
+    }
+}
+
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateParams {
@@ -61,6 +92,7 @@ pub struct GenerateParams {
     pub shuffle_window: usize,
     /// Probability, per valid event, of also writing one invalid line.
     pub invalid_rate: f64,
+    pub arrival: Arrival,
 }
 
 impl GenerateParams {
@@ -72,6 +104,7 @@ impl GenerateParams {
             dup_rate: DEFAULT_DUP_RATE,
             shuffle_window: DEFAULT_SHUFFLE_WINDOW,
             invalid_rate: DEFAULT_INVALID_RATE,
+            arrival: Arrival::default(),
         }
     }
 }
@@ -82,7 +115,7 @@ pub struct GenerateSummary {
     pub refunds: u64,
     /// Distinct valid events (each written once, plus its duplicates).
     pub valid_events: u64,
-    /// Extra copies of valid events.
+    /// Extra copies of valid events (webhook retries included).
     pub duplicates: u64,
     /// Invalid lines.
     pub invalid: u64,
@@ -113,7 +146,7 @@ fn generate_inner<W: Write>(params: &GenerateParams, out: W) -> io::Result<(Gene
             ));
         }
     }
-    let mut planner = Planner::new(params.refunds, params.seed);
+    let mut planner = Planner::new(params.refunds, params.seed, params.arrival);
     let mut emitter = Emitter::new(params, out);
     let mut heap: BinaryHeap<Pending> = BinaryHeap::new();
     let mut batch: Vec<Pending> = Vec::with_capacity(8);
@@ -160,6 +193,11 @@ impl<W: Write> Emitter<W> {
 
     fn emit_valid(&mut self, pending: &Pending, tenants: &[String]) -> io::Result<()> {
         self.sink.line(pending.line.as_bytes())?;
+        if pending.retry {
+            // A webhook delivered again: the same bytes, no noise of its own.
+            self.summary.duplicates += 1;
+            return Ok(());
+        }
         self.summary.valid_events += 1;
         if self.dup_rate > 0.0 && self.dup_rng.random_bool(self.dup_rate) {
             if self.dup_rng.random_bool(0.5) {
@@ -253,6 +291,53 @@ mod tests {
         // Denser streams keep more refunds in flight, but never all of them.
         let (_, stats) = generate_inner(&params(3_000, 1, 0.0, 0, 0.0), io::sink()).unwrap();
         assert!(stats.peak_pending < 3_000 / 20, "{stats:?}");
+    }
+
+    /// Mean number of lines between the first and the last event of a
+    /// refund: how far apart a refund's lifecycle lies in the stream.
+    fn mean_spread(bytes: &[u8]) -> f64 {
+        let mut span: HashMap<String, (usize, usize)> = HashMap::new();
+        for (i, line) in lines(bytes).iter().enumerate() {
+            let value: Value = serde_json::from_slice(line).expect("JSON");
+            let id = value["refund"]["id"].as_str().expect("an id").to_owned();
+            span.entry(id).and_modify(|(_, last)| *last = i).or_insert((i, i));
+        }
+        let spreads: Vec<usize> = span.values().map(|(first, last)| last - first).filter(|&d| d > 0).collect();
+        spreads.iter().sum::<usize>() as f64 / spreads.len() as f64
+    }
+
+    #[test]
+    fn realistic_arrival_interleaves_many_refunds_and_delivers_some_events_twice() {
+        let ordered = params(3_000, 5, 0.0, 0, 0.0);
+        let realistic = GenerateParams { arrival: Arrival::Realistic, ..ordered.clone() };
+        let (bytes, summary) = run(&realistic);
+        assert!(bytes == run(&realistic).0, "same params, same bytes");
+        let (ordered_bytes, ordered_summary) = run(&ordered);
+        // The same refunds and lifecycle shapes; only times and retries differ.
+        assert_eq!(summary.refunds, ordered_summary.refunds);
+        assert_eq!(summary.valid_events, ordered_summary.valid_events);
+        assert_eq!(ordered_summary.duplicates, 0);
+        // Retries are exact copies of an event already written.
+        let mut written: HashMap<&[u8], usize> = HashMap::new();
+        for line in lines(&bytes) {
+            validate_value(&serde_json::from_slice(line).expect("JSON")).expect("every line is valid");
+            *written.entry(line).or_default() += 1;
+        }
+        assert_eq!(written.len() as u64, summary.valid_events);
+        assert_eq!(written.values().map(|&n| n as u64 - 1).sum::<u64>(), summary.duplicates);
+        let retry_share = summary.duplicates as f64 / summary.valid_events as f64;
+        assert!((0.02..0.04).contains(&retry_share), "{retry_share}");
+        // A refund's events lie far apart: thousands of others between them.
+        let (spread, ordered_spread) = (mean_spread(&bytes), mean_spread(&ordered_bytes));
+        assert!(spread > 20.0 * ordered_spread, "realistic {spread:.1} lines, ordered {ordered_spread:.1}");
+    }
+
+    #[test]
+    fn realistic_memory_is_bounded_by_the_traffic_in_flight_not_the_stream() {
+        let params = GenerateParams { arrival: Arrival::Realistic, ..params(200_000, 2, 0.0, 0, 0.0) };
+        let (summary, stats) = generate_inner(&params, io::sink()).unwrap();
+        // About 31,000 s of mean delay at one refund a second.
+        assert!(stats.peak_pending < 100_000, "{stats:?} for {} events", summary.valid_events);
     }
 
     #[test]

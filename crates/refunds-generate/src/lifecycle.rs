@@ -6,13 +6,16 @@
 //! Mix (per refund): outcome completed 85% / failed 12% / cancelled 3%, plus
 //! 1.5% left in flight (queued or processing); processing skipped 20% (75% for
 //! cancellations); queued event lost 1%, late 2%; a second, conflicting
-//! terminal event 1%.
+//! terminal event 1%. Under [`Arrival::Realistic`], 3% of events are also
+//! delivered again later (drawn from a stream of their own, so both models
+//! plan the same refunds with the same shapes; only the times differ).
 
 use std::cmp::Ordering;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::Arrival;
 use crate::attributes::{RESOLUTIONS, Refund, TENANT_ZIPF, TENANTS, refund_attributes};
 use crate::ndjson::ObjectWriter;
 use crate::random::{log_uniform, mix64, pick, push_base62_random, push_base62_u64};
@@ -39,6 +42,14 @@ impl Kind {
     }
 }
 
+/// Mean time between two new refunds under [`Arrival::Realistic`]: about
+/// 86,000 refunds a day, so 330,000 refunds (1M events) span four days and a
+/// refund's events interleave with those of the tens of thousands created
+/// while it was in flight.
+const REALISTIC_GAP_MS: u128 = 1_000;
+/// Share of events a webhook sender delivers twice under [`Arrival::Realistic`].
+const RETRY_RATE: f64 = 0.03;
+
 /// One valid event, rendered, waiting for its arrival time.
 pub(crate) struct Pending {
     /// Arrival time (UTC ms): the order of the stream.
@@ -49,6 +60,8 @@ pub(crate) struct Pending {
     /// For invalid lines that pretend to belong to the same refund.
     pub(crate) refund_id: String,
     pub(crate) tenant: usize,
+    /// A webhook retry: a second delivery of an event planned before it.
+    pub(crate) retry: bool,
 }
 
 impl PartialEq for Pending {
@@ -90,7 +103,10 @@ struct PlannedEvent {
 /// keys and the tenants drawn from it first.
 pub(crate) struct Planner {
     rng: ChaCha8Rng,
+    /// Webhook retries, apart from `rng`.
+    retry_rng: ChaCha8Rng,
     refunds: u64,
+    arrival: Arrival,
     pub(crate) tenants: Vec<String>,
     tenant_cdf: Vec<f64>,
     refund_key: u64,
@@ -101,7 +117,7 @@ pub(crate) struct Planner {
 }
 
 impl Planner {
-    pub(crate) fn new(refunds: u64, seed: u64) -> Planner {
+    pub(crate) fn new(refunds: u64, seed: u64, arrival: Arrival) -> Planner {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut tenants: Vec<String> = Vec::with_capacity(TENANTS);
         while tenants.len() < TENANTS {
@@ -124,7 +140,9 @@ impl Planner {
             refund_key: rng.random(),
             event_key: rng.random(),
             rng,
+            retry_rng: crate::noise::noise_rng(seed, crate::noise::STREAM_RETRY),
             refunds,
+            arrival,
             tenants,
             tenant_cdf,
             prev_t0: START_MS,
@@ -136,8 +154,12 @@ impl Planner {
     /// Plans refund `k` into `batch` and returns the watermark: no event of
     /// this refund or any later one arrives before it.
     pub(crate) fn plan_refund(&mut self, k: u64, batch: &mut Vec<Pending>) -> i64 {
-        let span = u128::try_from(END_MS - START_MS).expect("positive");
         let n = u128::from(self.refunds.max(1));
+        let span = match self.arrival {
+            Arrival::Ordered => u128::try_from(END_MS - START_MS).expect("positive"),
+            Arrival::Realistic => (n * REALISTIC_GAP_MS).min(u128::try_from(END_MS - START_MS).expect("positive")),
+        };
+        let realistic = self.arrival == Arrival::Realistic;
         let step = i64::try_from(span / n).expect("fits");
         let base = START_MS + i64::try_from(u128::from(k) * span / n).expect("fits");
         let rng = &mut self.rng;
@@ -181,7 +203,8 @@ impl Planner {
         push(rng, Kind::Queued, t0);
         let mut last = t0;
         if has_processing {
-            last += log_uniform(rng, SECOND, 2 * HOUR);
+            last +=
+                if realistic { log_uniform(rng, 20 * SECOND, 40 * MINUTE) } else { log_uniform(rng, SECOND, 2 * HOUR) };
             push(rng, Kind::Processing, last);
         }
         if !stuck {
@@ -233,12 +256,27 @@ impl Planner {
                 mix64((k << 3 | event_index).wrapping_add(self.event_key)),
                 &mut line,
             );
+            let retry = &mut self.retry_rng;
+            let retry_at = (realistic && retry.random_bool(RETRY_RATE))
+                .then(|| event.arrival + log_uniform(retry, MINUTE, 6 * HOUR));
+            if let Some(at) = retry_at {
+                batch.push(Pending {
+                    key: at,
+                    seq: self.seq,
+                    line: line.clone(),
+                    refund_id: refund.id.clone(),
+                    tenant: refund.tenant,
+                    retry: true,
+                });
+                self.seq += 1;
+            }
             batch.push(Pending {
                 key: event.arrival,
                 seq: self.seq,
                 line,
                 refund_id: refund.id.clone(),
                 tenant: refund.tenant,
+                retry: false,
             });
             self.seq += 1;
         }

@@ -26,6 +26,8 @@ use crate::timestamp::{TsFormat, push_timestamp};
 pub(crate) const STREAM_DUP: u64 = 1;
 pub(crate) const STREAM_SHUFFLE: u64 = 2;
 pub(crate) const STREAM_INVALID: u64 = 3;
+/// Webhook retries of [`crate::Arrival::Realistic`].
+pub(crate) const STREAM_RETRY: u64 = 4;
 
 /// The RNG of one kind of noise: `seed` on its own ChaCha stream.
 pub(crate) fn noise_rng(seed: u64, stream: u64) -> ChaCha8Rng {

@@ -17,7 +17,7 @@ pub(crate) fn params(
     shuffle_window: usize,
     invalid_rate: f64,
 ) -> GenerateParams {
-    GenerateParams { refunds, seed, dup_rate, shuffle_window, invalid_rate }
+    GenerateParams { refunds, seed, dup_rate, shuffle_window, invalid_rate, arrival: crate::Arrival::Ordered }
 }
 
 pub(crate) fn run(params: &GenerateParams) -> (Vec<u8>, GenerateSummary) {

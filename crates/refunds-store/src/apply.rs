@@ -240,6 +240,11 @@ impl Store {
                 names.by_name.insert(name, number);
             }
         }
+        // After the names: a request woken by the new positions finds the
+        // batch's new tenants.
+        if !batch.checkpoints.is_empty() {
+            self.publish_positions()?;
+        }
         Ok(summary)
     }
 

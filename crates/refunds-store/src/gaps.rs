@@ -70,7 +70,7 @@ impl Store {
             checkpoints.insert(source, Checkpoint { position, state: Vec::new() }.encode().as_slice())?;
         }
         txn.commit()?;
-        Ok(())
+        self.publish_positions()
     }
 
     /// Every accepted gap, by topic, partition and offset.
@@ -80,7 +80,8 @@ impl Store {
     }
 }
 
-pub(crate) fn history_gaps_in(txn: &redb::ReadTransaction) -> Result<Vec<AcceptedGap>, StoreError> {
+/// [`Store::history_gaps`] of the snapshot `txn`.
+pub fn history_gaps_in(txn: &redb::ReadTransaction) -> Result<Vec<AcceptedGap>, StoreError> {
     let table = txn.open_table(tables::HISTORY_GAPS)?;
     let mut out = Vec::new();
     for row in table.iter()? {

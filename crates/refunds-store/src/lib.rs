@@ -59,6 +59,7 @@ pub mod histogram;
 mod index_jobs;
 pub mod keys;
 pub mod page;
+mod positions;
 pub mod query;
 mod read;
 mod row;
@@ -74,11 +75,12 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 pub use audit::{AuditEntry, Outcome, PackedPayload};
 pub use batch::{Batch, BatchSummary, Checkpoint, CheckpointDelta, Item, ItemKind, SourcePos};
-pub use gaps::AcceptedGap;
+pub use gaps::{AcceptedGap, history_gaps_in};
 pub use keys::TenantNo;
 pub use page::{Direction, PageRequest, SortKey, page_in};
+pub use positions::{Positions, last_applied_at_in, positions_in};
 pub use query::{Filter, count_in};
-pub use read::{DeadLetter, ExportError, StoreStats, decode_row_state, source_json};
+pub use read::{DeadLetter, ExportError, StoreStats, TableSize, decode_row_state, source_json};
 pub use redb::{Durability, ReadTransaction};
 pub use summary::{CurrencyAmount, Dim, Summary, SummaryGroup, SummaryRequest, summary_in};
 
@@ -149,6 +151,9 @@ pub struct Store {
     /// Arrival time (ms) of the newest applied event, `i64::MIN` for none:
     /// the freshness every list response reports, without a table read.
     last_applied_ms: std::sync::atomic::AtomicI64,
+    /// The Kafka positions of the last commit, for requests waiting to read
+    /// their own writes (see `positions`).
+    positions: tokio::sync::watch::Sender<std::sync::Arc<Positions>>,
 }
 
 impl Store {
@@ -224,7 +229,9 @@ impl Store {
             names: RwLock::new(Names { by_name: names, by_number: names_by_number }),
             cursor_key,
             last_applied_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+            positions: tokio::sync::watch::Sender::new(std::sync::Arc::default()),
         };
+        store.publish_positions().map_err(|e| OpenError::Storage(redb::Error::Corrupted(e.to_string())))?;
         if let Some(at) =
             store.stats().map_err(|e| OpenError::Storage(redb::Error::Corrupted(e.to_string())))?.last_applied_at
         {

@@ -77,11 +77,20 @@ impl Store {
 
     /// One refund of one tenant.
     pub fn get_refund(&self, tenant_id: &str, refund_id: &str) -> Result<Option<RefundState>, StoreError> {
+        self.get_refund_in(&self.read()?, tenant_id, refund_id)
+    }
+
+    /// [`Store::get_refund`] in the snapshot `txn`.
+    pub fn get_refund_in(
+        &self,
+        txn: &ReadTransaction,
+        tenant_id: &str,
+        refund_id: &str,
+    ) -> Result<Option<RefundState>, StoreError> {
         let Some(tenant) = self.tenant_no(tenant_id) else {
             return Ok(None);
         };
-        let txn = self.read()?;
-        get_refund_in(&txn, tenant, refund_id)
+        get_refund_in(txn, tenant, refund_id)
     }
 
     /// Writes every refund, rendered as the API does, one per line, ordered
@@ -149,13 +158,22 @@ impl Store {
 
     /// A refund's audit trail ordered by (occurred_at, event_id), then arrival.
     pub fn audit_trail(&self, tenant_id: &str, refund_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_trail_in(&self.read()?, tenant_id, refund_id)
+    }
+
+    /// [`Store::audit_trail`] in the snapshot `txn`.
+    pub fn audit_trail_in(
+        &self,
+        txn: &ReadTransaction,
+        tenant_id: &str,
+        refund_id: &str,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         let Some(tenant) = self.tenant_no(tenant_id) else {
             return Ok(Vec::new());
         };
-        let txn = self.read()?;
         let orphans = txn.open_table(tables::AUDIT_ORPHANS)?;
         let log = txn.open_table(tables::AUDIT_LOG)?;
-        let mut sequences = match row_in(&txn, tenant, refund_id)? {
+        let mut sequences = match row_in(txn, tenant, refund_id)? {
             Some(row) => {
                 let (_, seqs) = row::split(&row).ok_or_else(|| corrupt(format!("row of {refund_id}")))?;
                 row::seqs(seqs).ok_or_else(|| corrupt(format!("row of {refund_id}")))?
@@ -210,7 +228,11 @@ impl Store {
     }
 
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        let txn = self.read()?;
+        Self::stats_in(&self.read()?)
+    }
+
+    /// [`Store::stats`] of the snapshot `txn`.
+    pub fn stats_in(txn: &ReadTransaction) -> Result<StoreStats, StoreError> {
         let stats = txn.open_table(tables::STATS)?;
         let get = |name: &str| -> Result<u64, StoreError> { Ok(stats.get(name)?.map_or(0, |v| v.value())) };
         let pending = txn.open_table(tables::DEAD_LETTERS_PENDING)?;
@@ -329,5 +351,56 @@ pub enum ExportError {
 impl From<redb::TransactionError> for ExportError {
     fn from(err: redb::TransactionError) -> ExportError {
         ExportError::Store(err.into())
+    }
+}
+
+/// One table's share of the store file (see [`Store::table_sizes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSize {
+    pub name: String,
+    pub rows: u64,
+    /// Leaf and branch pages, 4 KiB each: what the table takes in the file.
+    pub pages: u64,
+    /// Keys and values as inserted, without the B-tree's overhead.
+    pub stored_bytes: u64,
+    /// Keys in branch pages and other metadata.
+    pub metadata_bytes: u64,
+    /// Unused space inside the table's pages.
+    pub fragmented_bytes: u64,
+}
+
+impl Store {
+    /// Every table's rows and bytes, largest first: where a store's size goes.
+    pub fn table_sizes(&self) -> Result<Vec<TableSize>, StoreError> {
+        use redb::{ReadableTableMetadata, TableHandle};
+        let txn = self.read()?;
+        let mut sizes = Vec::new();
+        for handle in txn.list_tables()? {
+            let name = handle.name().to_owned();
+            let table = txn.open_untyped_table(handle)?;
+            let stats = table.stats()?;
+            sizes.push(TableSize {
+                name,
+                rows: table.len()?,
+                pages: stats.leaf_pages() + stats.branch_pages(),
+                stored_bytes: stats.stored_bytes(),
+                metadata_bytes: stats.metadata_bytes(),
+                fragmented_bytes: stats.fragmented_bytes(),
+            });
+        }
+        sizes.sort_by(|a, b| b.pages.cmp(&a.pages).then_with(|| a.name.cmp(&b.name)));
+        Ok(sizes)
+    }
+}
+
+impl Store {
+    /// Moves pages to the front of the file and truncates the free space
+    /// behind them, until no more can be moved. Needs the store to itself
+    /// (no reader or writer in another thread). Returns the file's size
+    /// before and after, in bytes.
+    pub fn compact(&mut self, path: &std::path::Path) -> Result<(u64, u64), StoreError> {
+        let before = Store::file_bytes(path);
+        while self.db.compact().map_err(|e| StoreError::Corrupt(format!("compaction failed: {e}")))? {}
+        Ok((before, Store::file_bytes(path)))
     }
 }
