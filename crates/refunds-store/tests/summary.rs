@@ -33,6 +33,10 @@ fn generated() -> &'static Generated {
             dup_rate: 0.1,
             shuffle_window: 400,
             invalid_rate: 0.0,
+            // Created times spread over two years (realistic arrival packs
+            // a small stream into hours); the shuffle window and the
+            // duplicates bring the disorder.
+            arrival: refunds_generate::Arrival::Ordered,
         };
         let mut out = Vec::new();
         refunds_generate::generate(&params, &mut out).unwrap();
