@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # API load benchmark: a store of about 1M events (generate --refunds 330000),
-# `serve` on loopback, and wrk (Debian's package) against six list query shapes
-# and a cursor walk, at 8 and 64 connections. Prints requests/s and p50/p99 per shape.
+# `serve` on loopback, and wrk (Debian's package) against six list query shapes,
+# five summary shapes and a cursor walk, at 8 and 64 connections. Prints
+# requests/s and p50/p99 per shape.
 #
 #   scripts/bench-api.sh                  # 330,000 refunds
 #   REFUNDS=3300000 scripts/bench-api.sh  # the 10x store
 #   DURATION=10s scripts/bench-api.sh
 #   STORE=/tmp/big.redb REFUNDS=3300000 scripts/bench-api.sh  # keep the store for the next run
 #   ARRIVAL=ordered scripts/bench-api.sh  # generate's --arrival model (default realistic)
+#   ONLY=S CONNS=8 scripts/bench-api.sh   # the summary shapes only, at 8 connections only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }
@@ -55,7 +57,17 @@ declare -A shapes=(
   [Q4_order_no]="/v1/refunds?tenant_id=$big&order_no=$order_no&limit=20"
   [Q5_offset_10000]="/v1/refunds?tenant_id=$big&offset=10000&limit=20"
   [Q6_amount_range]="/v1/refunds?tenant_id=$big&amount_min=1000&amount_max=5000&limit=20"
+  # Dashboard summaries (GET /v1/refunds/summary).
+  [S1_day_status_currency]="/v1/refunds/summary?tenant_id=$big&group_by=status,currency&interval=day"
+  [S2_day_new_york]="/v1/refunds/summary?tenant_id=$big&group_by=status,currency&interval=day&tz=America/New_York"
+  [S3_failed_processor_week]="/v1/refunds/summary?tenant_id=$big&status=failed&group_by=processor&interval=week"
+  [S4_all_tenants_currency]="/v1/refunds/summary?group_by=currency"
+  [S5_amount_range_status]="/v1/refunds/summary?tenant_id=$big&amount_min=1000&amount_max=5000&group_by=status"
 )
+# ONLY=regex keeps the shapes whose names match (ONLY=S runs the summaries).
+if [ -n "${ONLY:-}" ]; then
+  for name in "${!shapes[@]}"; do [[ $name =~ $ONLY ]] || unset "shapes[$name]"; done
+fi
 
 # The cursor walk: 200 consecutive cursor pages, requested round-robin.
 paths="$work/cursor_paths.txt"
@@ -98,9 +110,9 @@ for name in "${!shapes[@]}"; do
   wrk -t2 -c8 -d1s -H "$auth" "$base${shapes[$name]}" > /dev/null
 done
 wrk -t2 -c8 -d1s -H "$auth" -s "$work/walk.lua" "$base/" > /dev/null
-for connections in 8 64; do
+for connections in ${CONNS:-8 64}; do
   for name in $(echo "${!shapes[@]}" | tr ' ' '\n' | sort); do
     run "$name" "$connections" "$work/report.lua" "$base${shapes[$name]}"
   done
-  run cursor_walk "$connections" "$work/walk.lua" "$base/"
+  if [ -z "${ONLY:-}" ] || [[ cursor_walk =~ $ONLY ]]; then run cursor_walk "$connections" "$work/walk.lua" "$base/"; fi
 done

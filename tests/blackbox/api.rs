@@ -86,6 +86,20 @@ impl Server {
         self.child.id()
     }
 
+    /// The body of a 200 as sent (checked against the OpenAPI document too).
+    pub fn get_text(&self, path: &str, auth: Option<&str>) -> String {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut request = agent.get(format!("{}{path}", self.base));
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        let response = request.call().expect("the server answers");
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        let body = response.into_body().read_to_string().unwrap();
+        conforms_to_openapi(path, 200, &serde_json::from_str(&body).unwrap());
+        body
+    }
+
     pub fn get(&self, path: &str, auth: Option<&str>) -> (u16, Value, Option<String>) {
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let mut request = agent.get(format!("{}{path}", self.base));
@@ -112,6 +126,7 @@ fn conforms_to_openapi(path: &str, status: u16, body: &Value) {
     let route = path.split('?').next().unwrap();
     let template = match route.split('/').collect::<Vec<_>>()[..] {
         ["", "v1", "refunds"] => "/v1/refunds",
+        ["", "v1", "refunds", "summary"] => "/v1/refunds/summary",
         ["", "v1", "refunds", _] => "/v1/refunds/{id}",
         ["", "v1", "refunds", _, "events"] => "/v1/refunds/{id}/events",
         _ => route,
@@ -494,6 +509,7 @@ fn openapi_json_is_served_and_documents_every_route() {
             "/openapi.json",
             "/readyz",
             "/v1/refunds",
+            "/v1/refunds/summary",
             "/v1/refunds/{id}",
             "/v1/refunds/{id}/events",
             "/v1/status"

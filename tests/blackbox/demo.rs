@@ -52,6 +52,13 @@ fn demo_prints_a_working_key_and_curl_line_serves_growing_right_numbers_and_stop
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(counts.windows(2).all(|w| w[0] <= w[1]), "counts never go back: {counts:?}");
+    // The printed summary line answers with groups that add up to its count.
+    let summary = banner.iter().find(|l| l.contains("/v1/refunds/summary?")).expect(&text);
+    let summary_url = summary.split('\'').nth(3).unwrap().to_owned();
+    let (status, body) = get(&summary_url[base.len()..]);
+    assert_eq!((status, body["object"].as_str()), (200, Some("summary")), "{body}");
+    let grouped: u64 = body["groups"].as_array().unwrap().iter().map(|g| g["count"].as_u64().unwrap()).sum();
+    assert!(grouped > 0 && Some(grouped) == body["count"].as_u64(), "{body}");
     // Ready once caught up: the producer may run up to 5,000 events ahead
     // of the store on a loaded machine, so readiness may take a moment.
     let deadline = Instant::now() + Duration::from_secs(30);

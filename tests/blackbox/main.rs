@@ -12,3 +12,4 @@ mod list;
 mod rebuild;
 mod replay;
 mod schema;
+mod summary;

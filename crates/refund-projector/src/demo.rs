@@ -124,6 +124,7 @@ fn print_banner(address: std::net::SocketAddr, secret: &str, db: &std::path::Pat
          \nTry:\n\
          \n  curl -H '{header}' '{base}/v1/refunds?limit=5'\
          \n  curl -H '{header}' '{base}/v1/refunds?status=completed&currency=USD&limit=5'\
+         \n  curl -H '{header}' '{base}/v1/refunds/summary?group_by=status,currency&interval=day&tz=Europe/Berlin'\
          \n  curl -H '{header}' '{base}/v1/status'\
          \n  curl '{base}/readyz'\
          \n  curl '{base}/metrics'\n\

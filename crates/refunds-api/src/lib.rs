@@ -12,6 +12,7 @@ mod freshness;
 mod list;
 mod params;
 mod routes;
+mod summary;
 mod time_param;
 
 use std::sync::Arc;

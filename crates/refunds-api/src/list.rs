@@ -97,50 +97,7 @@ pub fn parse(
     params: &Params,
     raw: &[(String, String)],
 ) -> Result<ListRequest, ApiError> {
-    let mut filter = Filter::default();
-    if let Some((name, value)) = params.aliased("status")? {
-        filter.statuses = list(name, value)?
-            .into_iter()
-            .map(|s| {
-                status(&s).ok_or_else(|| ApiError::invalid(name, format!("{name} must be a comma list of {STATUSES}")))
-            })
-            .collect::<Result<_, _>>()?;
-    }
-    if let Some((name, value)) = params.aliased("currency")? {
-        filter.currencies = list(name, value)?.into_iter().map(|c| c.to_ascii_uppercase()).collect();
-    }
-    if let Some(value) = params.get("processor") {
-        filter.processors = list("processor", value)?.into_iter().map(|p| p.to_lowercase()).collect();
-    }
-    if let Some(value) = params.get("payment_method_type") {
-        filter.payment_method_types = list("payment_method_type", value)?;
-    }
-    if let Some(value) = params.get("product_type") {
-        filter.product_types = list("product_type", value)?;
-    }
-    for (field, name) in [
-        (TextField::OrderNo, "order_no"),
-        (TextField::TransactionId, "transaction_id"),
-        (TextField::ExternalRefundId, "external_refund_id"),
-        (TextField::StoreId, "store_id"),
-        (TextField::ReferenceId, "reference_id"),
-    ] {
-        if let Some((_, value)) = params.aliased(name)? {
-            filter.exact.push((field, value.to_owned()));
-        }
-    }
-    if let Some((name, value)) = params.aliased("created_after")? {
-        filter.created_min = Some(time(name, value, Bound::Lower)?);
-    }
-    if let Some((name, value)) = params.aliased("created_before")? {
-        filter.created_max = Some(time(name, value, Bound::Upper)?);
-    }
-    if let Some((name, value)) = params.aliased("amount_min")? {
-        filter.amount_min = Some(amount(name, value)?);
-    }
-    if let Some((name, value)) = params.aliased("amount_max")? {
-        filter.amount_max = Some(amount(name, value)?);
-    }
+    let filter = parse_filter(params)?;
     let descending = match params.aliased("ordering")? {
         None | Some(("ordering", "-created")) | Some(("order", "reverse_chronological")) => true,
         Some(("ordering", "created")) | Some(("order", "chronological")) => false,
@@ -202,6 +159,56 @@ pub fn parse(
     Ok(ListRequest { filter, descending, limit, start, tenants, link_params, limit_name, pages, fingerprint })
 }
 
+/// The filters of a list request (every filter parameter and alias of
+/// `GET /v1/refunds`); the summary endpoint takes the same.
+pub(crate) fn parse_filter(params: &Params) -> Result<Filter, ApiError> {
+    let mut filter = Filter::default();
+    if let Some((name, value)) = params.aliased("status")? {
+        filter.statuses = list(name, value)?
+            .into_iter()
+            .map(|s| {
+                status(&s).ok_or_else(|| ApiError::invalid(name, format!("{name} must be a comma list of {STATUSES}")))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some((name, value)) = params.aliased("currency")? {
+        filter.currencies = list(name, value)?.into_iter().map(|c| c.to_ascii_uppercase()).collect();
+    }
+    if let Some(value) = params.get("processor") {
+        filter.processors = list("processor", value)?.into_iter().map(|p| p.to_lowercase()).collect();
+    }
+    if let Some(value) = params.get("payment_method_type") {
+        filter.payment_method_types = list("payment_method_type", value)?;
+    }
+    if let Some(value) = params.get("product_type") {
+        filter.product_types = list("product_type", value)?;
+    }
+    for (field, name) in [
+        (TextField::OrderNo, "order_no"),
+        (TextField::TransactionId, "transaction_id"),
+        (TextField::ExternalRefundId, "external_refund_id"),
+        (TextField::StoreId, "store_id"),
+        (TextField::ReferenceId, "reference_id"),
+    ] {
+        if let Some((_, value)) = params.aliased(name)? {
+            filter.exact.push((field, value.to_owned()));
+        }
+    }
+    if let Some((name, value)) = params.aliased("created_after")? {
+        filter.created_min = Some(time(name, value, Bound::Lower)?);
+    }
+    if let Some((name, value)) = params.aliased("created_before")? {
+        filter.created_max = Some(time(name, value, Bound::Upper)?);
+    }
+    if let Some((name, value)) = params.aliased("amount_min")? {
+        filter.amount_min = Some(amount(name, value)?);
+    }
+    if let Some((name, value)) = params.aliased("amount_max")? {
+        filter.amount_max = Some(amount(name, value)?);
+    }
+    Ok(filter)
+}
+
 fn list(name: &str, value: &str) -> Result<Vec<String>, ApiError> {
     let items: Vec<String> = value.split(',').map(|s| s.trim().to_owned()).collect();
     if items.iter().any(String::is_empty) {
@@ -236,7 +243,11 @@ fn amount(name: &str, value: &str) -> Result<u64, ApiError> {
 
 /// The tenants a caller may list: its own, or for `"*"` keys every tenant
 /// or (admin only) the one named by `tenant_id`/`owner_id`.
-fn tenant_scope(store: &Store, caller: &Caller, params: &Params) -> Result<Vec<(String, TenantNo)>, ApiError> {
+pub(crate) fn tenant_scope(
+    store: &Store,
+    caller: &Caller,
+    params: &Params,
+) -> Result<Vec<(String, TenantNo)>, ApiError> {
     Ok(match caller.requested_tenant(params)? {
         Some(tenant) => store.tenant_no(&tenant).map(|n| vec![(tenant, n)]).unwrap_or_default(),
         None => store.tenants(),

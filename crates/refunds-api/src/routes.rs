@@ -20,6 +20,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/refunds", get(list_refunds))
+        // A static segment wins over `{id}` in axum's router, so `summary`
+        // is never taken for a refund id (a test pins it).
+        .route("/v1/refunds/summary", get(crate::summary::summary))
         .route("/v1/refunds/{id}", get(get_refund))
         .route("/v1/refunds/{id}/events", get(get_refund_events))
         .route("/v1/status", get(status))
@@ -38,6 +41,7 @@ pub fn router(state: AppState) -> Router {
 fn route_template(path: &str) -> &'static str {
     match path.split('/').collect::<Vec<_>>()[..] {
         ["", "v1", "refunds"] => "/v1/refunds",
+        ["", "v1", "refunds", "summary"] => "/v1/refunds/summary",
         ["", "v1", "refunds", _] => "/v1/refunds/{id}",
         ["", "v1", "refunds", _, "events"] => "/v1/refunds/{id}/events",
         ["", "v1", "status"] => "/v1/status",
@@ -201,7 +205,7 @@ impl std::io::Write for ChunkWriter {
 /// The headers of a response read from one snapshot: its content type, the
 /// snapshot's position and newest arrival, and (with a consumer) the events
 /// not yet applied.
-fn snapshot_headers<T>(state: &AppState, snapshot: &Snapshot<T>) -> HeaderMap {
+pub(crate) fn snapshot_headers<T>(state: &AppState, snapshot: &Snapshot<T>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     crate::freshness::set_headers(&mut headers, &snapshot.positions, snapshot.last_applied_at);
@@ -242,8 +246,8 @@ pub(crate) fn current_store(state: &AppState) -> Result<std::sync::Arc<Store>, A
 }
 
 /// What a handler read from one snapshot, with that snapshot's freshness.
-struct Snapshot<T> {
-    value: T,
+pub(crate) struct Snapshot<T> {
+    pub(crate) value: T,
     positions: std::sync::Arc<refunds_store::Positions>,
     last_applied_at: Option<refunds_domain::Timestamp>,
 }
@@ -256,7 +260,7 @@ static INLINE_READS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 /// (most reads take well under a millisecond, and handing them to another
 /// thread cost a fifth of the server's time), else on the blocking pool, so
 /// that a slow read never holds every worker.
-async fn read<T: Send + 'static>(
+pub(crate) async fn read<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&Store, &ReadTransaction) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<Snapshot<T>, ApiError> {

@@ -32,6 +32,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(tables::REFUNDS)?;
     txn.open_table(tables::REFUND_HOMES)?;
     txn.open_table(tables::COUNTS)?;
+    txn.open_table(tables::SUMMARIES)?;
     txn.open_table(tables::EVENT_IDS)?;
     txn.open_table(tables::EVENT_ID_COLLISIONS)?;
     txn.open_table(tables::AUDIT_LOG)?;

@@ -13,9 +13,9 @@ use foldhash::HashMap;
 use redb::{CursorError, ReadableTable, Table, WriteTransaction};
 use refunds_domain::{RefundState, TextField};
 
-use crate::histogram;
 use crate::keys::{self, CountDim, Index, TenantNo};
 use crate::{StoreError, tables};
+use crate::{histogram, summary};
 
 /// A refund whose state a batch changed.
 pub(crate) struct Change {
@@ -30,6 +30,7 @@ pub(crate) struct Change {
 pub(crate) fn write_index_entries_and_counts(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
     let mut jobs = Vec::with_capacity(INDEX_JOB_ORDER.len() + 1);
     jobs.push(IndexJob::Counts(txn.open_table(tables::COUNTS)?));
+    jobs.push(IndexJob::Summaries(txn.open_table(tables::SUMMARIES)?));
     for index in INDEX_JOB_ORDER {
         jobs.push(IndexJob::Entries(index, txn.open_table(index.table().expect("listed indexes have tables"))?));
     }
@@ -66,6 +67,7 @@ const INDEX_JOB_ORDER: [Index; 12] = [
 enum IndexJob<'t> {
     Entries(Index, Table<'t, &'static [u8], u32>),
     Counts(Table<'t, &'static [u8], u64>),
+    Summaries(Table<'t, &'static [u8], &'static [u8]>),
 }
 
 /// Takes jobs off the shared stack (its end is the next job) until none is
@@ -78,6 +80,10 @@ fn run_index_jobs(jobs: &std::sync::Mutex<Vec<IndexJob<'_>>>, changes: &[Change]
             None => return Ok(()),
             Some(IndexJob::Entries(index, table)) => write_index_entries(index, table, changes)?,
             Some(IndexJob::Counts(mut counts)) => apply_count_deltas(&mut counts, &count_deltas(changes))?,
+            Some(IndexJob::Summaries(mut table)) => summary::apply_summary_deltas(
+                &mut table,
+                changes.iter().map(|c| summary::SummaryChange { tenant: c.tenant, old: c.old.as_ref(), new: &c.new }),
+            )?,
         }
     }
 }

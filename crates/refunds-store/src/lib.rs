@@ -41,6 +41,9 @@
 //! `counts` holds exact refund counts per `tenant | dimension | value` for the
 //! low-cardinality filters, and histogram rows (see [`histogram`]) that count
 //! created ranges by status and currency and amount ranges in a few reads.
+//! `summaries` keeps per-tenant rows of counts and u128 amount sums by
+//! status, currency (and the other low-cardinality dimensions) and created
+//! time slot, for dashboard summaries (see [`summary`]).
 //! `event_ids` maps `tenant | event id` to the
 //! audit sequence of the applied event; `audit_log` is an append-only log by
 //! sequence (payloads LZ4-packed, see `audit`), and each `refunds` row ends with the sequences of its refund's
@@ -60,6 +63,7 @@ mod positions;
 pub mod query;
 mod read;
 mod row;
+pub mod summary;
 pub mod tables;
 mod writeback;
 
@@ -78,9 +82,10 @@ pub use positions::{Positions, last_applied_at_in, positions_in};
 pub use query::{Filter, count_in};
 pub use read::{DeadLetter, ExportError, StoreStats, TableSize, decode_row_state, source_json};
 pub use redb::{Durability, ReadTransaction};
+pub use summary::{CurrencyAmount, Dim, Summary, SummaryGroup, SummaryRequest, summary_in};
 
 /// The on-disk format this build writes. A store of another format is refused.
-const FORMAT_VERSION: &[u8] = b"refunds-store/6";
+const FORMAT_VERSION: &[u8] = b"refunds-store/7";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

@@ -383,6 +383,29 @@ fn count_amount_range(
     Ok(n)
 }
 
+/// Calls `f(refund id, home)` for every refund of `tenant` with an amount in
+/// the filter's bounds and created in its bounds, from the amount index's
+/// keys: one range per created window.
+pub(crate) fn for_each_in_amount_range(
+    table: &ReadOnlyTable<&'static [u8], u32>,
+    tenant: TenantNo,
+    filter: &Filter,
+    mut f: impl FnMut(&str, u32) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let (min, max) = (keys::amount_value(filter.amount_min.unwrap_or(0)), filter.amount_max.unwrap_or(u64::MAX));
+    skip_scan(table, Index::Amount, tenant, filter.created_min, filter.created_max, &min, |key, home| {
+        let (amount, created, refund_id) =
+            keys::split_amount_key(key).ok_or_else(|| StoreError::Corrupt("index key".into()))?;
+        if amount > max {
+            return Ok(Step::NextWindow);
+        }
+        if filter.created_min.is_none_or(|m| created >= m) && filter.created_max.is_none_or(|m| created <= m) {
+            f(refund_id, home)?;
+        }
+        Ok(Step::Take)
+    })
+}
+
 /// Calls `f(created_at, refund id, home)` for every refund of `tenant` with
 /// `value` under `index` and created within the bounds, in (created_at, id)
 /// order within each created window.

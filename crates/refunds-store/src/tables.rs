@@ -22,6 +22,11 @@ pub const REFUND_HOMES: TableDefinition<&[u8], u32> = TableDefinition::new("refu
 /// Exact counts of refunds: `tenant | dimension | value` -> count.
 pub const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("counts");
 
+/// Kept summary rows (see [`crate::summary`]): `tenant | family | row |
+/// dimension values` -> the row's non-empty time slots, each with its count,
+/// refunds with an amount and their u128 sum.
+pub const SUMMARIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("summaries");
+
 /// Event identity: `tenant | xxh3-64(event id)` -> audit sequence of the
 /// applied event (see `keys::event_slot`).
 pub const EVENT_IDS: TableDefinition<&[u8; 12], u64> = TableDefinition::new("event_ids");
