@@ -48,18 +48,18 @@ impl Server {
     }
 
     pub fn start_with(db: &Path, keys: &Path, extra: &[&str]) -> Server {
-        let mut cmd = command();
-        cmd.args([
-            "serve",
-            "--db",
-            db.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--api-keys",
-            keys.to_str().unwrap(),
-        ])
-        .args(extra);
+        let mut cmd = Server::command(db, keys);
+        cmd.args(extra);
         Server::spawn(cmd)
+    }
+
+    /// `serve` of `db` with `keys` on a free loopback port, for more
+    /// arguments or environment before [`Server::spawn`].
+    pub fn command(db: &Path, keys: &Path) -> std::process::Command {
+        let mut cmd = command();
+        cmd.args(["serve", "--db", db.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(["--api-keys", keys.to_str().unwrap()]);
+        cmd
     }
 
     /// Starts `cmd` (a `serve` command line) and waits for its address.

@@ -349,17 +349,8 @@ fn every_configured_jwt_secret_is_accepted_from_flags_environment_or_config_file
     assert_eq!(auth_status(&flags)["jwt_secrets"], 2);
     drop(flags);
 
-    let mut cmd = command();
-    cmd.args([
-        "serve",
-        "--db",
-        f.db.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--api-keys",
-        f.keys.to_str().unwrap(),
-    ])
-    .env("REFUND_PROJECTOR_JWT_SECRET", "secret-one,secret-two");
+    let mut cmd = Server::command(&f.db, &f.keys);
+    cmd.env("REFUND_PROJECTOR_JWT_SECRET", "secret-one,secret-two");
     let env = Server::spawn(cmd);
     check(&env);
     drop(env);
@@ -367,17 +358,8 @@ fn every_configured_jwt_secret_is_accepted_from_flags_environment_or_config_file
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "jwt_secret = [\"secret-one\", \"secret-two\"]\n").unwrap();
-    let mut cmd = command();
-    cmd.args([
-        "serve",
-        "--db",
-        f.db.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--api-keys",
-        f.keys.to_str().unwrap(),
-    ])
-    .args(["--config", config.to_str().unwrap()]);
+    let mut cmd = Server::command(&f.db, &f.keys);
+    cmd.args(["--config", config.to_str().unwrap()]);
     let file = Server::spawn(cmd);
     check(&file);
 }

@@ -8,18 +8,26 @@ use serde_json::Value;
 
 use crate::helpers::command;
 
-#[test]
-fn demo_prints_a_working_key_and_curl_line_serves_growing_right_numbers_and_stops_on_sigterm() {
+/// `demo` on a free port with `extra` arguments: the child and its stdout
+/// lines (stderr is drained).
+fn spawn_demo(extra: &[&str]) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
     let mut child = command()
-        .args(["demo", "--listen", "127.0.0.1:0", "--rate", "3000"])
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, stdout)
+}
+
+#[test]
+fn demo_prints_a_working_key_and_curl_line_serves_growing_right_numbers_and_stops_on_sigterm() {
+    let (mut child, mut stdout) = spawn_demo(&["--rate", "3000"]);
     let mut banner = Vec::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     while let Some(Ok(line)) = stdout.next() {
         let done = line.starts_with("Ctrl-C");
         banner.push(line);
@@ -105,15 +113,7 @@ fn demo_accepts_a_keys_file_beside_its_own_key_and_follows_its_edits() {
     let keys = dir.path().join("keys.toml");
     let entry = "[[keys]]\nid = \"extra\"\nsecret = \"secret-extra\"\ntenant = \"*\"\nscopes = [\"refunds:read\"]\n";
     std::fs::write(&keys, entry).unwrap();
-    let mut child = command()
-        .args(["demo", "--listen", "127.0.0.1:0", "--rate", "100", "--api-keys", keys.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut stdout) = spawn_demo(&["--rate", "100", "--api-keys", keys.to_str().unwrap()]);
     let mut banner = Vec::new();
     while let Some(Ok(line)) = stdout.next() {
         let done = line.starts_with("Ctrl-C");

@@ -13,36 +13,47 @@ use crate::error::{ApiError, store_unavailable};
 use crate::params::Params;
 use crate::time_param::{Bound, parse_time};
 
-pub const KNOWN: &[&str] = &[
-    "status",
-    "state",
-    "currency",
-    "currency_code",
-    "processor",
-    "payment_method_type",
-    "product_type",
-    "order_no",
-    "transaction_id",
-    "payment_id",
-    "external_refund_id",
-    "store_id",
-    "reference_id",
-    "tenant_id",
-    "owner_id",
-    "created_after",
-    "created_before",
-    "created_at_min",
-    "created_at_max",
-    "from",
-    "to",
-    "create_time_start",
-    "create_time_end",
-    "created[gte]",
-    "created[lte]",
-    "amount_min",
-    "amount_max",
-    "minimum_amount",
-    "maximum_amount",
+/// Every spelling of every filter parameter of the list, followed by `$extra`:
+/// the list's parameters, and the summary's (which takes the same filters).
+macro_rules! with_filter_parameters {
+    ($($extra:literal),* $(,)?) => {
+        &[
+            "status",
+            "state",
+            "currency",
+            "currency_code",
+            "processor",
+            "payment_method_type",
+            "product_type",
+            "order_no",
+            "transaction_id",
+            "payment_id",
+            "external_refund_id",
+            "store_id",
+            "reference_id",
+            "tenant_id",
+            "owner_id",
+            "created_after",
+            "created_before",
+            "created_at_min",
+            "created_at_max",
+            "from",
+            "to",
+            "create_time_start",
+            "create_time_end",
+            "created[gte]",
+            "created[lte]",
+            "amount_min",
+            "amount_max",
+            "minimum_amount",
+            "maximum_amount",
+            $($extra,)*
+        ]
+    };
+}
+pub(crate) use with_filter_parameters;
+
+pub const KNOWN: &[&str] = with_filter_parameters!(
     "ordering",
     "order",
     "limit",
@@ -52,7 +63,7 @@ pub const KNOWN: &[&str] = &[
     "cursor",
     "starting_after",
     "ending_before",
-];
+);
 
 const PAGINATION: &[&str] = &["limit", "page_size", "offset", "page", "cursor", "starting_after", "ending_before"];
 const MAX_OFFSET: u64 = 1_000_000;

@@ -29,40 +29,7 @@ use crate::error::{ApiError, store_unavailable};
 use crate::params::Params;
 
 /// The list's filter parameters (every spelling), and the summary's own.
-pub const KNOWN: &[&str] = &[
-    "status",
-    "state",
-    "currency",
-    "currency_code",
-    "processor",
-    "payment_method_type",
-    "product_type",
-    "order_no",
-    "transaction_id",
-    "payment_id",
-    "external_refund_id",
-    "store_id",
-    "reference_id",
-    "tenant_id",
-    "owner_id",
-    "created_after",
-    "created_before",
-    "created_at_min",
-    "created_at_max",
-    "from",
-    "to",
-    "create_time_start",
-    "create_time_end",
-    "created[gte]",
-    "created[lte]",
-    "amount_min",
-    "amount_max",
-    "minimum_amount",
-    "maximum_amount",
-    "group_by",
-    "interval",
-    "tz",
-];
+pub const KNOWN: &[&str] = crate::list::with_filter_parameters!("group_by", "interval", "tz");
 
 /// The most periods a summary may span, from the first matching refund's to
 /// the last one's.

@@ -70,15 +70,6 @@ pub enum Arrival {
     Ordered,
 }
 
-impl Arrival {
-    pub fn name(self) -> &'static str {
-        match self {
-            Arrival::Realistic => "realistic",
-            Arrival::Ordered => "ordered",
-        }
-    }
-}
-
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateParams {

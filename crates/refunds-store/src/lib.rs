@@ -121,7 +121,8 @@ storage_from!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
-    redb::SetDurabilityError
+    redb::SetDurabilityError,
+    redb::CompactionError
 );
 
 /// Tuning for [`Store::open`].

@@ -400,7 +400,7 @@ impl Store {
     /// before and after, in bytes.
     pub fn compact(&mut self, path: &std::path::Path) -> Result<(u64, u64), StoreError> {
         let before = Store::file_bytes(path);
-        while self.db.compact().map_err(|e| StoreError::Corrupt(format!("compaction failed: {e}")))? {}
+        while self.db.compact()? {}
         Ok((before, Store::file_bytes(path)))
     }
 }
