@@ -85,7 +85,7 @@ pub use redb::{Durability, ReadTransaction};
 pub use summary::{CurrencyAmount, Dim, Summary, SummaryGroup, SummaryRequest, summary_in};
 
 /// The on-disk format this build writes. A store of another format is refused.
-const FORMAT_VERSION: &[u8] = b"refunds-store/7";
+const FORMAT_VERSION: &[u8] = b"refunds-store/8";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

@@ -28,6 +28,12 @@
 //!   product_type. Rows of all five dimensions are nearly one per refund at a
 //!   finer grain, so they are kept coarse; a period edge inside a day is
 //!   counted from the created index (below).
+//! - [`AMOUNTS`]: status and currency, one row per amount bucket (exact
+//!   below 128 minor units, then 64 buckets per power of two, so a bucket
+//!   spans at most 1/64 of its amounts): for amount bounds without created
+//!   bounds or periods. A bucket wholly inside the bounds is read from its
+//!   row; the one or two buckets a bound cuts are counted from the amount
+//!   index, refund by refund.
 //!
 //! A slot that lies in one period and wholly inside the created bounds is
 //! added from the row. A slot that straddles a period edge or a created bound
@@ -142,22 +148,49 @@ pub struct Summary {
 }
 
 /// One family of kept rows: which dimensions its keys hold, and the widths
-/// of its rows and slots in ms (0 for the family without time).
+/// of its rows and slots in ms (0 for the families without time), or rows
+/// by amount bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Family {
     tag: u8,
     full: bool,
     row_ms: i64,
     slot_ms: i64,
+    by_amount: bool,
 }
 
 const DAY_MS: i64 = 86_400_000;
-pub(crate) const TOTALS: Family = Family { tag: 0x20, full: false, row_ms: 0, slot_ms: 0 };
-pub(crate) const DAYS: Family = Family { tag: 0x21, full: false, row_ms: DAY_MS, slot_ms: 15 * 60_000 };
-pub(crate) const FULL: Family = Family { tag: 0x22, full: true, row_ms: 32 * DAY_MS, slot_ms: DAY_MS };
-const FAMILIES: [Family; 3] = [TOTALS, DAYS, FULL];
+pub(crate) const TOTALS: Family = Family { tag: 0x20, full: false, row_ms: 0, slot_ms: 0, by_amount: false };
+pub(crate) const DAYS: Family =
+    Family { tag: 0x21, full: false, row_ms: DAY_MS, slot_ms: 15 * 60_000, by_amount: false };
+pub(crate) const FULL: Family =
+    Family { tag: 0x22, full: true, row_ms: 32 * DAY_MS, slot_ms: DAY_MS, by_amount: false };
+pub(crate) const AMOUNTS: Family = Family { tag: 0x23, full: false, row_ms: 0, slot_ms: 0, by_amount: true };
+const FAMILIES: [Family; 4] = [TOTALS, DAYS, FULL, AMOUNTS];
 const NO_CURRENCY: [u8; 3] = [0; 3];
 const TEXT_DIMS: [TextField; 3] = [TextField::Processor, TextField::PaymentMethodType, TextField::ProductType];
+
+/// The amount bucket of an amount: the amount itself below 128, then 64
+/// buckets per power of two (so that bucket `b` of `[2^e, 2^(e+1))` is
+/// `2^(e-6)` wide). Increasing with the amount, and at most 3,775.
+pub(crate) fn amount_bucket(amount: u64) -> u16 {
+    if amount < 128 {
+        return amount as u16;
+    }
+    let e = 63 - amount.leading_zeros();
+    let mantissa = (amount >> (e - 6)) as u32 - 64;
+    u16::try_from((e - 5) * 64 + mantissa).expect("at most 3,775 buckets")
+}
+
+/// The amounts `[low, high]` of an amount bucket.
+pub(crate) fn bucket_range(bucket: u16) -> (u64, u64) {
+    if bucket < 128 {
+        return (u64::from(bucket), u64::from(bucket));
+    }
+    let (e, mantissa) = (u32::from(bucket / 64) + 5, u64::from(bucket % 64) + 64);
+    let low = mantissa << (e - 6);
+    (low, low + ((1u64 << (e - 6)) - 1))
+}
 
 impl Family {
     /// (row, slot) of an instant.
@@ -191,9 +224,13 @@ impl Family {
         key
     }
 
-    /// The row key of a refund (and its slot).
-    fn key_of(self, tenant: TenantNo, state: &RefundState) -> (Vec<u8>, u8) {
-        let (row, slot) = self.place(state.created_at().millis());
+    /// The row key of a refund (and its slot); `None` when the family does
+    /// not hold the refund (a refund without an amount has no amount bucket).
+    fn key_of(self, tenant: TenantNo, state: &RefundState) -> Option<(Vec<u8>, u8)> {
+        let (row, slot) = match self.by_amount {
+            true => (i64::from(amount_bucket(state.amount()?)), 0),
+            false => self.place(state.created_at().millis()),
+        };
         let mut key = self.row_prefix(tenant, row);
         key.push(state.status.code());
         let currency = state.currency().and_then(|c| <[u8; 3]>::try_from(c.as_bytes()).ok());
@@ -206,7 +243,7 @@ impl Family {
                 key.extend_from_slice(text.as_bytes());
             }
         }
-        (key, slot)
+        Some((key, slot))
     }
 
     /// What a refund adds to its slot: (count, refunds with an amount, sum).
@@ -225,23 +262,24 @@ impl Family {
     }
 }
 
-/// The dimension values of a kept row's key (after the row number).
+/// The dimension values of a kept row's key (after the row number), as the
+/// key holds them (UTF-8 is checked only for a value that names a new group).
 struct RowDims<'k> {
     status: EventType,
-    currency: Option<&'k str>,
-    texts: [Option<&'k str>; 3],
+    currency: Option<&'k [u8]>,
+    texts: [Option<&'k [u8]>; 3],
 }
 
 fn parse_dims(rest: &[u8], full: bool) -> Option<RowDims<'_>> {
     let status = EventType::from_code(*rest.first()?)?;
     let currency = rest.get(1..4)?;
-    let currency = if currency == NO_CURRENCY { None } else { Some(std::str::from_utf8(currency).ok()?) };
+    let currency = (currency != NO_CURRENCY).then_some(currency);
     let mut texts = [None; 3];
     if full {
         let mut at = 4;
         for text in &mut texts {
             let len = usize::from(u16::from_be_bytes(rest.get(at..at + 2)?.try_into().ok()?));
-            let value = std::str::from_utf8(rest.get(at + 2..at + 2 + len)?).ok()?;
+            let value = rest.get(at + 2..at + 2 + len)?;
             *text = (len > 0).then_some(value);
             at += 2 + len;
         }
@@ -250,9 +288,9 @@ fn parse_dims(rest: &[u8], full: bool) -> Option<RowDims<'_>> {
 }
 
 impl RowDims<'_> {
-    fn value(&self, dim: Dim) -> Option<&str> {
+    fn value(&self, dim: Dim) -> Option<&[u8]> {
         match dim {
-            Dim::Status => Some(self.status.status_name()),
+            Dim::Status => Some(self.status.status_name().as_bytes()),
             Dim::Currency => self.currency,
             Dim::Processor => self.texts[0],
             Dim::PaymentMethodType => self.texts[1],
@@ -261,8 +299,8 @@ impl RowDims<'_> {
     }
 
     fn matches(&self, filter: &Filter) -> bool {
-        let any = |values: &[String], value: Option<&str>| {
-            values.is_empty() || value.is_some_and(|v| values.iter().any(|x| x == v))
+        let any = |values: &[String], value: Option<&[u8]>| {
+            values.is_empty() || value.is_some_and(|v| values.iter().any(|x| x.as_bytes() == v))
         };
         (filter.statuses.is_empty() || filter.statuses.contains(&self.status))
             && any(&filter.currencies, self.currency)
@@ -281,6 +319,14 @@ struct Slot {
     count: u64,
     with_amount: u64,
     sum: u128,
+}
+
+impl std::ops::AddAssign for Slot {
+    fn add_assign(&mut self, other: Slot) {
+        self.count += other.count;
+        self.with_amount += other.with_amount;
+        self.sum += other.sum;
+    }
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u128) {
@@ -406,14 +452,18 @@ pub(crate) fn apply_summary_deltas<'c>(
             if change.old.is_some_and(|old| !family.moved(old, change.new)) {
                 continue;
             }
-            if let Some(old) = change.old {
+            if let Some(old) = change.old
+                && let Some(key) = family.key_of(change.tenant, old)
+            {
                 let (c, a, s) = Family::contribution(old);
-                let d = deltas.entry(family.key_of(change.tenant, old)).or_default();
+                let d = deltas.entry(key).or_default();
                 *d = (d.0 - c, d.1 - a, d.2 - s);
             }
-            let (c, a, s) = Family::contribution(change.new);
-            let d = deltas.entry(family.key_of(change.tenant, change.new)).or_default();
-            *d = (d.0 + c, d.1 + a, d.2 + s);
+            if let Some(key) = family.key_of(change.tenant, change.new) {
+                let (c, a, s) = Family::contribution(change.new);
+                let d = deltas.entry(key).or_default();
+                *d = (d.0 + c, d.1 + a, d.2 + s);
+            }
         }
     }
     let mut sorted: Vec<((Vec<u8>, u8), Delta)> = deltas.into_iter().filter(|(_, d)| *d != (0, 0, 0)).collect();
@@ -463,22 +513,62 @@ pub(crate) fn apply_summary_deltas<'c>(
 /// Sums per (period, group), merged across tenants.
 #[derive(Default)]
 struct Sums {
-    group_ids: HashMap<Vec<Option<String>>, u32>,
+    /// Group ids by the group's values as [`Sums::group_of`] encodes them.
+    group_ids: HashMap<Vec<u8>, u32>,
     groups: Vec<Vec<Option<String>>>,
     /// (period start or `i64::MIN`, group id) -> count, and per currency
     /// (refunds with an amount, sum).
     cells: HashMap<(i64, u32), (u64, CurrencySums)>,
+    /// Scratch space for a group's encoded values.
+    key: Vec<u8>,
 }
 
 impl Sums {
-    fn group_id(&mut self, values: Vec<Option<String>>) -> u32 {
-        if let Some(&id) = self.group_ids.get(&values) {
-            return id;
+    /// The id of the group whose `group_by` values are `value(dim)`;
+    /// allocates only for a group not met before.
+    fn group_of<'v>(&mut self, group_by: &[Dim], value: impl Fn(Dim) -> Option<&'v [u8]>) -> Result<u32, StoreError> {
+        let mut key = std::mem::take(&mut self.key);
+        key.clear();
+        for &dim in group_by {
+            match value(dim) {
+                None => key.push(0),
+                Some(v) => {
+                    key.push(1);
+                    key.extend_from_slice(&(v.len() as u64).to_be_bytes());
+                    key.extend_from_slice(v);
+                }
+            }
         }
-        let id = u32::try_from(self.groups.len()).expect("fewer than 2^32 groups");
-        self.groups.push(values.clone());
-        self.group_ids.insert(values, id);
-        id
+        let id = match self.group_ids.get(key.as_slice()) {
+            Some(&id) => id,
+            None => {
+                let id = u32::try_from(self.groups.len()).expect("fewer than 2^32 groups");
+                let text =
+                    |v: &[u8]| String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt("summary row".into()));
+                let values = group_by.iter().map(|d| value(*d).map(text).transpose()).collect::<Result<_, _>>()?;
+                self.groups.push(values);
+                self.group_ids.insert(key.clone(), id);
+                id
+            }
+        };
+        self.key = key;
+        Ok(id)
+    }
+
+    /// The group of a kept row's dimension part (`None`: the filter
+    /// excludes the row).
+    fn row_group(
+        &mut self,
+        dims_bytes: &[u8],
+        full: bool,
+        filter: &Filter,
+        group_by: &[Dim],
+    ) -> Result<Option<u32>, StoreError> {
+        let dims = parse_dims(dims_bytes, full).ok_or_else(|| StoreError::Corrupt("summary row".into()))?;
+        if !dims.matches(filter) {
+            return Ok(None);
+        }
+        self.group_of(group_by, |d| dims.value(d)).map(Some)
     }
 
     fn add(&mut self, period: i64, group: u32, currency: Option<[u8; 3]>, slot: Slot) {
@@ -503,9 +593,10 @@ struct Periods<'a> {
 }
 
 impl Periods<'_> {
-    /// The period holding all of `[a, b]`, or `None` when an edge lies inside.
-    fn of_range(&mut self, a: i64, b: i64) -> Option<i64> {
-        let Some(period_of) = self.period_of else { return Some(i64::MIN) };
+    /// The period `[start, end)` holding all of `[a, b]`, or `None` when an
+    /// edge lies inside.
+    fn range_of(&mut self, a: i64, b: i64) -> Option<(i64, i64)> {
+        let Some(period_of) = self.period_of else { return Some((i64::MIN, i64::MAX)) };
         let found = match self.recent.iter().find(|(s, e)| (*s..*e).contains(&a)) {
             Some(&p) => p,
             None => {
@@ -517,12 +608,12 @@ impl Periods<'_> {
                 p
             }
         };
-        (found.0 <= a && b < found.1).then_some(found.0)
+        (found.0 <= a && b < found.1).then_some(found)
     }
 
     fn of(&mut self, t: i64) -> i64 {
-        match self.of_range(t, t) {
-            Some(start) => start,
+        match self.range_of(t, t) {
+            Some((start, _)) => start,
             // A rule whose period does not hold the instant it was asked
             // about (it should not happen): that period, uncached.
             None => self.period_of.map_or(i64::MIN, |period_of| period_of(t).0),
@@ -532,7 +623,7 @@ impl Periods<'_> {
 
 /// The kept family that answers a request, if any.
 fn family_for(filter: &Filter, group_by: &[Dim], periods: bool) -> Option<Family> {
-    if !filter.exact.is_empty() || filter.amount_min.is_some() || filter.amount_max.is_some() {
+    if !filter.exact.is_empty() {
         return None;
     }
     let narrow = group_by.iter().all(|d| matches!(d, Dim::Status | Dim::Currency))
@@ -540,6 +631,9 @@ fn family_for(filter: &Filter, group_by: &[Dim], periods: bool) -> Option<Family
         && filter.payment_method_types.is_empty()
         && filter.product_types.is_empty();
     let created = filter.created_min.is_some() || filter.created_max.is_some();
+    if filter.amount_min.is_some() || filter.amount_max.is_some() {
+        return (narrow && !periods && !created).then_some(AMOUNTS);
+    }
     Some(match (narrow, periods || created) {
         (true, false) => TOTALS,
         (true, true) => DAYS,
@@ -562,29 +656,38 @@ pub fn summary_in(
     let mut periods = Periods { period_of: request.period_of, recent: Vec::new() };
     let family = family_for(filter, request.group_by, request.period_of.is_some());
     let refunds = txn.open_table(tables::REFUNDS)?;
+    let summaries = txn.open_table(tables::SUMMARIES)?;
     for &tenant in tenants {
-        let walk = |sums: &mut Sums, periods: &mut Periods<'_>, state: &RefundState| {
-            if filter.matches(state) {
-                add_refund(sums, periods, request.group_by, state);
-            }
+        let walk = |sums: &mut Sums, periods: &mut Periods<'_>, state: &RefundState| match filter.matches(state) {
+            true => add_refund(sums, periods, request.group_by, state),
+            false => Ok(()),
         };
         match family {
+            Some(AMOUNTS) => {
+                let edges = read_amounts(&summaries, tenant, filter, request.group_by, &mut sums)?;
+                let table = txn.open_table(Index::Amount.table().expect("the amount index has a table"))?;
+                for (low, high) in edges {
+                    let edge = Filter { amount_min: Some(low), amount_max: Some(high), ..filter.clone() };
+                    query::for_each_in_amount_range(&table, tenant, &edge, |id, home| {
+                        walk(&mut sums, &mut periods, &load(&refunds, tenant, home, id)?)
+                    })?;
+                }
+            }
             Some(family) => {
-                let splits = read_family(txn, tenant, family, filter, request.group_by, &mut periods, &mut sums)?;
+                let splits =
+                    read_family(&summaries, tenant, family, filter, request.group_by, &mut periods, &mut sums)?;
                 let created = txn.open_table(tables::BY_CREATED)?;
                 for (from, to) in merge_ranges(splits) {
                     let (from, to) = (Timestamp::from_millis(from), Timestamp::from_millis(to));
                     query::for_each_with_value(&created, Index::Created, tenant, &[], from, to, |_, id, home| {
-                        walk(&mut sums, &mut periods, &load(&refunds, tenant, home, id)?);
-                        Ok(())
+                        walk(&mut sums, &mut periods, &load(&refunds, tenant, home, id)?)
                     })?;
                 }
             }
             None if filter.only_amount_and_created() => {
                 let table = txn.open_table(Index::Amount.table().expect("the amount index has a table"))?;
                 query::for_each_in_amount_range(&table, tenant, filter, |id, home| {
-                    walk(&mut sums, &mut periods, &load(&refunds, tenant, home, id)?);
-                    Ok(())
+                    walk(&mut sums, &mut periods, &load(&refunds, tenant, home, id)?)
                 })?;
             }
             None => {
@@ -606,10 +709,7 @@ pub fn summary_in(
                         value,
                         filter.created_min,
                         filter.created_max,
-                        |_, id, home| {
-                            walk(&mut sums, &mut periods, &load(&refunds, tenant, home, id)?);
-                            Ok(())
-                        },
+                        |_, id, home| walk(&mut sums, &mut periods, &load(&refunds, tenant, home, id)?),
                     )?;
                 }
             }
@@ -630,20 +730,37 @@ fn load(
     decode_row_state(row.value())
 }
 
-fn add_refund(sums: &mut Sums, periods: &mut Periods<'_>, group_by: &[Dim], state: &RefundState) {
+fn add_refund(
+    sums: &mut Sums,
+    periods: &mut Periods<'_>,
+    group_by: &[Dim],
+    state: &RefundState,
+) -> Result<(), StoreError> {
     let period = periods.of(state.created_at().millis());
-    let values = group_by.iter().map(|d| d.value_of(state).map(str::to_owned)).collect();
-    let group = sums.group_id(values);
+    let group = sums.group_of(group_by, |d| d.value_of(state).map(str::as_bytes))?;
     let (_, with_amount, sum) = Family::contribution(state);
     let currency = state.currency().and_then(|c| <[u8; 3]>::try_from(c.as_bytes()).ok());
     let slot = Slot { count: 1, with_amount: with_amount as u64, sum: sum.unsigned_abs() };
     sums.add(period, group, currency, slot);
+    Ok(())
+}
+
+/// The row number of a kept row's key (after the tenant and the family tag).
+fn row_of(key: &[u8]) -> Result<i64, StoreError> {
+    let row_bytes: [u8; 8] =
+        key.get(5..13).and_then(|b| b.try_into().ok()).ok_or_else(|| StoreError::Corrupt("summary row".into()))?;
+    Ok((u64::from_be_bytes(row_bytes) ^ (1 << 63)) as i64)
+}
+
+/// The currency of a kept row's dimension part.
+fn row_currency(dims_bytes: &[u8]) -> Option<[u8; 3]> {
+    dims_bytes.get(1..4).and_then(|c| <[u8; 3]>::try_from(c).ok()).filter(|c| *c != NO_CURRENCY)
 }
 
 /// Adds a tenant's kept rows of `family` to `sums`; returns the slot ranges
 /// (inclusive ms) that must be counted refund by refund instead.
 fn read_family(
-    txn: &ReadTransaction,
+    table: &ReadOnlyTable<&'static [u8], &'static [u8]>,
     tenant: TenantNo,
     family: Family,
     filter: &Filter,
@@ -651,7 +768,6 @@ fn read_family(
     periods: &mut Periods<'_>,
     sums: &mut Sums,
 ) -> Result<BTreeSet<(i64, i64)>, StoreError> {
-    let table = txn.open_table(tables::SUMMARIES)?;
     let created_min = filter.created_min.map_or(i64::MIN, Timestamp::millis);
     let created_max = filter.created_max.map_or(i64::MAX, Timestamp::millis);
     let first_row = filter.created_min.map_or(i64::MIN, |t| family.place(t.millis()).0);
@@ -660,41 +776,30 @@ fn read_family(
     let mut end = tenant.prefix().to_vec();
     end.push(family.tag + 1);
     let mut splits = BTreeSet::new();
-    // Group ids of the dimension parts seen (None: filtered out).
-    let mut seen: HashMap<Vec<u8>, Option<u32>> = HashMap::default();
     let corrupt = || StoreError::Corrupt("summary row".into());
     let mut visit = |key: &[u8], value: &[u8]| -> Result<bool, StoreError> {
-        let row_bytes: [u8; 8] = key.get(5..13).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
-        let row = (u64::from_be_bytes(row_bytes) ^ (1 << 63)) as i64;
+        let row = row_of(key)?;
         if row > last_row {
             return Ok(false);
         }
         let dims_bytes = &key[13..];
-        let group = match seen.get(dims_bytes) {
-            Some(group) => *group,
-            None => {
-                let dims = parse_dims(dims_bytes, family.full).ok_or_else(corrupt)?;
-                let group = dims
-                    .matches(filter)
-                    .then(|| sums.group_id(group_by.iter().map(|d| dims.value(*d).map(str::to_owned)).collect()));
-                seen.insert(dims_bytes.to_vec(), group);
-                group
-            }
-        };
-        let Some(group) = group else { return Ok(true) };
-        let currency = <[u8; 3]>::try_from(&dims_bytes[1..4]).ok().filter(|c| *c != NO_CURRENCY);
+        let Some(group) = sums.row_group(dims_bytes, family.full, filter, group_by)? else { return Ok(true) };
+        let currency = row_currency(dims_bytes);
         // A row wholly inside the bounds and one period (a UTC day of a
         // UTC summary) is added in one step.
         let (row_first, _) = family.slot_range(row, 0);
         let (_, row_last) = family.slot_range(row, u8::try_from(family.slots() - 1).expect("at most 96 slots"));
         if row_first >= created_min
             && row_last <= created_max
-            && let Some(period) = periods.of_range(row_first, row_last)
+            && let Some((period, _)) = periods.range_of(row_first, row_last)
         {
             let total = read_totals(value, &mut 0).ok_or_else(corrupt)?;
             sums.add(period, group, currency, total);
             return Ok(true);
         }
+        // Otherwise slot by slot, consecutive slots of one period summed
+        // before they are added.
+        let mut run: Option<((i64, i64), Slot)> = None;
         for slot in slots_of(value) {
             let (slot, value) = slot?;
             let (a, b) = family.slot_range(row, slot);
@@ -702,18 +807,28 @@ fn read_family(
                 continue;
             }
             let inside = a >= created_min && b <= created_max;
-            match periods.of_range(a, b).filter(|_| inside) {
-                Some(period) => sums.add(period, group, currency, value),
+            if inside
+                && let Some(((start, end), total)) = &mut run
+                && *start <= a
+                && b < *end
+            {
+                *total += value;
+                continue;
+            }
+            if let Some(((start, _), total)) = run.take() {
+                sums.add(start, group, currency, total);
+            }
+            match periods.range_of(a, b).filter(|_| inside) {
+                Some(period) => run = Some((period, value)),
                 None => {
                     splits.insert((a.max(created_min), b.min(created_max)));
                 }
             }
         }
+        if let Some(((start, _), total)) = run {
+            sums.add(start, group, currency, total);
+        }
         Ok(true)
-    };
-    let row_of = |key: &[u8]| -> Result<i64, StoreError> {
-        let row_bytes: [u8; 8] = key.get(5..13).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
-        Ok((u64::from_be_bytes(row_bytes) ^ (1 << 63)) as i64)
     };
     let mut statuses: Vec<u8> = filter.statuses.iter().map(|s| s.code()).collect();
     statuses.sort_unstable();
@@ -757,6 +872,41 @@ fn read_family(
         }
     }
     Ok(splits)
+}
+
+/// Adds a tenant's [`AMOUNTS`] rows of the buckets wholly inside the
+/// filter's amount bounds to `sums`; returns the amount ranges (inclusive)
+/// of the buckets a bound cuts, to be counted refund by refund.
+fn read_amounts(
+    table: &ReadOnlyTable<&'static [u8], &'static [u8]>,
+    tenant: TenantNo,
+    filter: &Filter,
+    group_by: &[Dim],
+    sums: &mut Sums,
+) -> Result<Vec<(u64, u64)>, StoreError> {
+    let (min, max) = (filter.amount_min.unwrap_or(0), filter.amount_max.unwrap_or(u64::MAX));
+    let (first, last) = (amount_bucket(min), amount_bucket(max));
+    let start = AMOUNTS.row_prefix(tenant, i64::from(first));
+    let end = AMOUNTS.row_prefix(tenant, i64::from(last) + 1);
+    let mut edges = Vec::new();
+    for entry in table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice())))? {
+        let (key, value) = entry?;
+        let (key, value) = (key.value(), value.value());
+        let bucket = u16::try_from(row_of(key)?).map_err(|_| StoreError::Corrupt("summary amount bucket".into()))?;
+        let (low, high) = bucket_range(bucket);
+        if low < min || high > max {
+            let edge = (low.max(min), high.min(max));
+            if edges.last() != Some(&edge) {
+                edges.push(edge);
+            }
+            continue;
+        }
+        let dims_bytes = &key[13..];
+        let Some(group) = sums.row_group(dims_bytes, false, filter, group_by)? else { continue };
+        let total = read_totals(value, &mut 0).ok_or_else(|| StoreError::Corrupt("summary row".into()))?;
+        sums.add(i64::MIN, group, row_currency(dims_bytes), total);
+    }
+    Ok(edges)
 }
 
 /// Adjacent or overlapping inclusive ranges joined.
@@ -880,6 +1030,23 @@ mod tests {
         }
         assert_eq!(DAYS.place(DAY_MS - 1).1, 95);
         assert_eq!(FULL.place(32 * DAY_MS - 1).1, 31);
+    }
+
+    #[test]
+    fn amount_buckets_tile_the_amounts_in_order_and_stay_narrow() {
+        let mut edges = vec![0, 1, 127, 128, 129, 130, 255, 256, 1000, 1023, 1024, 4999, 5000, u64::MAX - 1, u64::MAX];
+        edges.extend((7..64).flat_map(|e| [(1u64 << e) - 1, 1 << e, (1 << e) + 1, 3 << (e - 1)]));
+        for amount in edges {
+            let bucket = amount_bucket(amount);
+            let (low, high) = bucket_range(bucket);
+            assert!(low <= amount && amount <= high, "{amount}: bucket {bucket} is {low}..={high}");
+            assert!((high - low) <= low / 64, "{amount}: bucket {bucket} is {low}..={high}");
+            if low > 0 {
+                assert_eq!(bucket_range(bucket - 1).1, low - 1, "bucket {bucket} follows the one before");
+            }
+        }
+        assert_eq!(amount_bucket(u64::MAX), 3775);
+        assert_eq!(bucket_range(3775).1, u64::MAX);
     }
 
     #[test]
