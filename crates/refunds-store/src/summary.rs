@@ -174,11 +174,11 @@ const TEXT_DIMS: [TextField; 3] = [TextField::Processor, TextField::PaymentMetho
 /// buckets per power of two (so that bucket `b` of `[2^e, 2^(e+1))` is
 /// `2^(e-6)` wide). Increasing with the amount, and at most 3,775.
 pub(crate) fn amount_bucket(amount: u64) -> u16 {
-    if amount < 128 {
-        return amount as u16;
+    if let Ok(small @ 0..128) = u16::try_from(amount) {
+        return small;
     }
     let e = 63 - amount.leading_zeros();
-    let mantissa = (amount >> (e - 6)) as u32 - 64;
+    let mantissa = u32::try_from(amount >> (e - 6)).expect("seven bits") - 64;
     u16::try_from((e - 5) * 64 + mantissa).expect("at most 3,775 buckets")
 }
 
