@@ -2,8 +2,10 @@
 # Kafka ingest benchmark against a real broker: generates about 1M events
 # (REFUNDS=330000), starts a single-node broker (scripts/kafka/kafka.sh) unless
 # BROKERS is given, produces them to a fresh 6-partition topic, then prints the
-# raw read rate of the consumer's configuration, the durable ingest rate into
-# a fresh store, and their ratio, with the machine it ran on. ARRIVAL picks
+# raw read rate of the consumer's configuration and, in ROUNDS interleaved
+# rounds (default 2), the durable rate of a replay of the same file and of a
+# Kafka ingest of the topic, each into a fresh store, with the ratios
+# Kafka/replay and Kafka/raw and the machine it ran on. ARRIVAL picks
 # generate's --arrival model (realistic by default, or ordered).
 set -euo pipefail
 cd "$(dirname "$0")/.."

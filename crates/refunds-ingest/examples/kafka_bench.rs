@@ -1,11 +1,14 @@
 //! Kafka ingest benchmark against a real broker (`scripts/bench-kafka.sh`
 //! runs it): produces an NDJSON event file to a fresh topic, then, in the same
 //! run, (1) reads and discards the whole topic with the consumer's own
-//! librdkafka configuration (the raw rate) and (2) ingests it into a fresh
+//! librdkafka configuration (the raw rate), then, in `ROUNDS` interleaved
+//! rounds (2 by default), (2) replays the same file into a fresh store, as
+//! `refund-projector replay` does, and (3) ingests the topic into a fresh
 //! store with durable commits (the ingest rate, from the first poll to the
-//! final durable commit). Prints both and their ratio.
+//! final durable commit). Prints every rate and the ratios Kafka/replay and
+//! Kafka/raw.
 //!
-//! Usage: [DURABLE_MS=N] kafka_bench BROKERS EVENTS.ndjson [PARTITIONS] [STORE_DIR]
+//! Usage: [DURABLE_MS=N] [ROUNDS=N] kafka_bench BROKERS EVENTS.ndjson [PARTITIONS] [STORE_DIR]
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message};
+use refunds_ingest::file_source::{self, Input, ReplayParams};
 use refunds_ingest::kafka_source::{IngestStatus, KafkaParams, Shutdown, consume, consumer_config};
 use refunds_store::{Store, StoreParams};
 
@@ -65,9 +69,55 @@ fn main() {
         total as f64 / raw.as_secs_f64()
     );
 
-    let dir = tempfile::tempdir_in(&store_dir).expect("a store directory");
+    // Interleaved rounds: a replay of the same file (its lines in the order
+    // they were produced), then a Kafka ingest of the topic by a new group,
+    // each into a fresh store with the same durability (`DURABLE_MS`).
+    let rounds: u32 = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let (mut replays, mut ingests) = (Duration::ZERO, Duration::ZERO);
+    for round in 1..=rounds {
+        let replayed = replay(&events, &store_dir, total, params.durable_every);
+        let mut round_params = params.clone();
+        round_params.group_id = format!("{topic}-ingest-{round}");
+        let ingested = ingest(&round_params, &topic, total, &store_dir);
+        println!("round {round}: kafka/replay {:.2}", replayed.as_secs_f64() / ingested.as_secs_f64());
+        replays += replayed;
+        ingests += ingested;
+    }
+    println!(
+        "ratio kafka/replay: {:.2} (total times over {rounds} interleaved rounds)",
+        replays.as_secs_f64() / ingests.as_secs_f64()
+    );
+    println!("ratio ingest/raw: {:.2}", raw.as_secs_f64() / (ingests.as_secs_f64() / f64::from(rounds)));
+}
+
+/// Replays the events file into a fresh store, as `refund-projector replay`
+/// does; the time from the start to the final durable commit.
+fn replay(events: &std::path::Path, store_dir: &std::path::Path, total: u64, durable_every: Duration) -> Duration {
+    let dir = tempfile::tempdir_in(store_dir).expect("a store directory");
+    let mut store = Store::open(&dir.path().join("replay.redb"), &StoreParams::default()).expect("store");
+    let mut params = ReplayParams::new(Input::File(events.to_path_buf()));
+    params.durable_every = durable_every;
+    let started = Instant::now();
+    let progress = file_source::replay(&mut store, &params, |_| {}).expect("replay");
+    let took = started.elapsed();
+    println!(
+        "replay: {} lines ({} applied, {} duplicate, {} invalid) in {:.2}s = {:.0} events/s durable",
+        progress.lines,
+        progress.applied,
+        progress.duplicate,
+        progress.invalid,
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64(),
+    );
+    took
+}
+
+/// Ingests the topic into a fresh store with durable commits; the time from
+/// the first poll to the final durable commit.
+fn ingest(params: &KafkaParams, topic: &str, total: u64, store_dir: &std::path::Path) -> Duration {
+    let dir = tempfile::tempdir_in(store_dir).expect("a store directory");
     let store = Arc::new(Store::open(&dir.path().join("bench.redb"), &StoreParams::default()).expect("store"));
-    let status = Arc::new(IngestStatus::new(&topic));
+    let status = Arc::new(IngestStatus::new(topic));
     let shutdown = Shutdown::new();
     let consumer = {
         let (store, status, shutdown, params) = (store.clone(), status.clone(), shutdown.clone(), params.clone());
@@ -88,7 +138,7 @@ fn main() {
     let first = status.first_message_at().expect("a first message");
     let ingest = durable_at - first;
     println!(
-        "ingest: {total} messages ({} applied, {} duplicate, {} invalid) in {:.2}s = {:.0} events/s durable \
+        "kafka ingest: {total} messages ({} applied, {} duplicate, {} invalid) in {:.2}s = {:.0} events/s durable \
          (all applied after {:.2}s; store {} MiB)",
         report.applied,
         report.duplicate,
@@ -98,7 +148,7 @@ fn main() {
         (applied_at - first).as_secs_f64(),
         Store::file_bytes(&dir.path().join("bench.redb")) >> 20,
     );
-    println!("ratio ingest/raw: {:.2}", raw.as_secs_f64() / ingest.as_secs_f64());
+    ingest
 }
 
 fn produce(brokers: &str, topic: &str, events: &std::path::Path) -> u64 {
