@@ -81,6 +81,10 @@ impl<'b> Interner<'_, '_, 'b> {
             Some((n, _)) => n.value() + 1,
             None => 1,
         };
+        // The last number is the summaries' every-tenant rows'.
+        if next == crate::summary::EVERY_TENANT.0 {
+            return Err(StoreError::Corrupt("every name number is taken".into()));
+        }
         self.names.insert(name.as_str(), next)?;
         self.by_number.insert(next, name.as_str())?;
         self.fresh.insert(name, next);

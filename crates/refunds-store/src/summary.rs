@@ -35,6 +35,10 @@
 //!   row; the one or two buckets a bound cuts are counted from the amount
 //!   index, refund by refund.
 //!
+//! [`TOTALS`] and [`DAYS`] rows are also kept for every tenant together,
+//! under [`EVERY_TENANT`]: a summary over every tenant of its snapshot (an
+//! admin without `tenant_id`) reads those instead of each tenant's.
+//!
 //! A slot that lies in one period and wholly inside the created bounds is
 //! added from the row. A slot that straddles a period edge or a created bound
 //! (a zone whose offset is not a whole quarter hour, a local day of a FULL
@@ -168,6 +172,11 @@ pub(crate) const FULL: Family =
 pub(crate) const AMOUNTS: Family = Family { tag: 0x23, full: false, row_ms: 0, slot_ms: 0, by_amount: true };
 const FAMILIES: [Family; 4] = [TOTALS, DAYS, FULL, AMOUNTS];
 const NO_CURRENCY: [u8; 3] = [0; 3];
+/// The tenant number of the rows kept for every tenant together (names are
+/// numbered from 1 up and never reach it).
+pub(crate) const EVERY_TENANT: TenantNo = TenantNo(u32::MAX);
+/// The families also kept under [`EVERY_TENANT`].
+const ROLLED_UP: [Family; 2] = [TOTALS, DAYS];
 const TEXT_DIMS: [TextField; 3] = [TextField::Processor, TextField::PaymentMethodType, TextField::ProductType];
 
 /// The amount bucket of an amount: the amount itself below 128, then 64
@@ -447,19 +456,21 @@ pub(crate) fn apply_summary_deltas<'c>(
     changes: impl Iterator<Item = SummaryChange<'c>>,
 ) -> Result<(), StoreError> {
     let mut deltas: HashMap<(Vec<u8>, u8), Delta> = HashMap::default();
+    let every = ROLLED_UP.map(|family| (family, EVERY_TENANT));
     for change in changes {
-        for family in FAMILIES {
+        let own = FAMILIES.map(|family| (family, change.tenant));
+        for (family, tenant) in own.into_iter().chain(every) {
             if change.old.is_some_and(|old| !family.moved(old, change.new)) {
                 continue;
             }
             if let Some(old) = change.old
-                && let Some(key) = family.key_of(change.tenant, old)
+                && let Some(key) = family.key_of(tenant, old)
             {
                 let (c, a, s) = Family::contribution(old);
                 let d = deltas.entry(key).or_default();
                 *d = (d.0 - c, d.1 - a, d.2 - s);
             }
-            if let Some(key) = family.key_of(change.tenant, change.new) {
+            if let Some(key) = family.key_of(tenant, change.new) {
                 let (c, a, s) = Family::contribution(change.new);
                 let d = deltas.entry(key).or_default();
                 *d = (d.0 + c, d.1 + a, d.2 + s);
@@ -657,6 +668,33 @@ pub fn summary_in(
     let family = family_for(filter, request.group_by, request.period_of.is_some());
     let refunds = txn.open_table(tables::REFUNDS)?;
     let summaries = txn.open_table(tables::SUMMARIES)?;
+    let created = txn.open_table(tables::BY_CREATED)?;
+    // Refunds of slots that a period edge or a created bound cuts, counted
+    // one by one through the created index.
+    let walk_slots = |tenant: TenantNo, ranges: &[(i64, i64)], sums: &mut Sums, periods: &mut Periods<'_>| {
+        for &(from, to) in ranges {
+            let (from, to) = (Timestamp::from_millis(from), Timestamp::from_millis(to));
+            query::for_each_with_value(&created, Index::Created, tenant, &[], from, to, |_, id, home| {
+                let state = load(&refunds, tenant, home, id)?;
+                match filter.matches(&state) {
+                    true => add_refund(sums, periods, request.group_by, &state),
+                    false => Ok(()),
+                }
+            })?;
+        }
+        Ok::<_, StoreError>(())
+    };
+    if let Some(family) = family.filter(|f| ROLLED_UP.contains(f))
+        && tenants.len() > 1
+        && every_tenant_in(txn, tenants)?
+    {
+        let splits = read_family(&summaries, EVERY_TENANT, family, filter, request.group_by, &mut periods, &mut sums)?;
+        let splits = merge_ranges(splits);
+        for &tenant in tenants {
+            walk_slots(tenant, &splits, &mut sums, &mut periods)?;
+        }
+        return Ok(finish(sums, request));
+    }
     for &tenant in tenants {
         let walk = |sums: &mut Sums, periods: &mut Periods<'_>, state: &RefundState| match filter.matches(state) {
             true => add_refund(sums, periods, request.group_by, state),
@@ -676,13 +714,7 @@ pub fn summary_in(
             Some(family) => {
                 let splits =
                     read_family(&summaries, tenant, family, filter, request.group_by, &mut periods, &mut sums)?;
-                let created = txn.open_table(tables::BY_CREATED)?;
-                for (from, to) in merge_ranges(splits) {
-                    let (from, to) = (Timestamp::from_millis(from), Timestamp::from_millis(to));
-                    query::for_each_with_value(&created, Index::Created, tenant, &[], from, to, |_, id, home| {
-                        walk(&mut sums, &mut periods, &load(&refunds, tenant, home, id)?)
-                    })?;
-                }
+                walk_slots(tenant, &merge_ranges(splits), &mut sums, &mut periods)?;
             }
             None if filter.only_amount_and_created() => {
                 let table = txn.open_table(Index::Amount.table().expect("the amount index has a table"))?;
@@ -716,6 +748,25 @@ pub fn summary_in(
         }
     }
     Ok(finish(sums, request))
+}
+
+/// Whether `tenants` are every tenant the snapshot holds (then the
+/// [`EVERY_TENANT`] rows hold exactly their sums).
+fn every_tenant_in(txn: &ReadTransaction, tenants: &[TenantNo]) -> Result<bool, StoreError> {
+    let names = txn.open_table(tables::NAMES)?;
+    let mut stored = Vec::new();
+    for entry in names.range(crate::TENANT_KIND..)? {
+        let (name, number) = entry?;
+        if !name.value().starts_with(crate::TENANT_KIND) {
+            break;
+        }
+        stored.push(number.value());
+    }
+    let mut asked: Vec<u32> = tenants.iter().map(|t| t.0).collect();
+    asked.sort_unstable();
+    asked.dedup();
+    stored.sort_unstable();
+    Ok(asked == stored)
 }
 
 fn load(
