@@ -90,8 +90,10 @@ fn a_summary_equals_the_export_and_the_lists_count_for_every_caller() {
             .collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "{path}: groups out of order");
     }
-    // Filters and aliases are the list's: the count matches for each.
-    for filter in [
+    // Filters and aliases are the list's: the count matches for each, and
+    // for each kind of kept rows a grouping picks (every dimension, or
+    // status and currency only: by amount bucket for amount bounds).
+    for (filter, group_by) in [
         "status=completed,failed",
         "state=succeeded",
         "currency_code=usd",
@@ -100,13 +102,18 @@ fn a_summary_equals_the_export_and_the_lists_count_for_every_caller() {
         "from=1717200000&to=2024-12-31",
         "minimum_amount=1000&maximum_amount=5000",
         "amount_min=9000&amount_max=10",
-    ] {
-        let (status, body, _) = server.get(&format!("/v1/refunds/summary?{filter}&group_by=processor"), ADMIN);
+        "amount_min=1000&amount_max=5000&status=completed,failed",
+        "amount_min=130",
+    ]
+    .into_iter()
+    .flat_map(|filter| [(filter, "processor"), (filter, "status,currency")])
+    {
+        let (status, body, _) = server.get(&format!("/v1/refunds/summary?{filter}&group_by={group_by}"), ADMIN);
         assert_eq!(status, 200, "{filter}: {body}");
         let (_, list, _) = server.get(&format!("/v1/refunds?{filter}&limit=1"), ADMIN);
-        assert_eq!(body["count"], list["count"], "{filter}");
+        assert_eq!(body["count"], list["count"], "{filter} by {group_by}");
         let sum: u64 = body["groups"].as_array().unwrap().iter().map(|g| g["count"].as_u64().unwrap()).sum();
-        assert_eq!(Some(sum), body["count"].as_u64(), "{filter}");
+        assert_eq!(Some(sum), body["count"].as_u64(), "{filter} by {group_by}");
     }
     // Without group_by and interval: totals only.
     let (_, body, _) = server.get("/v1/refunds/summary?tz=Asia/Kathmandu", TENANT_A);
