@@ -186,6 +186,10 @@ fn produce(brokers: &str, topic: &str, events: &std::path::Path) -> u64 {
 fn raw_read(params: &KafkaParams, topic: &str, total: u64) -> Duration {
     let mut config = consumer_config(params);
     config.set("group.id", format!("{topic}-raw"));
+    // The ingest starts from its store's checkpoints and refuses to guess
+    // (`auto.offset.reset=error`); this reader has none, so it starts at the
+    // beginning.
+    config.set("auto.offset.reset", "earliest");
     let consumer: BaseConsumer = config.create().expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     let mut seen = 0u64;
