@@ -44,9 +44,10 @@
 //! (a zone whose offset is not a whole quarter hour, a local day of a FULL
 //! summary, a created bound inside a slot) is counted instead by walking the
 //! refunds of that slot's time range through the created index, each checked
-//! against the filter, so the result stays exact. Filters no family covers
-//! (exact-match fields, amount ranges) walk the matching refunds through the
-//! most selective index, as a count does.
+//! against the filter, so the result stays exact. Requests no family covers
+//! (exact-match fields; amount bounds with created bounds, periods or a
+//! processor, payment method or product type) walk the matching refunds
+//! through the most selective index, as a count does.
 
 use std::collections::BTreeSet;
 use std::ops::Bound;
