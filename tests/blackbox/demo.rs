@@ -24,9 +24,8 @@ fn spawn_demo(extra: &[&str]) -> (std::process::Child, std::io::Lines<BufReader<
     (child, stdout)
 }
 
-#[test]
-fn demo_prints_a_working_key_and_curl_line_serves_growing_right_numbers_and_stops_on_sigterm() {
-    let (mut child, mut stdout) = spawn_demo(&["--rate", "3000"]);
+/// The demo's banner: its stdout lines up to and including the "Ctrl-C" one.
+fn read_banner(stdout: &mut impl Iterator<Item = std::io::Result<String>>) -> Vec<String> {
     let mut banner = Vec::new();
     while let Some(Ok(line)) = stdout.next() {
         let done = line.starts_with("Ctrl-C");
@@ -35,6 +34,13 @@ fn demo_prints_a_working_key_and_curl_line_serves_growing_right_numbers_and_stop
             break;
         }
     }
+    banner
+}
+
+#[test]
+fn demo_prints_a_working_key_and_curl_line_serves_growing_right_numbers_and_stops_on_sigterm() {
+    let (mut child, mut stdout) = spawn_demo(&["--rate", "3000"]);
+    let banner = read_banner(&mut stdout);
     let text = banner.join("\n");
     let curl = banner.iter().find(|l| l.trim_start().starts_with("curl -H 'Authorization: Api-Key")).expect(&text);
     let header = curl.split('\'').nth(1).unwrap().to_owned();
@@ -114,14 +120,7 @@ fn demo_accepts_a_keys_file_beside_its_own_key_and_follows_its_edits() {
     let entry = "[[keys]]\nid = \"extra\"\nsecret = \"secret-extra\"\ntenant = \"*\"\nscopes = [\"refunds:read\"]\n";
     std::fs::write(&keys, entry).unwrap();
     let (mut child, mut stdout) = spawn_demo(&["--rate", "100", "--api-keys", keys.to_str().unwrap()]);
-    let mut banner = Vec::new();
-    while let Some(Ok(line)) = stdout.next() {
-        let done = line.starts_with("Ctrl-C");
-        banner.push(line);
-        if done {
-            break;
-        }
-    }
+    let banner = read_banner(&mut stdout);
     let curl = banner.iter().find(|l| l.trim_start().starts_with("curl -H 'Authorization: Api-Key")).unwrap();
     let demo_header = curl.split('\'').nth(1).unwrap().split_once(": ").unwrap().1.to_owned();
     let url = curl.split('\'').nth(3).unwrap().to_owned();

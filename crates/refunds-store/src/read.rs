@@ -125,15 +125,7 @@ impl Store {
         let refunds = txn.open_table(tables::REFUNDS).map_err(StoreError::from)?;
         let homes = txn.open_table(tables::REFUND_HOMES).map_err(StoreError::from)?;
         // The tenants of this snapshot (the shared cache may lag a commit).
-        let names = txn.open_table(tables::NAMES).map_err(StoreError::from)?;
-        let mut tenants = Vec::new();
-        for row in names.range(crate::TENANT_KIND..).map_err(StoreError::from)? {
-            let (name, number) = row.map_err(StoreError::from)?;
-            let Some(tenant_id) = name.value().strip_prefix(crate::TENANT_KIND) else {
-                break;
-            };
-            tenants.push((tenant_id.to_owned(), TenantNo(number.value())));
-        }
+        let mut tenants = tenants_in(txn)?;
         tenants.sort();
         let mut written = 0;
         for (_, tenant) in tenants {
@@ -403,4 +395,19 @@ impl Store {
         while self.db.compact()? {}
         Ok((before, Store::file_bytes(path)))
     }
+}
+
+/// The tenants a snapshot holds, in tenant name order, from its `names`
+/// table (the store's in-memory name cache may lag a commit).
+pub(crate) fn tenants_in(txn: &ReadTransaction) -> Result<Vec<(String, TenantNo)>, StoreError> {
+    let names = txn.open_table(tables::NAMES)?;
+    let mut tenants = Vec::new();
+    for row in names.range(crate::TENANT_KIND..)? {
+        let (name, number) = row?;
+        let Some(tenant_id) = name.value().strip_prefix(crate::TENANT_KIND) else {
+            break;
+        };
+        tenants.push((tenant_id.to_owned(), TenantNo(number.value())));
+    }
+    Ok(tenants)
 }

@@ -672,15 +672,16 @@ pub fn summary_in(
     let created = txn.open_table(tables::BY_CREATED)?;
     // Refunds of slots that a period edge or a created bound cuts, counted
     // one by one through the created index.
+    // A refund read one by one: added when it matches the filter.
+    let walk = |sums: &mut Sums, periods: &mut Periods<'_>, state: &RefundState| match filter.matches(state) {
+        true => add_refund(sums, periods, request.group_by, state),
+        false => Ok(()),
+    };
     let walk_slots = |tenant: TenantNo, ranges: &[(i64, i64)], sums: &mut Sums, periods: &mut Periods<'_>| {
         for &(from, to) in ranges {
             let (from, to) = (Timestamp::from_millis(from), Timestamp::from_millis(to));
             query::for_each_with_value(&created, Index::Created, tenant, &[], from, to, |_, id, home| {
-                let state = load(&refunds, tenant, home, id)?;
-                match filter.matches(&state) {
-                    true => add_refund(sums, periods, request.group_by, &state),
-                    false => Ok(()),
-                }
+                walk(sums, periods, &load(&refunds, tenant, home, id)?)
             })?;
         }
         Ok::<_, StoreError>(())
@@ -697,10 +698,6 @@ pub fn summary_in(
         return Ok(finish(sums, request));
     }
     for &tenant in tenants {
-        let walk = |sums: &mut Sums, periods: &mut Periods<'_>, state: &RefundState| match filter.matches(state) {
-            true => add_refund(sums, periods, request.group_by, state),
-            false => Ok(()),
-        };
         match family {
             Some(AMOUNTS) => {
                 let edges = read_amounts(&summaries, tenant, filter, request.group_by, &mut sums)?;
@@ -754,15 +751,7 @@ pub fn summary_in(
 /// Whether `tenants` are every tenant the snapshot holds (then the
 /// [`EVERY_TENANT`] rows hold exactly their sums).
 fn every_tenant_in(txn: &ReadTransaction, tenants: &[TenantNo]) -> Result<bool, StoreError> {
-    let names = txn.open_table(tables::NAMES)?;
-    let mut stored = Vec::new();
-    for entry in names.range(crate::TENANT_KIND..)? {
-        let (name, number) = entry?;
-        if !name.value().starts_with(crate::TENANT_KIND) {
-            break;
-        }
-        stored.push(number.value());
-    }
+    let mut stored: Vec<u32> = crate::read::tenants_in(txn)?.into_iter().map(|(_, n)| n.0).collect();
     let mut asked: Vec<u32> = tenants.iter().map(|t| t.0).collect();
     asked.sort_unstable();
     asked.dedup();
