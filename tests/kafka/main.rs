@@ -579,6 +579,89 @@ fn two_instances_with_different_groups_each_build_the_whole_projection() {
     assert_eq!(export_a, scenario.replay_export());
 }
 
+/// The JSON log's batch spans: per batch, each partition's offsets as
+/// `(partition, from, to)`.
+fn batch_offsets(runner: &Runner) -> Vec<Vec<(i32, i64, i64)>> {
+    let log = runner.log.lock().unwrap();
+    log.iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|entry| entry["span"]["name"] == "batch")
+        .map(|entry| {
+            let offsets = entry["span"]["offsets"].as_str().expect("offsets").to_owned();
+            offsets
+                .split(',')
+                .map(|one| {
+                    let (partition, range) = one.split_once(':').expect("partition:from..to");
+                    let (from, to) = range.split_once("..").expect("from..to");
+                    (partition.parse().unwrap(), from.parse().unwrap(), to.parse().unwrap())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_takes_every_partition_at_the_same_moment_while_instances_of_the_group_join_and_leave() {
+    let (_guard, bootstrap) = broker();
+    // The whole topic is there before the consumer starts: it is behind
+    // from its first batch to its last, and small batches make that last
+    // while other instances come and go.
+    let scenario = Scenario::new(&bootstrap, "merge", 30_000, 17, 6);
+    let db = scenario.db("a.redb");
+    let mut instance = scenario.instance("g-merge", &db);
+    instance.extra = ["--log-format", "json", "--batch-events", "2000"].map(String::from).to_vec();
+    instance.env = vec![("RUST_LOG".into(), "info,refunds_ingest=debug".into())];
+    let mut a = Runner::start(&instance);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while recorded(&a.status()) == 0 {
+        assert!(Instant::now() < deadline, "nothing recorded after a minute:\n{}", a.log_tail());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Another instance of the group joins while the first one ingests and
+    // vanishes (SIGKILL); a third joins and leaves cleanly.
+    let b = Runner::start(&scenario.instance("g-merge", &scenario.db("b.redb")));
+    std::thread::sleep(Duration::from_millis(300));
+    b.kill();
+    let c = Runner::start(&scenario.instance("g-merge", &scenario.db("c.redb")));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(c.terminate().0.success());
+    eprintln!(
+        "merge: the other instances came and went while the first recorded {} of {} events",
+        recorded(&a.status()),
+        scenario.messages
+    );
+    a.wait_caught_up(scenario.messages, Duration::from_secs(300));
+
+    // Each partition's messages were produced at the same rate (keys spread
+    // evenly), so partitions read in step by timestamp stay at the same
+    // fraction of their length after every batch. Reading them a fetch at a
+    // time (4 MiB, thousands of messages) puts them far apart. (Until every
+    // partition has sent its first fetch, the others go on without it.)
+    let batches = batch_offsets(&a);
+    let mut length: BTreeMap<i32, i64> = BTreeMap::new();
+    for &(partition, _, to) in batches.iter().flatten() {
+        let end = length.entry(partition).or_default();
+        *end = (*end).max(to);
+    }
+    assert_eq!(length.len(), 6, "{length:?}");
+    assert_eq!(length.values().sum::<i64>(), i64::try_from(scenario.messages).unwrap(), "{length:?}");
+    assert!(batches.len() >= 20, "the consumer was behind for many batches: {}", batches.len());
+    let mut position: BTreeMap<i32, i64> = length.keys().map(|&partition| (partition, 0)).collect();
+    for batch in &batches {
+        for &(partition, _, to) in batch {
+            position.insert(partition, to);
+        }
+        if position.values().any(|&to| to == 0) {
+            continue;
+        }
+        let at: Vec<f64> = position.iter().map(|(partition, &to)| to as f64 / length[partition] as f64).collect();
+        let spread = at.iter().copied().fold(f64::MIN, f64::max) - at.iter().copied().fold(f64::MAX, f64::min);
+        assert!(spread < 0.1, "after a batch the partitions are {spread:.3} of their length apart: {position:?}");
+    }
+    assert!(a.terminate().0.success());
+    assert_eq!(export(&db), scenario.replay_export(), "the first instance's store exports like replay");
+}
+
 #[test]
 fn readyz_is_503_until_partitions_are_assigned_then_200_once_caught_up() {
     let (_guard, bootstrap) = broker();

@@ -98,10 +98,12 @@ fn replay(events: &std::path::Path, store_dir: &std::path::Path, total: u64, dur
     let mut params = ReplayParams::new(Input::File(events.to_path_buf()));
     params.durable_every = durable_every;
     let started = Instant::now();
+    let used = Usage::now();
     let progress = file_source::replay(&mut store, &params, |_| {}).expect("replay");
     let took = started.elapsed();
+    let used = Usage::now().since(&used);
     println!(
-        "replay: {} lines ({} applied, {} duplicate, {} invalid) in {:.2}s = {:.0} events/s durable",
+        "replay: {} lines ({} applied, {} duplicate, {} invalid) in {:.2}s = {:.0} events/s durable; {used}",
         progress.lines,
         progress.applied,
         progress.duplicate,
@@ -118,6 +120,7 @@ fn ingest(params: &KafkaParams, topic: &str, total: u64, store_dir: &std::path::
     let dir = tempfile::tempdir_in(store_dir).expect("a store directory");
     let store = Arc::new(Store::open(&dir.path().join("bench.redb"), &StoreParams::default()).expect("store"));
     let status = Arc::new(IngestStatus::new(topic));
+    let used = Usage::now();
     let shutdown = Shutdown::new();
     let consumer = {
         let (store, status, shutdown, params) = (store.clone(), status.clone(), shutdown.clone(), params.clone());
@@ -135,11 +138,12 @@ fn ingest(params: &KafkaParams, topic: &str, total: u64, store_dir: &std::path::
     shutdown.trigger();
     let report = consumer.join().expect("consumer thread").expect("consume");
     let durable_at = Instant::now();
+    let used = Usage::now().since(&used);
     let first = status.first_message_at().expect("a first message");
     let ingest = durable_at - first;
     println!(
         "kafka ingest: {total} messages ({} applied, {} duplicate, {} invalid) in {:.2}s = {:.0} events/s durable \
-         (all applied after {:.2}s; store {} MiB)",
+         (all applied after {:.2}s; store {} MiB); {used}",
         report.applied,
         report.duplicate,
         report.invalid,
@@ -204,4 +208,43 @@ fn raw_read(params: &KafkaParams, topic: &str, total: u64) -> Duration {
     }
     std::hint::black_box(bytes);
     first.map_or(Duration::ZERO, |f| f.elapsed())
+}
+
+/// The process's CPU time and bytes written to storage, from `/proc/self`
+/// (zero elsewhere): where two runs of equal wall time differ.
+struct Usage {
+    user_s: f64,
+    system_s: f64,
+    written: u64,
+}
+
+impl Usage {
+    fn now() -> Usage {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // The fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        // utime and stime are fields 14 and 15, in clock ticks (100 a second on Linux).
+        let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+        let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+        let written = io
+            .lines()
+            .find_map(|line| line.strip_prefix("write_bytes: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        Usage { user_s: ticks(14), system_s: ticks(15), written }
+    }
+
+    fn since(&self, start: &Usage) -> Usage {
+        Usage {
+            user_s: self.user_s - start.user_s,
+            system_s: self.system_s - start.system_s,
+            written: self.written.saturating_sub(start.written),
+        }
+    }
+}
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cpu {:.1}s user + {:.1}s system, {} MiB written", self.user_s, self.system_s, self.written >> 20)
+    }
 }

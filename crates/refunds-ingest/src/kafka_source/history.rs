@@ -21,6 +21,7 @@
 //! librdkafka never resets an offset on its own (`auto.offset.reset=error`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
@@ -30,6 +31,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use refunds_store::Store;
 
 use super::config::admin_config;
+use super::merge::Merger;
 use super::poll::Consumer_;
 use super::{IngestError, IngestStatus, KafkaParams, checkpoint_name};
 
@@ -228,17 +230,23 @@ impl Plan {
         self.accept.is_empty() && self.unassign.is_empty() && self.assign.is_empty()
     }
 
-    pub(super) fn execute(&self, consumer: &Consumer_, topic: &str) -> Result<(), IngestError> {
+    /// Every partition gets its own queue before it is assigned (see
+    /// [`super::merge`]), and loses it once unassigned.
+    pub(super) fn execute(&self, consumer: &Consumer_, merger: &mut Merger, topic: &str) -> Result<(), IngestError> {
         if !self.unassign.is_empty() {
             let mut tpl = TopicPartitionList::new();
             for &partition in &self.unassign {
                 tpl.add_partition(topic, partition);
             }
             consumer.incremental_unassign(&tpl).map_err(IngestError::Client)?;
+            for &partition in &self.unassign {
+                merger.forget(partition);
+            }
         }
         if !self.assign.is_empty() {
             let mut tpl = TopicPartitionList::new();
             for &(partition, offset) in &self.assign {
+                merger.split(partition)?;
                 tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).map_err(IngestError::Client)?;
             }
             consumer.incremental_assign(&tpl).map_err(IngestError::Client)?;
@@ -253,7 +261,7 @@ impl Plan {
 pub(super) struct Assignment {
     topic: String,
     /// The topic of every polled message's source position, shared.
-    topic_arc: std::sync::Arc<str>,
+    topic_arc: Arc<str>,
     policy: GapPolicy,
     check_topic: bool,
     /// Consumed partitions, with the next offset expected from each.
@@ -277,7 +285,7 @@ impl Assignment {
     pub(super) fn new(params: &KafkaParams) -> Assignment {
         Assignment {
             topic: params.topic.clone(),
-            topic_arc: std::sync::Arc::from(params.topic.as_str()),
+            topic_arc: Arc::from(params.topic.as_str()),
             policy: params.on_history_gap,
             check_topic: params.check_topic,
             consuming: HashMap::new(),
@@ -288,7 +296,7 @@ impl Assignment {
         }
     }
 
-    pub(super) fn topic(&self) -> &std::sync::Arc<str> {
+    pub(super) fn topic(&self) -> &Arc<str> {
         &self.topic_arc
     }
 

@@ -5,8 +5,10 @@
 //! - the **poll thread** assigns itself every partition of the topic at the
 //!   store's positions (see [`history`]: one store holds the whole topic,
 //!   and a partition whose history is incomplete is never consumed in
-//!   silence), polls messages, validates them (off the writer's thread) and
-//!   cuts batches by size and deadline;
+//!   silence), reads every partition from its own queue and hands the
+//!   messages over oldest first by timestamp (see [`merge`]: a batch then
+//!   covers one stretch of time, as a replay's does), validates them (off
+//!   the writer's thread) and cuts batches by size and deadline;
 //! - the **writer thread** applies each batch in ONE write transaction that
 //!   also records, per partition, the next offset to consume
 //!   (`kafka:<topic>:<partition>` checkpoints). Commits are atomic; by
@@ -28,24 +30,26 @@
 //!
 //! The files follow the threads: [`config`] (settings), [`status`] (the
 //! figures the API reads), [`history`] (the assignment and its history
-//! checks), [`poll`] (the poll thread), [`writer`] (the writer thread) and
-//! [`dead_letters`] (the dead-letter thread).
+//! checks), [`merge`] (the partition queues), [`poll`] (the poll thread),
+//! [`writer`] (the writer thread) and [`dead_letters`] (the dead-letter
+//! thread).
 
 mod config;
 mod dead_letters;
 mod history;
+mod merge;
 mod poll;
 mod status;
 mod writer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{channel, sync_channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
-use refunds_store::Store;
+use refunds_store::{Item, Store};
 
 pub use config::{KafkaParams, consumer_config};
 pub use history::{GapPolicy, GapReason, HistoryGap, TopicSettings, find_gap};
@@ -53,8 +57,9 @@ pub use status::{IngestStatus, PartitionFigures};
 
 use dead_letters::DeadLetterSender;
 use history::Assignment;
+use merge::Merger;
 use poll::{ConsumeContext, Consumer_, PolledBatch, poll_batch, send_batch};
-use writer::{WriterReport, write_batches};
+use writer::{FromPoller, WriterReport, write_batches};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -146,6 +151,7 @@ pub fn consume(
     let dead_letters = DeadLetterSender::start(store.clone(), params)?;
 
     let (tx, rx) = sync_channel::<PolledBatch>(1);
+    let (spent_tx, spent) = channel::<Vec<Item>>();
     let writer = {
         let store = store.clone();
         let consumer = consumer.clone();
@@ -153,13 +159,15 @@ pub fn consume(
         let status = status.clone();
         let outbox = dead_letters.handle();
         let shutdown = shutdown.clone();
-        thread::Builder::new()
-            .name("kafka-writer".to_owned())
-            .spawn(move || write_batches(&store, &consumer, &params, &status, &outbox, &rx, &shutdown))?
+        thread::Builder::new().name("kafka-writer".to_owned()).spawn(move || {
+            let poller = FromPoller { batches: rx, spent: spent_tx };
+            write_batches(&store, &consumer, &params, &status, &outbox, &poller, &shutdown)
+        })?
     };
     let mut messages = 0u64;
     let mut failed = None;
     let mut assignment = Assignment::new(params);
+    let mut merger = Merger::new(consumer.clone(), &params.topic);
     while !shutdown.is_triggered() {
         if assignment.due() {
             // Between batches: a gap is accepted before any message past it
@@ -179,13 +187,15 @@ pub fn consume(
                 }
             }
             if !plan.is_empty()
-                && let Err(error) = plan.execute(&consumer, &params.topic)
+                && let Err(error) = plan.execute(&consumer, &mut merger, &params.topic)
             {
                 failed = Some(error);
                 break;
             }
         }
-        let batch = poll_batch(&consumer, &mut assignment, params, &shutdown);
+        // Frees the batches applied meanwhile, here where they were allocated.
+        spent.try_iter().for_each(drop);
+        let batch = poll_batch(&mut merger, &mut assignment, params, &shutdown);
         if batch.items.is_empty() {
             // Idle: a writer that stopped (the store failed) must be noticed
             // here too, or nothing would ever hand it a batch to fail on.
@@ -197,7 +207,7 @@ pub fn consume(
         if messages == 0 {
             status.lock().first_message_at.get_or_insert(batch.started);
         }
-        let Some(sent) = send_batch(&tx, batch, &consumer, &mut assignment, params, &shutdown, &writer) else {
+        let Some(sent) = send_batch(&tx, batch, &mut merger, &mut assignment, params, &shutdown, &writer) else {
             break;
         };
         messages += sent;
@@ -208,7 +218,8 @@ pub fn consume(
         WriterReport::default()
     });
     let sent = dead_letters.stop();
-    // Dropping the consumer closes it: it leaves the group.
+    // The partition queues hold the consumer; dropping it closes it.
+    drop(merger);
     drop(consumer);
     if let Some(why) = written.store_failed {
         return Err(IngestError::StoreFailed(why));

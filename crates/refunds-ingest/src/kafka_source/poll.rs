@@ -1,5 +1,5 @@
-//! The poll thread: it polls messages, validates them (off the writer's
-//! thread) and cuts batches by size and deadline.
+//! The poll thread: it takes messages from the partition queues (oldest
+//! first, see [`super::merge`]) and cuts batches by size and deadline.
 
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -9,15 +9,13 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
-use rdkafka::types::RDKafkaErrorCode;
-use refunds_store::{Item, SourcePos};
+use refunds_store::Item;
 
 use super::history::{Acceptance, Assignment};
+use super::merge::Merger;
 use super::writer::WriterReport;
 use super::{IngestStatus, KafkaParams, Shutdown};
-use crate::now;
 
 pub(super) struct ConsumeContext {
     pub(super) topic: String,
@@ -78,7 +76,7 @@ pub(super) type Consumer_ = BaseConsumer<ConsumeContext>;
 pub(super) fn send_batch(
     tx: &SyncSender<PolledBatch>,
     mut batch: PolledBatch,
-    consumer: &Consumer_,
+    merger: &mut Merger,
     assignment: &mut Assignment,
     params: &KafkaParams,
     shutdown: &Shutdown,
@@ -102,7 +100,10 @@ pub(super) fn send_batch(
                 }
                 let deadline = Instant::now() + Duration::from_millis(2);
                 while batch.items.len() < params.batch_events && Instant::now() < deadline {
-                    poll_one(consumer, assignment, &mut batch.items, Duration::from_millis(1));
+                    match merger.next(assignment, Duration::from_millis(1)) {
+                        Some(item) => batch.items.push(item),
+                        None => break,
+                    }
                 }
             }
         }
@@ -121,7 +122,7 @@ pub(super) struct PolledBatch {
 
 /// Polls until the batch is full, its deadline passes, or shutdown.
 pub(super) fn poll_batch(
-    consumer: &Consumer_,
+    merger: &mut Merger,
     assignment: &mut Assignment,
     params: &KafkaParams,
     shutdown: &Shutdown,
@@ -137,47 +138,14 @@ pub(super) fn poll_batch(
             },
             None => Duration::from_millis(100),
         };
-        match poll_one(consumer, assignment, &mut items, wait) {
-            Polled::Message => {
+        match merger.next(assignment, wait) {
+            Some(item) => {
+                items.push(item);
                 first_at.get_or_insert_with(Instant::now);
             }
-            Polled::Nothing if first_at.is_none() => break,
-            Polled::Nothing => {}
+            None if first_at.is_none() => break,
+            None => {}
         }
     }
     PolledBatch { accept: Vec::new(), items, started }
-}
-
-enum Polled {
-    Message,
-    Nothing,
-}
-
-/// Polls one message into `items`, waiting at most `wait` for it.
-fn poll_one(consumer: &Consumer_, assignment: &mut Assignment, items: &mut Vec<Item>, wait: Duration) -> Polled {
-    let Some(result) = consumer.poll(wait) else { return Polled::Nothing };
-    let message = match result {
-        Ok(message) => message,
-        Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
-            // A position the partition no longer has (`auto.offset.reset`
-            // is `error`): the partition stopped; judge it as a gap.
-            tracing::warn!("a partition's position is out of its range; checking the partitions for a history gap");
-            assignment.out_of_range();
-            return Polled::Nothing;
-        }
-        Err(error) => {
-            // Transport errors while a broker is away: librdkafka
-            // reconnects by itself; keep polling.
-            tracing::warn!(%error, "poll failed");
-            return Polled::Nothing;
-        }
-    };
-    let raw = message.payload().unwrap_or_default().to_vec();
-    let topic = assignment.topic();
-    let topic = if **topic == *message.topic() { topic.clone() } else { Arc::from(message.topic()) };
-    // Validated and packed here, on the consumer's thread, not the writer's.
-    assignment.saw(message.partition(), message.offset());
-    let source = SourcePos::Kafka { topic, partition: message.partition(), offset: message.offset() };
-    items.push(Item::received(source, now(), raw, message.key().map(<[u8]>::to_vec)));
-    Polled::Message
 }

@@ -3,7 +3,7 @@
 //! lets the offsets and the dead letters leave the process.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,15 @@ pub(super) struct WriterReport {
     pub(super) store_failed: Option<String>,
 }
 
+/// The writer's ends of the channels to the poll thread.
+pub(super) struct FromPoller {
+    pub(super) batches: Receiver<PolledBatch>,
+    /// Applied batches' items go back to be freed by the poll thread that
+    /// allocated them (as a replay's reader does: mimalloc frees fastest on
+    /// the owning thread).
+    pub(super) spent: Sender<Vec<Item>>,
+}
+
 /// Runs on the writer thread.
 pub(super) fn write_batches(
     store: &Store,
@@ -35,9 +44,10 @@ pub(super) fn write_batches(
     params: &KafkaParams,
     status: &IngestStatus,
     outbox: &OutboxHandle,
-    rx: &Receiver<PolledBatch>,
+    poller: &FromPoller,
     shutdown: &Shutdown,
 ) -> WriterReport {
+    let FromPoller { batches: rx, spent } = poller;
     let mut report = WriterReport::default();
     // The next offset to apply per partition: what the store holds.
     let mut applied: HashMap<i32, i64> = HashMap::new();
@@ -55,8 +65,10 @@ pub(super) fn write_batches(
     status.set_applied(&applied);
     let mut last_durable = Instant::now();
     let mut undurable = false;
+    // The batch taken off the poll thread during the last commit.
+    let mut next: Option<PolledBatch> = None;
     loop {
-        let polled = match rx.recv_timeout(Duration::from_millis(200)) {
+        let polled = match next.take().map_or_else(|| rx.recv_timeout(Duration::from_millis(200)), Ok) {
             Ok(polled) => Some(polled),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
@@ -101,7 +113,19 @@ pub(super) fn write_batches(
             .join(",");
         let span = tracing::info_span!("batch", events = batch.items.len(), %offsets, durable, duration_ms = tracing::field::Empty).entered();
         let applying = Instant::now();
-        let summary = match apply_with_retry(store, &batch, durability, status, shutdown) {
+        // Once the batch's changes are made and only the commit is left, the
+        // next batch is taken, so that the poll thread fills the one after
+        // while this thread writes pages, not while both apply threads need
+        // the cores.
+        let mut take_next = || {
+            if next.is_none() {
+                match rx.try_recv() {
+                    Ok(polled) => next = Some(polled),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
+                }
+            }
+        };
+        let summary = match apply_with_retry(store, &batch, durability, status, shutdown, &mut take_next) {
             Applied::Done(summary) => summary,
             // Shutdown while the store could not write: the batch is
             // abandoned whole; its offsets were not recorded.
@@ -120,6 +144,7 @@ pub(super) fn write_batches(
             "batch committed"
         );
         drop(span);
+        let _ = spent.send(batch.items);
         report.applied += summary.applied;
         report.duplicate += summary.duplicate;
         report.conflicting_duplicate += summary.conflicting_duplicate;
@@ -229,10 +254,11 @@ fn apply_with_retry(
     durability: Durability,
     status: &IngestStatus,
     shutdown: &Shutdown,
+    before_commit: &mut dyn FnMut(),
 ) -> Applied {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match store.apply_batch(batch, durability) {
+        match store.apply_batch_then(batch, durability, &mut *before_commit) {
             Ok(summary) => return Applied::Done(summary),
             Err(error) if needs_reopen(&error) => {
                 metrics::counter!("refund_projector_store_write_errors_total").increment(1);
@@ -267,8 +293,10 @@ fn commit_durable(
     applied: &HashMap<i32, i64>,
     shutdown: &Shutdown,
 ) -> bool {
-    if !matches!(apply_with_retry(store, &Batch::default(), Durability::Immediate, status, shutdown), Applied::Done(_))
-    {
+    if !matches!(
+        apply_with_retry(store, &Batch::default(), Durability::Immediate, status, shutdown, &mut || {}),
+        Applied::Done(_)
+    ) {
         return false;
     }
     after_durable(store, consumer, params, outbox, applied);
