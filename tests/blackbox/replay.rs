@@ -184,7 +184,15 @@ fn tables_lists_every_table_with_its_rows_and_a_total_within_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let (events, db) = (dir.path().join("events.ndjson"), dir.path().join("store.redb"));
     generate(&events, 2_000, 4, Some((0.05, 50, 0.0)));
-    replay(&events, &db, None);
+    // Small batches: many commits, each leaving freed pages behind.
+    let replay_args = |db: &Path| {
+        ["replay", "--input", events.to_str().unwrap(), "--db", db.to_str().unwrap(), "--batch-events", "100"]
+            .map(String::from)
+            .to_vec()
+    };
+    let mut args = replay_args(&db);
+    args.push("--no-compact".into());
+    run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let output = run_ok(&["tables", "--db", db.to_str().unwrap()]);
     let text = String::from_utf8(output.stdout).unwrap();
     let rows: BTreeMap<&str, Vec<&str>> = text
@@ -210,10 +218,18 @@ fn tables_lists_every_table_with_its_rows_and_a_total_within_the_file() {
     // `compact` cuts the free space and keeps every refund and trail.
     let size = |p: &Path| std::fs::metadata(p).unwrap().len();
     let before = (size(&db), export(&db));
+    assert!(file > total * 1.3, "the replay left free pages: {text}");
     let output = run_ok(&["compact", "--db", db.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("compacted"), "{output:?}");
     assert!(size(&db) < before.0, "{} -> {}", before.0, size(&db));
     assert_eq!(export(&db), before.1);
     replay(&events, &db, None);
     assert_eq!(export(&db), before.1, "a compacted store takes more of the same input as before");
+
+    // Without --no-compact the same replay compacts by itself.
+    let by_itself = dir.path().join("by-itself.redb");
+    let output = run_ok(&replay_args(&by_itself).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("compacted"), "{output:?}");
+    assert!(size(&by_itself) * 10 < before.0 * 8, "{} against {} uncompacted", size(&by_itself), before.0);
+    assert_eq!(export(&by_itself), before.1);
 }

@@ -265,10 +265,16 @@ enum Command {
         /// input after a crash.
         #[arg(long, default_value_t = refunds_ingest::DEFAULT_DURABLE_EVERY_MS, env = "REFUND_PROJECTOR_DURABLE_EVERY_MS")]
         durable_every_ms: u64,
+        /// Leave the file as the replay left it. By default, once the input
+        /// is applied, a file that is over a tenth free pages (space freed by
+        /// copy-on-write commits) is compacted, as `compact` does.
+        #[arg(long, env = "REFUND_PROJECTOR_NO_COMPACT", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+        no_compact: bool,
     },
     /// Build a fresh store from the beginning of the source into `<db>.rebuild`
-    /// while the live store keeps serving, then swap it in atomically once
-    /// caught up (a running `run` or `serve` picks it up within a second).
+    /// while the live store keeps serving, compact it (as `replay` does), then
+    /// swap it in atomically (a running `run` or `serve` picks it up within a
+    /// second).
     Rebuild {
         /// The live store file.
         #[arg(long, env = "REFUND_PROJECTOR_DB")]
@@ -437,12 +443,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             service::run_service(service, |_| {})
         }
-        Command::Replay { input, db, dlq, batch_events, durable_every_ms } => {
+        Command::Replay { input, db, dlq, batch_events, durable_every_ms, no_compact } => {
             let mut params = ReplayParams::new(Input::from_arg(&input));
             params.dlq = dlq;
             params.batch_events = batch_events;
             params.durable_every = Duration::from_millis(durable_every_ms);
-            run_replay(&db, &params)
+            run_replay(&db, &params, !no_compact)
         }
         Command::Export { db } => {
             let store = open_store(&db)?;
@@ -456,17 +462,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Compact { db } => {
             anyhow::ensure!(db.exists(), "the store {} does not exist", db.display());
             let mut store = open_store(&db)?;
-            let started = std::time::Instant::now();
-            let (before, after) = store.compact(&db).context("failed to compact the store")?;
-            let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
-            eprintln!(
-                "compacted {} from {:.1} MiB to {:.1} MiB in {:.1?}",
-                db.display(),
-                mib(before),
-                mib(after),
-                started.elapsed()
-            );
-            Ok(())
+            compact(&mut store, &db)
         }
         Command::Serve { db, api } => run_serve(&db, &api),
         Command::Produce { brokers, topic, input, create_partitions, kafka_options } => {
@@ -618,7 +614,46 @@ pub(crate) fn open_store(db: &Path) -> anyhow::Result<Store> {
     Store::open(db, &params).with_context(|| format!("failed to open the store {}", db.display()))
 }
 
-fn run_replay(db: &Path, params: &ReplayParams) -> anyhow::Result<()> {
+/// Gives the file's free pages back, with a spinner on a terminal.
+pub(crate) fn compact(store: &mut Store, db: &Path) -> anyhow::Result<()> {
+    let spinner = if io::stderr().is_terminal() {
+        let spinner = ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("the template is valid"),
+        );
+        spinner.set_message(format!("compacting {}", db.display()));
+        spinner.enable_steady_tick(Duration::from_millis(200));
+        spinner
+    } else {
+        ProgressBar::hidden()
+    };
+    let started = Instant::now();
+    let compacted = store.compact(db);
+    spinner.finish_and_clear();
+    let (before, after) = compacted.context("failed to compact the store")?;
+    let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
+    eprintln!(
+        "compacted {} from {:.1} MiB to {:.1} MiB in {:.1?}",
+        db.display(),
+        mib(before),
+        mib(after),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// After a store is built: compacts it when over a tenth of its file is
+/// free pages. A replay leaves about a third (each commit rewrites the pages
+/// it changes elsewhere in the file, and the pages it frees are kept for
+/// later commits); serving needs none of them.
+pub(crate) fn compact_if_worthwhile(store: &mut Store, db: &Path) -> anyhow::Result<()> {
+    let unused = store.unused_bytes(db).context("failed to read the store's page counts")?;
+    if unused.saturating_mul(10) <= Store::file_bytes(db) {
+        return Ok(());
+    }
+    compact(store, db)
+}
+
+fn run_replay(db: &Path, params: &ReplayParams, compact: bool) -> anyhow::Result<()> {
     let mut store = open_store(db)?;
     let started = Instant::now();
     let bar = replay_bar(&params.input);
@@ -629,6 +664,9 @@ fn run_replay(db: &Path, params: &ReplayParams) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let progress = progress.with_context(|| format!("replay of {} failed", params.input.name()))?;
     eprintln!("{}", summary_line(&progress, started.elapsed()));
+    if compact {
+        compact_if_worthwhile(&mut store, db)?;
+    }
     Ok(())
 }
 

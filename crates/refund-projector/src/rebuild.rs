@@ -43,7 +43,11 @@ pub fn rebuild(db: &Path, source: Source) -> anyhow::Result<()> {
         std::fs::remove_file(&target).with_context(|| format!("failed to remove the stale {}", target.display()))?;
     }
     let started = Instant::now();
-    let refunds = match build_into(&target, source, None, "rebuild") {
+    // Compacted before the swap: the live store keeps serving meanwhile, and
+    // the store swapped in holds no free pages.
+    let built = build_into(&target, source, None, "rebuild")
+        .and_then(|refunds| crate::compact_if_worthwhile(&mut crate::open_store(&target)?, &target).map(|()| refunds));
+    let refunds = match built {
         Ok(refunds) => refunds,
         Err(error) => {
             // Nothing half-built is left beside the live store.

@@ -395,6 +395,17 @@ impl Store {
         while self.db.compact()? {}
         Ok((before, Store::file_bytes(path)))
     }
+
+    /// The bytes of the file at `path` that no page holds: pages that
+    /// copy-on-write commits freed, which redb keeps for later commits to
+    /// reuse and only [`Store::compact`] gives back.
+    pub fn unused_bytes(&self, path: &std::path::Path) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let stats = txn.stats()?;
+        let used = stats.allocated_pages() * stats.page_size() as u64;
+        txn.abort()?;
+        Ok(Store::file_bytes(path).saturating_sub(used))
+    }
 }
 
 /// The tenants a snapshot holds, in tenant name order, from its `names`
