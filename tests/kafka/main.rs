@@ -617,8 +617,11 @@ fn a_batch_takes_every_partition_at_the_same_moment_while_instances_of_the_group
         assert!(Instant::now() < deadline, "nothing recorded after a minute:\n{}", a.log_tail());
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Another instance of the group joins while the first one ingests and
-    // vanishes (SIGKILL); a third joins and leaves cleanly.
+    // Another instance with the same group id starts while the first one
+    // ingests and vanishes (SIGKILL); a third starts and stops cleanly.
+    // Instances assign themselves every partition and never join the
+    // group's membership, so there is no rebalance: neither may disturb the
+    // first one's partitions or batches.
     let b = Runner::start(&scenario.instance("g-merge", &scenario.db("b.redb")));
     std::thread::sleep(Duration::from_millis(300));
     b.kill();

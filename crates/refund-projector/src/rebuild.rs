@@ -45,8 +45,10 @@ pub fn rebuild(db: &Path, source: Source) -> anyhow::Result<()> {
     let started = Instant::now();
     // Compacted before the swap: the live store keeps serving meanwhile, and
     // the store swapped in holds no free pages.
-    let built = build_into(&target, source, None, "rebuild")
-        .and_then(|refunds| crate::compact_if_worthwhile(&mut crate::open_store(&target)?, &target).map(|()| refunds));
+    let built = build_into(&target, source, None, "rebuild").and_then(|refunds| {
+        crate::compact_if_worthwhile(&mut crate::open_store(&target)?, &target);
+        Ok(refunds)
+    });
     let refunds = match built {
         Ok(refunds) => refunds,
         Err(error) => {

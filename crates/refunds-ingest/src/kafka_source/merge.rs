@@ -15,7 +15,8 @@
 //! others back: ingest never waits for a quiet partition, and a partition that
 //! fell behind is drained first once its messages arrive, because they are the
 //! oldest. A partition not read from fills its prefetch queue and librdkafka
-//! stops fetching it, so the partitions advance together.
+//! stops fetching it (the prefetch limits apply per partition queue: see
+//! `config`), so the partitions advance together.
 //!
 //! Within a partition the order is the partition's, which is all the
 //! exactly-once effect rests on (the writer's checkpoint of a partition is
@@ -42,6 +43,8 @@ const READ_AHEAD: usize = 256;
 /// Every this many messages handed over, the quiet partitions and the
 /// consumer's own queue (statistics, errors) are looked at again.
 const LOOK_AROUND_EVERY: usize = 256;
+/// Events of the consumer's own queue served per look.
+const MAIN_QUEUE_EVENTS: usize = 8;
 /// Longest sleep between looks while nothing is read ahead; a partition
 /// queue that turns non-empty wakes the sleeper before.
 const WAIT_SLICE: Duration = Duration::from_millis(10);
@@ -182,11 +185,15 @@ impl Merger {
     /// from every partition that has nothing read ahead.
     fn look_around(&mut self, assignment: &mut Assignment) {
         self.handed_over = 0;
-        for _ in 0..READ_AHEAD {
-            let Some(result) = self.consumer.poll(Duration::ZERO) else { break };
+        // `poll` answers `None` both when the queue is empty and when it
+        // served an event (statistics, a log line, a commit's result), so a
+        // few are served each time whatever it answers.
+        for _ in 0..MAIN_QUEUE_EVENTS {
             // Only a partition assigned before it was split could send a
             // message here; it is read ahead like any other.
-            if let Some((partition, timestamp, message)) = received(result, assignment) {
+            if let Some(result) = self.consumer.poll(Duration::ZERO)
+                && let Some((partition, timestamp, message)) = received(result, assignment)
+            {
                 self.read_ahead.push(partition, timestamp, message);
             }
         }
