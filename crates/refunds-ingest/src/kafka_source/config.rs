@@ -105,13 +105,15 @@ pub fn consumer_config(params: &KafkaParams) -> ClientConfig {
         // (librdkafka's default is 5 min).
         .set("topic.metadata.refresh.interval.ms", "5000")
         .set("fetch.wait.max.ms", "100")
-        // Prefetch limits, per partition: each partition has a queue of its
-        // own (see `merge`), and librdkafka applies them to each such queue
-        // (to the consumer's one queue otherwise). About two batches' worth
-        // of a partition's messages, at most 32 MiB of them: 192 MiB for 6
-        // partitions, where one shared queue had 256 MiB.
-        .set("queued.min.messages", "20000")
+        // The prefetch limit applies per partition: each partition has a
+        // queue of its own (see `merge`), and librdkafka applies it to each
+        // such queue (to the consumer's one queue otherwise). 32 MiB is
+        // about nine batches' worth of one of 6 partitions, and 192 MiB in
+        // all for 6, where one shared queue had 256 MiB. A partition whose
+        // queue is full is fetched again 100 ms later (librdkafka waits a
+        // second by default).
         .set("queued.max.messages.kbytes", "32768")
+        .set("fetch.queue.backoff.ms", "100")
         // Messages up to the contract's 256 KiB limit and beyond (a larger
         // one is dead-lettered as too_large, so it must still be fetched).
         .set("fetch.message.max.bytes", "4194304")
