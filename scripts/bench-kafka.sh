@@ -6,7 +6,9 @@
 # rounds (default 2), the durable rate of a replay of the same file and of a
 # Kafka ingest of the topic, each into a fresh store, with the ratios
 # Kafka/replay and Kafka/raw and the machine it ran on. ARRIVAL picks
-# generate's --arrival model (realistic by default, or ordered).
+# generate's --arrival model (realistic by default, or ordered). KAFKA_OPTIONS
+# ("k1=v1;k2=v2") passes librdkafka settings to the consumer, as
+# REFUND_PROJECTOR_KAFKA_OPTION does for `run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REFUNDS="${REFUNDS:-330000}"

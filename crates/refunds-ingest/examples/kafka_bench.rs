@@ -59,6 +59,14 @@ fn main() {
 
     let mut params = KafkaParams::new(&brokers, &topic, &format!("{topic}-ingest"));
     // As `--durable-every-ms`: milliseconds between durable commits (0, the default: every commit).
+    // As `REFUND_PROJECTOR_KAFKA_OPTION`: librdkafka settings, `k1=v1;k2=v2`.
+    if let Ok(options) = std::env::var("KAFKA_OPTIONS") {
+        for pair in options.split(';') {
+            if let Some((k, v)) = pair.split_once('=') {
+                params.options.push((k.to_owned(), v.to_owned()));
+            }
+        }
+    }
     if let Some(ms) = std::env::var("DURABLE_MS").ok().and_then(|v| v.parse().ok()) {
         params.durable_every = Duration::from_millis(ms);
     }
