@@ -120,7 +120,7 @@ pub(super) struct Merger {
     consumer: Arc<Consumer_>,
     topic: String,
     queues: BTreeMap<i32, PartitionQueue<ConsumeContext>>,
-    read_ahead: ReadAhead<(i64, Item)>,
+    read_ahead: ReadAhead<Item>,
     wake: Arc<Wake>,
     handed_over: usize,
 }
@@ -164,12 +164,14 @@ impl Merger {
         }
         let deadline = Instant::now() + wait;
         loop {
-            if let Some((partition, (offset, item))) = self.read_ahead.pop_oldest() {
+            if let Some((partition, item)) = self.read_ahead.pop_oldest() {
                 self.handed_over += 1;
                 if self.read_ahead.len(partition) == 0 {
                     self.read(partition, assignment);
                 }
-                assignment.saw(partition, offset);
+                if let SourcePos::Kafka { offset, .. } = item.source {
+                    assignment.saw(partition, offset);
+                }
                 return Some(item);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -219,7 +221,7 @@ impl Merger {
 /// A polled message as an item (validated and packed here, on the poll
 /// thread, not the writer's), with its partition and timestamp; `None` for
 /// an error, which is reported or logged.
-fn received(result: KafkaResult<BorrowedMessage<'_>>, assignment: &mut Assignment) -> Option<(i32, i64, (i64, Item))> {
+fn received(result: KafkaResult<BorrowedMessage<'_>>, assignment: &mut Assignment) -> Option<(i32, i64, Item)> {
     let message = match result {
         Ok(message) => message,
         Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
@@ -244,7 +246,7 @@ fn received(result: KafkaResult<BorrowedMessage<'_>>, assignment: &mut Assignmen
     let timestamp = message.timestamp().to_millis().unwrap_or(i64::MIN);
     let source = SourcePos::Kafka { topic, partition, offset };
     let item = Item::received(source, now(), raw, message.key().map(<[u8]>::to_vec));
-    Some((partition, timestamp, (offset, item)))
+    Some((partition, timestamp, item))
 }
 
 #[cfg(test)]
