@@ -81,6 +81,7 @@ pub fn run_demo(params: DemoParams) -> anyhow::Result<()> {
         kafka,
         ready_max_lag: 1_000,
         max_waiting_requests: refunds_api::DEFAULT_MAX_WAITING,
+        summary_cache_bytes: refunds_api::DEFAULT_SUMMARY_CACHE_BYTES,
         stall_after: Some(Duration::from_millis(crate::DEFAULT_STALL_AFTER_MS)),
     };
 

@@ -131,6 +131,11 @@ struct ApiArgs {
     api_keys: PathBuf,
     #[command(flatten)]
     jwt: credentials::JwtArgs,
+    /// Memory, in MiB, for rendered summary answers of the newest snapshot:
+    /// a dashboard reloading a summary before the next commit gets the kept
+    /// answer. 0 computes every one.
+    #[arg(long, default_value_t = refunds_api::DEFAULT_SUMMARY_CACHE_BYTES >> 20, env = "REFUND_PROJECTOR_SUMMARY_CACHE_MIB")]
+    summary_cache_mib: usize,
 }
 
 /// Where `rebuild` and `verify` read the events: a file, or a topic from its
@@ -440,6 +445,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 ready_max_lag: kafka.ready_max_lag,
                 stall_after: stall_after(kafka.stall_after_ms),
                 max_waiting_requests: kafka.max_waiting_requests,
+                summary_cache_bytes: api.summary_cache_mib << 20,
             };
             service::run_service(service, |_| {})
         }
@@ -519,6 +525,7 @@ fn run_serve(db: &Path, api: &ApiArgs) -> anyhow::Result<()> {
     let store = open_store(db)?;
     let mut state = refunds_api::AppState::new(std::sync::Arc::new(store), std::sync::Arc::new(auth), db);
     state.metrics = telemetry::metrics_renderer();
+    state.answers = std::sync::Arc::new(refunds_api::Answers::new(api.summary_cache_mib << 20));
     // A rebuilt store renamed over this one is picked up within a second.
     {
         let slot = state.store.clone();

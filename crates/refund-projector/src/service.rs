@@ -84,6 +84,8 @@ pub struct ServiceParams<'a> {
     pub stall_after: Option<Duration>,
     /// Most requests waiting for a `min_position` at once.
     pub max_waiting_requests: usize,
+    /// Bound of the kept summary answers (0: none kept).
+    pub summary_cache_bytes: usize,
 }
 
 /// What a caller of [`run_service`] may do once the API listens (the demo
@@ -111,6 +113,7 @@ pub fn run_service(params: ServiceParams<'_>, on_started: impl FnOnce(Started<'_
     }));
     state.metrics = crate::telemetry::metrics_renderer();
     state.waiters = Arc::new(refunds_api::Waiters::new(params.max_waiting_requests));
+    state.answers = Arc::new(refunds_api::Answers::new(params.summary_cache_bytes));
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     params.watch.start(&state.auth, &runtime)?;

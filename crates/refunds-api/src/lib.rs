@@ -6,6 +6,7 @@
 //! refund exists; every error is a JSON body with a stable code; the only 5xx
 //! is 503. Store reads run on the blocking pool.
 
+mod answers;
 mod auth;
 mod error;
 mod freshness;
@@ -17,6 +18,7 @@ mod time_param;
 
 use std::sync::Arc;
 
+pub use answers::{Answers, DEFAULT_BYTES as DEFAULT_SUMMARY_CACHE_BYTES};
 pub use auth::{Auth, AuthConfigError, AuthParams, Caller, JwksSource, Refresh};
 pub use error::ApiError;
 pub use freshness::{DEFAULT_MAX_WAITING, Waiters, parse_position};
@@ -63,6 +65,8 @@ pub struct AppState {
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// Requests waiting for a `min_position`, and how many may.
     pub waiters: Arc<Waiters>,
+    /// Summary answers of the newest snapshot.
+    pub answers: Arc<Answers>,
 }
 
 impl AppState {
@@ -75,6 +79,7 @@ impl AppState {
             ingest: None,
             metrics: None,
             waiters: Arc::new(Waiters::default()),
+            answers: Arc::new(Answers::default()),
         }
     }
 }

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use refunds_domain::RefundState;
-use refunds_store::{AuditEntry, ReadTransaction, Store, source_json};
+use refunds_store::{AuditEntry, ReadTransaction, SnapshotId, Store, source_json};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -264,11 +264,20 @@ pub(crate) async fn read<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&Store, &ReadTransaction) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<Snapshot<T>, ApiError> {
+    read_identified(state, move |store, txn, _| f(store, txn)).await
+}
+
+/// [`read`], telling `f` which committed state the snapshot holds when
+/// that is known (see [`refunds_store::Store::read_identified`]).
+pub(crate) async fn read_identified<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Store, &ReadTransaction, Option<SnapshotId>) -> Result<T, ApiError> + Send + 'static,
+) -> Result<Snapshot<T>, ApiError> {
     use std::sync::atomic::Ordering;
     let store = current_store(state)?;
     let in_snapshot = move |store: &Store| -> Result<Snapshot<T>, ApiError> {
-        let txn = store.read().map_err(|e| store_unavailable(&e))?;
-        let value = f(store, &txn)?;
+        let (txn, id) = store.read_identified().map_err(|e| store_unavailable(&e))?;
+        let value = f(store, &txn, id)?;
         let positions = refunds_store::positions_in(&txn).map_err(|e| store_unavailable(&e))?;
         let last_applied_at = refunds_store::last_applied_at_in(&txn).map_err(|e| store_unavailable(&e))?;
         Ok(Snapshot { value, positions: std::sync::Arc::new(positions), last_applied_at })

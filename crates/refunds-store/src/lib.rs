@@ -155,6 +155,39 @@ pub struct Store {
     /// The Kafka positions of the last commit, for requests waiting to read
     /// their own writes (see `positions`).
     positions: tokio::sync::watch::Sender<std::sync::Arc<Positions>>,
+    /// This store's number among the stores opened by the process.
+    instance: u64,
+    /// Twice the commits finished, plus one while a commit is being made
+    /// (from just before redb's commit until the names and positions that
+    /// follow it are published): a sequence lock that lets a reader name
+    /// the committed state its read transaction sees (see [`SnapshotId`]).
+    commits: std::sync::atomic::AtomicU64,
+}
+
+/// The committed state a read transaction sees: equal ids, equal contents,
+/// so an answer computed from one snapshot serves every request that reads
+/// the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SnapshotId {
+    store: u64,
+    commits: u64,
+}
+
+impl SnapshotId {
+    /// Whether `self` is the newer of two snapshots of one store; `None` for
+    /// snapshots of different stores (a rebuilt store swapped in).
+    pub fn newer_than(self, other: SnapshotId) -> Option<bool> {
+        (self.store == other.store).then_some(self.commits > other.commits)
+    }
+}
+
+/// Marks a commit in progress on [`Store::commits`] until dropped.
+struct Committing<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Store {
@@ -231,6 +264,11 @@ impl Store {
             cursor_key,
             last_applied_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             positions: tokio::sync::watch::Sender::new(std::sync::Arc::default()),
+            instance: {
+                static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
+            commits: std::sync::atomic::AtomicU64::new(0),
         };
         store.publish_positions().map_err(|e| OpenError::Storage(redb::Error::Corrupted(e.to_string())))?;
         if let Some(at) =
@@ -239,6 +277,25 @@ impl Store {
             store.last_applied_ms.store(at.millis(), std::sync::atomic::Ordering::Relaxed);
         }
         Ok(store)
+    }
+
+    /// Call just before a write transaction's commit and keep until what
+    /// follows the commit in memory (names, positions) is published.
+    fn committing(&self) -> Committing<'_> {
+        self.commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Committing(&self.commits)
+    }
+
+    /// A read transaction and the id of the state it sees, or `None` when a
+    /// commit was under way while it began (the state is then one of two).
+    pub fn read_identified(&self) -> Result<(ReadTransaction, Option<SnapshotId>), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let before = self.commits.load(SeqCst);
+        let txn = self.db.begin_read()?;
+        let after = self.commits.load(SeqCst);
+        let id = (before == after && before.is_multiple_of(2))
+            .then_some(SnapshotId { store: self.instance, commits: before });
+        Ok((txn, id))
     }
 
     /// Arrival time of the newest applied event, as of the last commit.

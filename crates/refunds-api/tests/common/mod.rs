@@ -19,6 +19,12 @@ id = "ops"
 secret = "ops"
 tenant = "*"
 scopes = ["admin"]
+
+[[keys]]
+id = "acme"
+secret = "acme"
+tenant = "acme"
+scopes = ["refunds:read"]
 "#;
 
 /// 2026-01-01T00:00:00Z, in milliseconds.

@@ -1,0 +1,225 @@
+//! Rendered summary answers of the newest read snapshot, kept for the next
+//! request that asks the same of the same snapshot.
+//!
+//! A dashboard reloads the same few summaries every few seconds, often from
+//! several screens at once, and the biggest of them (a tenant's whole history
+//! by day) renders hundreds of kilobytes. The store changes only when a batch
+//! commits; between two commits every such request would compute the same
+//! bytes. An answer is kept under the [`SnapshotId`] it was computed from, the
+//! tenants it covers and the request's parameters, so a hit is exactly the
+//! answer a fresh computation would give: a commit changes the id, and the
+//! first answer of the new snapshot drops every older one. A snapshot whose id
+//! is unknown (it began while a commit was being published) is computed and
+//! not kept.
+//!
+//! Bounded by bytes (`serve --summary-cache-mib`, 0 turns it off); past the
+//! bound the oldest answers go first. Counted in
+//! `refund_projector_summary_answers_total{outcome="hit"|"miss"|"unidentified"}`.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use axum::body::Bytes;
+use refunds_store::SnapshotId;
+
+/// The default bound: enough for dozens of the biggest answers.
+pub const DEFAULT_BYTES: usize = 64 << 20;
+
+pub struct Answers {
+    max_bytes: usize,
+    kept: Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    snapshot: Option<SnapshotId>,
+    answers: std::collections::HashMap<String, Bytes>,
+    /// Keys in the order they were kept, for eviction.
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+impl Kept {
+    fn clear(&mut self, snapshot: SnapshotId) {
+        self.snapshot = Some(snapshot);
+        self.answers.clear();
+        self.order.clear();
+        self.bytes = 0;
+    }
+}
+
+impl Default for Answers {
+    fn default() -> Answers {
+        Answers::new(DEFAULT_BYTES)
+    }
+}
+
+impl Answers {
+    pub fn new(max_bytes: usize) -> Answers {
+        Answers { max_bytes, kept: Mutex::new(Kept::default()) }
+    }
+
+    /// The kept answer to `key` in `snapshot`, or the one `compute` renders
+    /// (then kept when the snapshot is known and it fits).
+    pub fn get_or_compute<E>(
+        &self,
+        snapshot: Option<SnapshotId>,
+        key: impl FnOnce() -> String,
+        compute: impl FnOnce() -> Result<Bytes, E>,
+    ) -> Result<Bytes, E> {
+        let Some(snapshot) = snapshot.filter(|_| self.max_bytes > 0) else {
+            count("unidentified");
+            return compute();
+        };
+        let key = key();
+        let hit = {
+            let kept = self.lock();
+            kept.answers.get(&key).filter(|_| kept.snapshot == Some(snapshot)).cloned()
+        };
+        if let Some(hit) = hit {
+            count("hit");
+            return Ok(hit);
+        }
+        count("miss");
+        let answer = compute()?;
+        self.keep(snapshot, key, answer.clone());
+        Ok(answer)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn keep(&self, snapshot: SnapshotId, key: String, answer: Bytes) {
+        let size = key.len() + answer.len();
+        if size > self.max_bytes {
+            return;
+        }
+        let mut kept = self.lock();
+        match kept.snapshot {
+            Some(current) if current == snapshot => {}
+            // A request that read an older snapshot finished late.
+            Some(current) if snapshot.newer_than(current) == Some(false) => return,
+            _ => kept.clear(snapshot),
+        }
+        if kept.answers.contains_key(&key) {
+            return;
+        }
+        while kept.bytes + size > self.max_bytes {
+            let Some(oldest) = kept.order.pop_front() else { break };
+            if let Some(gone) = kept.answers.remove(&oldest) {
+                kept.bytes -= oldest.len() + gone.len();
+            }
+        }
+        kept.bytes += size;
+        kept.order.push_back(key.clone());
+        kept.answers.insert(key, answer);
+    }
+}
+
+fn count(outcome: &'static str) {
+    metrics::counter!("refund_projector_summary_answers_total", "outcome" => outcome).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use refunds_store::{Batch, Durability, Store, StoreParams};
+
+    use super::*;
+
+    fn store(dir: &tempfile::TempDir, name: &str) -> Store {
+        Store::open(&dir.path().join(name), &StoreParams { cache_bytes: 1 << 20 }).unwrap()
+    }
+
+    fn snapshot(store: &Store) -> SnapshotId {
+        store.read_identified().unwrap().1.expect("no commit is under way")
+    }
+
+    fn commit(store: &Store) {
+        store.apply_batch(&Batch::default(), Durability::None).unwrap();
+    }
+
+    /// Asks `answers` for `key` in `snapshot`; returns the answer and
+    /// whether it was computed.
+    fn ask(answers: &Answers, snapshot: Option<SnapshotId>, key: &str, body: &str) -> (Bytes, bool) {
+        let computed = Cell::new(false);
+        let answer = answers
+            .get_or_compute(
+                snapshot,
+                || key.to_owned(),
+                || {
+                    computed.set(true);
+                    Ok::<_, ()>(Bytes::from(body.to_owned()))
+                },
+            )
+            .unwrap();
+        (answer, computed.get())
+    }
+
+    #[test]
+    fn snapshot_ids_change_with_every_commit_and_differ_between_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (store(&dir, "one.redb"), store(&dir, "two.redb"));
+        let first = snapshot(&one);
+        assert_eq!(snapshot(&one), first, "no commit between two reads");
+        commit(&one);
+        let second = snapshot(&one);
+        assert_ne!(second, first);
+        assert_eq!(second.newer_than(first), Some(true));
+        assert_eq!(first.newer_than(second), Some(false));
+        assert_eq!(snapshot(&two).newer_than(first), None, "another store's snapshots are not ordered with these");
+    }
+
+    #[test]
+    fn an_answer_serves_its_own_snapshot_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir, "store.redb");
+        let answers = Answers::new(1 << 20);
+        let old = snapshot(&store);
+        assert_eq!(ask(&answers, Some(old), "k", "old"), (Bytes::from("old"), true));
+        assert_eq!(ask(&answers, Some(old), "k", "unused"), (Bytes::from("old"), false), "kept");
+        assert_eq!(ask(&answers, Some(old), "other", "o"), (Bytes::from("o"), true), "another request");
+
+        commit(&store);
+        let new = snapshot(&store);
+        assert_eq!(ask(&answers, Some(new), "k", "new"), (Bytes::from("new"), true), "a commit makes it stale");
+        // A request that read the old snapshot and finishes now is answered
+        // from it, and does not displace the newer answers.
+        assert_eq!(ask(&answers, Some(old), "k", "old again"), (Bytes::from("old again"), true));
+        assert_eq!(ask(&answers, Some(new), "k", "unused"), (Bytes::from("new"), false));
+        assert_eq!(ask(&answers, Some(old), "other", "o2"), (Bytes::from("o2"), true), "older answers were dropped");
+    }
+
+    #[test]
+    fn nothing_is_kept_for_an_unknown_snapshot_or_without_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir, "store.redb");
+        let now = snapshot(&store);
+        let answers = Answers::new(1 << 20);
+        ask(&answers, None, "k", "a");
+        assert!(ask(&answers, None, "k", "b").1, "a snapshot begun during a commit is not identified");
+        let off = Answers::new(0);
+        ask(&off, Some(now), "k", "a");
+        assert!(ask(&off, Some(now), "k", "a").1, "a zero bound keeps nothing");
+        let small = Answers::new(10);
+        ask(&small, Some(now), "k", "much more than ten bytes");
+        assert!(ask(&small, Some(now), "k", "much more than ten bytes").1, "an answer over the bound is not kept");
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_answers_go_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir, "store.redb");
+        let now = snapshot(&store);
+        // Each entry costs its key and body: 1 + 9 bytes.
+        let answers = Answers::new(25);
+        for key in ["a", "b", "c"] {
+            ask(&answers, Some(now), key, "123456789");
+        }
+        assert!(ask(&answers, Some(now), "a", "123456789").1, "the oldest went to make room for c");
+        assert!(!ask(&answers, Some(now), "c", "123456789").1, "the newest stays");
+        assert!(ask(&answers, Some(now), "b", "123456789").1, "b went to make room for a again");
+    }
+}
