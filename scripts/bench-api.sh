@@ -10,6 +10,8 @@
 #   STORE=/tmp/big.redb REFUNDS=3300000 scripts/bench-api.sh  # keep the store for the next run
 #   ARRIVAL=ordered scripts/bench-api.sh  # generate's --arrival model (default realistic)
 #   ONLY=S CONNS=8 scripts/bench-api.sh   # the summary shapes only, at 8 connections only
+#   ACCEPT_ENCODING=identity scripts/bench-api.sh  # plain bodies (default: what a browser asks, gzip)
+#   SUMMARY_CACHE_MIB=0 scripts/bench-api.sh  # compute every summary (serve --summary-cache-mib)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }
@@ -37,11 +39,15 @@ secret = "bench"
 tenant = "*"
 scopes = ["admin"]
 TOML
-"$bin" serve --db "$store" --listen 127.0.0.1:0 --api-keys "$work/keys.toml" 2> "$work/serve.log" &
+summary_cache_mib=${SUMMARY_CACHE_MIB:-64}
+"$bin" serve --db "$store" --listen 127.0.0.1:0 --api-keys "$work/keys.toml" --summary-cache-mib "$summary_cache_mib" 2> "$work/serve.log" &
 server=$!
 for _ in $(seq 3000); do grep -q "listening on" "$work/serve.log" && break; sleep 0.1; done  # a big store may need a repair first
 base=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$work/serve.log")
 auth="Authorization: Api-Key bench"
+# Dashboards run in browsers, which ask for compressed bodies; summaries
+# honour it (lists are always plain).
+accept="Accept-Encoding: ${ACCEPT_ENCODING:-gzip, deflate, br}"
 
 # The biggest tenant, one of its order numbers, its newest month.
 big=$(curl -s -H "$auth" "$base/v1/refunds?limit=100" | python3 -c 'import json,sys,collections; r=json.load(sys.stdin)["results"]; print(collections.Counter(x["tenant_id"] for x in r).most_common(1)[0][0])')
@@ -96,18 +102,19 @@ end
 LUA
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); store: $refunds refunds; wrk -t2 -d$duration"
+echo "$accept; serve --summary-cache-mib $summary_cache_mib"
 printf '%-24s %5s %10s %9s %9s %8s\n' shape conns req/s p50_ms p99_ms non2xx
 run() {
   local name=$1 connections=$2 script=$3 url=$4
   local line
-  line=$(wrk -t2 -c"$connections" -d"$duration" -H "$auth" -s "$script" "$url" | grep '^RESULT')
+  line=$(wrk -t2 -c"$connections" -d"$duration" -H "$auth" -H "$accept" -s "$script" "$url" | grep '^RESULT')
   read -r _ rps p50 p99 errors _ <<< "$line"
   printf '%-24s %5s %10s %9s %9s %8s\n' "$name" "$connections" "$rps" "$p50" "$p99" "$errors"
 }
 cat "$work/report.lua" >> "$work/walk.lua"
 # Warm up (caches, connections) with every shape before measuring any.
 for name in "${!shapes[@]}"; do
-  wrk -t2 -c8 -d1s -H "$auth" "$base${shapes[$name]}" > /dev/null
+  wrk -t2 -c8 -d1s -H "$auth" -H "$accept" "$base${shapes[$name]}" > /dev/null
 done
 wrk -t2 -c8 -d1s -H "$auth" -s "$work/walk.lua" "$base/" > /dev/null
 for connections in ${CONNS:-8 64}; do

@@ -127,6 +127,76 @@ fn a_summary_equals_the_export_and_the_lists_count_for_every_caller() {
     assert_eq!(totals, with_amount.count() as u64);
 }
 
+/// `GET path` as `auth` with `Accept-Encoding: accept`: the status, the
+/// `Content-Encoding` and `Vary` headers, and the body decoded.
+fn get_encoded(server: &Server, path: &str, auth: &str, accept: &str) -> (u16, Option<String>, Option<String>, String) {
+    use std::io::Read;
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let response = agent
+        .get(format!("{}{path}", server.base()))
+        .header("Authorization", auth)
+        .header("Accept-Encoding", accept)
+        .call()
+        .expect("the server answers");
+    let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    let (status, encoding, vary) = (response.status().as_u16(), header("content-encoding"), header("vary"));
+    let bytes = response.into_body().read_to_vec().unwrap();
+    let text = if encoding.as_deref() == Some("gzip") {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(bytes.as_slice()).read_to_string(&mut text).expect("a gzip body");
+        text
+    } else {
+        String::from_utf8(bytes).unwrap()
+    };
+    (status, encoding, vary, text)
+}
+
+#[test]
+fn a_summary_is_gzipped_when_asked_and_the_same_with_or_without_kept_answers() {
+    let f = fixture();
+    let kept = Server::start(&f.db, &f.keys);
+    // A store file is open in one process at a time.
+    let copy = f.db.with_extension("copy.redb");
+    std::fs::copy(&f.db, &copy).unwrap();
+    let computed = Server::start_with(&copy, &f.keys, &["--summary-cache-mib", "0"]);
+    let admin = ADMIN.unwrap();
+    for query in [
+        "group_by=status,currency&interval=day",
+        "group_by=processor&interval=week&tz=America/New_York&status=failed",
+        "group_by=currency",
+        "amount_min=1000&amount_max=5000&group_by=status",
+    ] {
+        let path = format!("/v1/refunds/summary?{query}");
+        let plain = computed.get_text(&path, ADMIN);
+        for server in [&kept, &computed] {
+            for (accept, gzip) in [("gzip, deflate, br", true), ("gzip;q=0, identity", false), ("br", false)] {
+                // Twice: the second may be a kept answer.
+                for _ in 0..2 {
+                    let (status, encoding, vary, body) = get_encoded(server, &path, admin, accept);
+                    assert_eq!(status, 200, "{path}");
+                    assert_eq!(encoding.as_deref(), gzip.then_some("gzip"), "{path} with {accept}");
+                    assert_eq!(vary.as_deref(), Some("accept-encoding"), "{path}");
+                    assert_eq!(body, plain, "{path} with {accept}: the same bytes once decoded");
+                }
+            }
+        }
+    }
+    // The first server answered repeats from kept answers; the second
+    // computed every one.
+    let answers = |server: &Server, outcome: &str| -> u64 {
+        let metrics = ureq::get(format!("{}/metrics", server.base())).call().unwrap().into_body().read_to_string();
+        let line = format!("refund_projector_summary_answers_total{{outcome=\"{outcome}\"}} ");
+        metrics.unwrap().lines().find_map(|l| l.strip_prefix(line.as_str())).map_or(0, |n| n.parse().unwrap())
+    };
+    assert!(answers(&kept, "hit") >= 4 * 3, "a repeat in the same snapshot is a kept answer");
+    assert_eq!((answers(&computed, "hit"), answers(&computed, "miss")), (0, 0), "--summary-cache-mib 0 keeps none");
+    assert!(answers(&computed, "uncached") >= 4 * 3 * 2);
+    // An error is never gzipped or kept.
+    let (status, encoding, _, body) = get_encoded(&kept, "/v1/refunds/summary?group_by=nope", admin, "gzip");
+    assert_eq!((status, encoding), (400, None), "{body}");
+    assert!(body.contains("group_by"), "{body}");
+}
+
 #[test]
 fn every_summary_error_is_a_400_401_403_or_405_naming_its_cause() {
     let f = fixture();

@@ -14,7 +14,8 @@
 //!
 //! Bounded by bytes (`serve --summary-cache-mib`, 0 turns it off); past the
 //! bound the oldest answers go first. Counted in
-//! `refund_projector_summary_answers_total{outcome="hit"|"miss"|"unidentified"}`.
+//! `refund_projector_summary_answers_total{outcome}`: `hit`, `miss`, or
+//! `uncached` (the bound is 0 or the snapshot unknown).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -68,7 +69,7 @@ impl Answers {
         compute: impl FnOnce() -> Result<Bytes, E>,
     ) -> Result<Bytes, E> {
         let Some(snapshot) = snapshot.filter(|_| self.max_bytes > 0) else {
-            count("unidentified");
+            count("uncached");
             return compute();
         };
         let key = key();
