@@ -39,8 +39,10 @@ secret = "bench"
 tenant = "*"
 scopes = ["admin"]
 TOML
-summary_cache_mib=${SUMMARY_CACHE_MIB:-64}
-"$bin" serve --db "$store" --listen 127.0.0.1:0 --api-keys "$work/keys.toml" --summary-cache-mib "$summary_cache_mib" 2> "$work/serve.log" &
+# Passed only when set, so that BIN may be a build from before the flag.
+cache_flag=()
+if [ -n "${SUMMARY_CACHE_MIB:-}" ]; then cache_flag=(--summary-cache-mib "$SUMMARY_CACHE_MIB"); fi
+"$bin" serve --db "$store" --listen 127.0.0.1:0 --api-keys "$work/keys.toml" "${cache_flag[@]}" 2> "$work/serve.log" &
 server=$!
 for _ in $(seq 3000); do grep -q "listening on" "$work/serve.log" && break; sleep 0.1; done  # a big store may need a repair first
 base=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$work/serve.log")
@@ -102,7 +104,7 @@ end
 LUA
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); store: $refunds refunds; wrk -t2 -d$duration"
-echo "$accept; serve --summary-cache-mib $summary_cache_mib"
+echo "$accept; serve --summary-cache-mib ${SUMMARY_CACHE_MIB:-default}"
 printf '%-24s %5s %10s %9s %9s %8s\n' shape conns req/s p50_ms p99_ms non2xx
 run() {
   local name=$1 connections=$2 script=$3 url=$4
