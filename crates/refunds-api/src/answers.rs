@@ -8,14 +8,12 @@
 //! bytes. An answer is kept under the [`SnapshotId`] it was computed from, the
 //! tenants it covers and the request's parameters, so a hit is exactly the
 //! answer a fresh computation would give: a commit changes the id, and the
-//! first answer of the new snapshot drops every older one. A snapshot whose id
-//! is unknown (it began while a commit was being published) is computed and
-//! not kept.
+//! first answer of the new snapshot drops every older one.
 //!
 //! Bounded by bytes (`serve --summary-cache-mib`, 0 turns it off); past the
 //! bound the oldest answers go first. Counted in
 //! `refund_projector_summary_answers_total{outcome}`: `hit`, `miss`, or
-//! `uncached` (the bound is 0 or the snapshot unknown).
+//! `uncached` (the bound is 0).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -61,17 +59,17 @@ impl Answers {
     }
 
     /// The kept answer to `key` in `snapshot`, or the one `compute` renders
-    /// (then kept when the snapshot is known and it fits).
+    /// (then kept when it fits).
     pub fn get_or_compute<E>(
         &self,
-        snapshot: Option<SnapshotId>,
+        snapshot: SnapshotId,
         key: impl FnOnce() -> String,
         compute: impl FnOnce() -> Result<Bytes, E>,
     ) -> Result<Bytes, E> {
-        let Some(snapshot) = snapshot.filter(|_| self.max_bytes > 0) else {
+        if self.max_bytes == 0 {
             count("uncached");
             return compute();
-        };
+        }
         let key = key();
         let hit = {
             let kept = self.lock();
@@ -135,7 +133,7 @@ mod tests {
     }
 
     fn snapshot(store: &Store) -> SnapshotId {
-        store.read_identified().unwrap().1.expect("no commit is under way")
+        store.read_identified().unwrap().1
     }
 
     fn commit(store: &Store) {
@@ -144,7 +142,7 @@ mod tests {
 
     /// Asks `answers` for `key` in `snapshot`; returns the answer and
     /// whether it was computed.
-    fn ask(answers: &Answers, snapshot: Option<SnapshotId>, key: &str, body: &str) -> (Bytes, bool) {
+    fn ask(answers: &Answers, snapshot: SnapshotId, key: &str, body: &str) -> (Bytes, bool) {
         let computed = Cell::new(false);
         let answer = answers
             .get_or_compute(
@@ -163,11 +161,12 @@ mod tests {
     fn snapshot_ids_change_with_every_commit_and_differ_between_stores() {
         let dir = tempfile::tempdir().unwrap();
         let (one, two) = (store(&dir, "one.redb"), store(&dir, "two.redb"));
-        let first = snapshot(&one);
+        let (held, first) = one.read_identified().unwrap();
         assert_eq!(snapshot(&one), first, "no commit between two reads");
         commit(&one);
         let second = snapshot(&one);
         assert_ne!(second, first);
+        assert_eq!(one.snapshot_id(&held).unwrap(), first, "a snapshot begun before a commit keeps its id");
         assert_eq!(second.newer_than(first), Some(true));
         assert_eq!(first.newer_than(second), Some(false));
         assert_eq!(snapshot(&two).newer_than(first), None, "another store's snapshots are not ordered with these");
@@ -179,34 +178,31 @@ mod tests {
         let store = store(&dir, "store.redb");
         let answers = Answers::new(1 << 20);
         let old = snapshot(&store);
-        assert_eq!(ask(&answers, Some(old), "k", "old"), (Bytes::from("old"), true));
-        assert_eq!(ask(&answers, Some(old), "k", "unused"), (Bytes::from("old"), false), "kept");
-        assert_eq!(ask(&answers, Some(old), "other", "o"), (Bytes::from("o"), true), "another request");
+        assert_eq!(ask(&answers, old, "k", "old"), (Bytes::from("old"), true));
+        assert_eq!(ask(&answers, old, "k", "unused"), (Bytes::from("old"), false), "kept");
+        assert_eq!(ask(&answers, old, "other", "o"), (Bytes::from("o"), true), "another request");
 
         commit(&store);
         let new = snapshot(&store);
-        assert_eq!(ask(&answers, Some(new), "k", "new"), (Bytes::from("new"), true), "a commit makes it stale");
+        assert_eq!(ask(&answers, new, "k", "new"), (Bytes::from("new"), true), "a commit makes it stale");
         // A request that read the old snapshot and finishes now is answered
         // from it, and does not displace the newer answers.
-        assert_eq!(ask(&answers, Some(old), "k", "old again"), (Bytes::from("old again"), true));
-        assert_eq!(ask(&answers, Some(new), "k", "unused"), (Bytes::from("new"), false));
-        assert_eq!(ask(&answers, Some(old), "other", "o2"), (Bytes::from("o2"), true), "older answers were dropped");
+        assert_eq!(ask(&answers, old, "k", "old again"), (Bytes::from("old again"), true));
+        assert_eq!(ask(&answers, new, "k", "unused"), (Bytes::from("new"), false));
+        assert_eq!(ask(&answers, old, "other", "o2"), (Bytes::from("o2"), true), "older answers were dropped");
     }
 
     #[test]
-    fn nothing_is_kept_for_an_unknown_snapshot_or_without_room() {
+    fn nothing_is_kept_without_room() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir, "store.redb");
         let now = snapshot(&store);
-        let answers = Answers::new(1 << 20);
-        ask(&answers, None, "k", "a");
-        assert!(ask(&answers, None, "k", "b").1, "a snapshot begun during a commit is not identified");
         let off = Answers::new(0);
-        ask(&off, Some(now), "k", "a");
-        assert!(ask(&off, Some(now), "k", "a").1, "a zero bound keeps nothing");
+        ask(&off, now, "k", "a");
+        assert!(ask(&off, now, "k", "a").1, "a zero bound keeps nothing");
         let small = Answers::new(10);
-        ask(&small, Some(now), "k", "much more than ten bytes");
-        assert!(ask(&small, Some(now), "k", "much more than ten bytes").1, "an answer over the bound is not kept");
+        ask(&small, now, "k", "much more than ten bytes");
+        assert!(ask(&small, now, "k", "much more than ten bytes").1, "an answer over the bound is not kept");
     }
 
     #[test]
@@ -217,10 +213,10 @@ mod tests {
         // Each entry costs its key and body: 1 + 9 bytes.
         let answers = Answers::new(25);
         for key in ["a", "b", "c"] {
-            ask(&answers, Some(now), key, "123456789");
+            ask(&answers, now, key, "123456789");
         }
-        assert!(ask(&answers, Some(now), "a", "123456789").1, "the oldest went to make room for c");
-        assert!(!ask(&answers, Some(now), "c", "123456789").1, "the newest stays");
-        assert!(ask(&answers, Some(now), "b", "123456789").1, "b went to make room for a again");
+        assert!(ask(&answers, now, "a", "123456789").1, "the oldest went to make room for c");
+        assert!(!ask(&answers, now, "c", "123456789").1, "the newest stays");
+        assert!(ask(&answers, now, "b", "123456789").1, "b went to make room for a again");
     }
 }

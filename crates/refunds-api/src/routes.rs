@@ -267,11 +267,11 @@ pub(crate) async fn read<T: Send + 'static>(
     read_identified(state, move |store, txn, _| f(store, txn)).await
 }
 
-/// [`read`], telling `f` which committed state the snapshot holds when
-/// that is known (see [`refunds_store::Store::read_identified`]).
+/// [`read`], telling `f` which committed state the snapshot holds (see
+/// [`refunds_store::Store::read_identified`]).
 pub(crate) async fn read_identified<T: Send + 'static>(
     state: &AppState,
-    f: impl FnOnce(&Store, &ReadTransaction, Option<SnapshotId>) -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce(&Store, &ReadTransaction, SnapshotId) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<Snapshot<T>, ApiError> {
     use std::sync::atomic::Ordering;
     let store = current_store(state)?;

@@ -227,7 +227,7 @@ impl Store {
         drop(known);
         before_commit();
         let committing = std::time::Instant::now();
-        let _published = self.committing();
+        crate::count_commit(&txn)?;
         txn.commit()?;
         if matches!(durability, Durability::None)
             && let Some(writeback) = &self.writeback
@@ -262,7 +262,7 @@ impl Store {
                 pending.remove(seq)?;
             }
         }
-        let _published = self.committing();
+        crate::count_commit(&txn)?;
         txn.commit()?;
         Ok(())
     }

@@ -69,7 +69,7 @@ impl Store {
             let position = u64::try_from(resume_at).unwrap_or(0);
             checkpoints.insert(source, Checkpoint { position, state: Vec::new() }.encode().as_slice())?;
         }
-        let _published = self.committing();
+        crate::count_commit(&txn)?;
         txn.commit()?;
         self.publish_positions()
     }

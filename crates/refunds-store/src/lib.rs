@@ -157,20 +157,38 @@ pub struct Store {
     positions: tokio::sync::watch::Sender<std::sync::Arc<Positions>>,
     /// This store's number among the stores opened by the process.
     instance: u64,
-    /// Twice the commits finished, plus one while a commit is being made
-    /// (from just before redb's commit until the names and positions that
-    /// follow it are published): a sequence lock that lets a reader name
-    /// the committed state its read transaction sees (see [`SnapshotId`]).
-    commits: std::sync::atomic::AtomicU64,
 }
 
 /// The committed state a read transaction sees: equal ids, equal contents,
 /// so an answer computed from one snapshot serves every request that reads
-/// the same one.
+/// the same one. The store counts its commits in the snapshot itself
+/// ([`count_commit`]), so the id is read from the read transaction, exact
+/// whatever a concurrent commit is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SnapshotId {
     store: u64,
     commits: u64,
+}
+
+/// The `meta` key of the commit count.
+const COMMITS: &str = "commits";
+
+/// Counts the commit `txn` is about to make: every write transaction of the
+/// store calls it just before committing, so no two committed states share
+/// a count ([`SnapshotId`]).
+pub(crate) fn count_commit(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut meta = txn.open_table(tables::META)?;
+    let commits = commits_in(meta.get(COMMITS)?.map(|v| v.value().to_vec()))?;
+    meta.insert(COMMITS, (commits + 1).to_le_bytes().as_slice())?;
+    Ok(())
+}
+
+fn commits_in(stored: Option<Vec<u8>>) -> Result<u64, redb::Error> {
+    stored.map_or(Ok(0), |bytes| {
+        <[u8; 8]>::try_from(bytes.as_slice())
+            .map(u64::from_le_bytes)
+            .map_err(|_| redb::Error::Corrupted("commit count".to_owned()))
+    })
 }
 
 impl SnapshotId {
@@ -178,15 +196,6 @@ impl SnapshotId {
     /// snapshots of different stores (a rebuilt store swapped in).
     pub fn newer_than(self, other: SnapshotId) -> Option<bool> {
         (self.store == other.store).then_some(self.commits > other.commits)
-    }
-}
-
-/// Marks a commit in progress on [`Store::commits`] until dropped.
-struct Committing<'a>(&'a std::sync::atomic::AtomicU64);
-
-impl Drop for Committing<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -236,6 +245,7 @@ impl Store {
                 other => OpenError::Storage(redb::Error::Corrupted(other.to_string())),
             })?;
         }
+        count_commit(&txn)?;
         txn.commit().map_err(redb::Error::from)?;
 
         let mut names = HashMap::new();
@@ -268,7 +278,6 @@ impl Store {
                 static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             },
-            commits: std::sync::atomic::AtomicU64::new(0),
         };
         store.publish_positions().map_err(|e| OpenError::Storage(redb::Error::Corrupted(e.to_string())))?;
         if let Some(at) =
@@ -279,23 +288,18 @@ impl Store {
         Ok(store)
     }
 
-    /// Call just before a write transaction's commit and keep until what
-    /// follows the commit in memory (names, positions) is published.
-    fn committing(&self) -> Committing<'_> {
-        self.commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Committing(&self.commits)
+    /// A read transaction and the id of the state it sees.
+    pub fn read_identified(&self) -> Result<(ReadTransaction, SnapshotId), StoreError> {
+        let txn = self.db.begin_read()?;
+        let id = self.snapshot_id(&txn)?;
+        Ok((txn, id))
     }
 
-    /// A read transaction and the id of the state it sees, or `None` when a
-    /// commit was under way while it began (the state is then one of two).
-    pub fn read_identified(&self) -> Result<(ReadTransaction, Option<SnapshotId>), StoreError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let before = self.commits.load(SeqCst);
-        let txn = self.db.begin_read()?;
-        let after = self.commits.load(SeqCst);
-        let id = (before == after && before.is_multiple_of(2))
-            .then_some(SnapshotId { store: self.instance, commits: before });
-        Ok((txn, id))
+    /// The id of the state `txn` (a read transaction of this store) sees.
+    pub fn snapshot_id(&self, txn: &ReadTransaction) -> Result<SnapshotId, StoreError> {
+        let meta = txn.open_table(tables::META)?;
+        let commits = commits_in(meta.get(COMMITS)?.map(|v| v.value().to_vec()))?;
+        Ok(SnapshotId { store: self.instance, commits })
     }
 
     /// Arrival time of the newest applied event, as of the last commit.
