@@ -8,15 +8,19 @@
 //! bytes. An answer is kept under the [`SnapshotId`] it was computed from, the
 //! tenants it covers and the request's parameters, so a hit is exactly the
 //! answer a fresh computation would give: a commit changes the id, and the
-//! first answer of the new snapshot drops every older one.
+//! first answer of the new snapshot drops every older one. Requests that ask
+//! what another request of the same snapshot is computing wait for its
+//! answer instead of computing it again: after a commit, the first reload
+//! computes and the ones arriving meanwhile share it.
 //!
 //! Bounded by bytes (`serve --summary-cache-mib`, 0 turns it off); past the
 //! bound the oldest answers go first. Counted in
-//! `refund_projector_summary_answers_total{outcome}`: `hit`, `miss`, or
-//! `uncached` (the bound is 0).
+//! `refund_projector_summary_answers_total{outcome}`: `hit`, `miss`,
+//! `shared` (waited for a request computing it), or `uncached` (the bound is
+//! 0).
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
 
 use axum::body::Bytes;
 use refunds_store::SnapshotId;
@@ -32,10 +36,54 @@ pub struct Answers {
 #[derive(Default)]
 struct Kept {
     snapshot: Option<SnapshotId>,
-    answers: std::collections::HashMap<String, Bytes>,
+    answers: HashMap<String, Bytes>,
     /// Keys in the order they were kept, for eviction.
     order: VecDeque<String>,
     bytes: usize,
+    /// Answers being computed, of any snapshot.
+    computing: HashMap<(SnapshotId, String), Arc<Pending>>,
+}
+
+/// An answer one request computes for others: `None` until it is done, then
+/// the answer, or `None` inside when it failed (a waiter then computes).
+#[derive(Default)]
+struct Pending {
+    done: Mutex<Option<Option<Bytes>>>,
+    ready: Condvar,
+}
+
+impl Pending {
+    fn finish(&self, answer: Option<Bytes>) {
+        *self.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(answer);
+        self.ready.notify_all();
+    }
+
+    fn wait(&self) -> Option<Bytes> {
+        let mut done = self.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            if let Some(answer) = done.as_ref() {
+                return answer.clone();
+            }
+            done = self.ready.wait(done).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+/// Ends a computation that returned early (an error, a panic) as failed, so
+/// that no waiter waits for ever.
+struct Computing<'a> {
+    answers: &'a Answers,
+    id: Option<(SnapshotId, String)>,
+    pending: Arc<Pending>,
+}
+
+impl Drop for Computing<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.answers.lock().computing.remove(&id);
+            self.pending.finish(None);
+        }
+    }
 }
 
 impl Kept {
@@ -71,17 +119,46 @@ impl Answers {
             return compute();
         }
         let key = key();
-        let hit = {
-            let kept = self.lock();
-            kept.answers.get(&key).filter(|_| kept.snapshot == Some(snapshot)).cloned()
+        let id = (snapshot, key);
+        let pending = {
+            let mut kept = self.lock();
+            if kept.snapshot == Some(snapshot)
+                && let Some(hit) = kept.answers.get(&id.1)
+            {
+                count("hit");
+                return Ok(hit.clone());
+            }
+            match kept.computing.get(&id) {
+                Some(pending) => Err(pending.clone()),
+                None => {
+                    let pending = Arc::new(Pending::default());
+                    kept.computing.insert(id.clone(), pending.clone());
+                    Ok(pending)
+                }
+            }
         };
-        if let Some(hit) = hit {
-            count("hit");
-            return Ok(hit);
-        }
+        let pending = match pending {
+            Ok(pending) => pending,
+            Err(other) => {
+                if let Some(answer) = other.wait() {
+                    count("shared");
+                    return Ok(answer);
+                }
+                // It failed: try once more here, alone.
+                count("miss");
+                return compute();
+            }
+        };
         count("miss");
+        let mut computing = Computing { answers: self, id: Some(id), pending };
         let answer = compute()?;
-        self.keep(snapshot, key, answer.clone());
+        let (snapshot, key) = computing.id.take().expect("taken only here or on drop");
+        {
+            let mut kept = self.lock();
+            kept.computing.remove(&(snapshot, key.clone()));
+            self.keep(&mut kept, snapshot, key, answer.clone());
+        }
+        computing.pending.finish(Some(answer.clone()));
         Ok(answer)
     }
 
@@ -89,12 +166,11 @@ impl Answers {
         self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn keep(&self, snapshot: SnapshotId, key: String, answer: Bytes) {
+    fn keep(&self, kept: &mut Kept, snapshot: SnapshotId, key: String, answer: Bytes) {
         let size = key.len() + answer.len();
         if size > self.max_bytes {
             return;
         }
-        let mut kept = self.lock();
         match kept.snapshot {
             Some(current) if current == snapshot => {}
             // A request that read an older snapshot finished late.
@@ -203,6 +279,68 @@ mod tests {
         let small = Answers::new(10);
         ask(&small, now, "k", "much more than ten bytes");
         assert!(ask(&small, now, "k", "much more than ten bytes").1, "an answer over the bound is not kept");
+    }
+
+    /// Starts a request computing `key` (its computation waits for the
+    /// returned sender), then a second request for the same key once the
+    /// first computes; lets the first finish with `first` once the second
+    /// waits. Returns the second's answer and whether it computed.
+    fn two_at_once(first: Result<&'static str, ()>) -> (Result<Bytes, ()>, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir, "store.redb");
+        let now = snapshot(&store);
+        // Too small to keep anything: the second can only get the first's
+        // answer by waiting for it.
+        let answers = Answers::new(4);
+        let answers = &answers;
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                answers.get_or_compute(
+                    now,
+                    || "k".to_owned(),
+                    || {
+                        released.recv().unwrap();
+                        first.map(|text| Bytes::from_static(text.as_bytes()))
+                    },
+                )
+            });
+            let pending = loop {
+                if let Some(pending) = answers.lock().computing.get(&(now, "k".to_owned())) {
+                    break pending.clone();
+                }
+                std::thread::yield_now();
+            };
+            let second = scope.spawn(|| {
+                let computed = Cell::new(false);
+                let answer = answers.get_or_compute(
+                    now,
+                    || "k".to_owned(),
+                    || {
+                        computed.set(true);
+                        Ok(Bytes::from_static(b"computed by the second"))
+                    },
+                );
+                (answer, computed.get())
+            });
+            // The map, the first request and this test hold it; the second
+            // makes four once it waits.
+            while Arc::strong_count(&pending) < 4 {
+                std::thread::yield_now();
+            }
+            release.send(()).unwrap();
+            second.join().unwrap()
+        })
+    }
+
+    #[test]
+    fn a_request_waits_for_the_same_answer_being_computed() {
+        assert_eq!(two_at_once(Ok("computed by the first")), (Ok(Bytes::from_static(b"computed by the first")), false));
+    }
+
+    #[test]
+    fn a_failed_computation_leaves_its_waiters_to_compute() {
+        assert_eq!(two_at_once(Err(())), (Ok(Bytes::from_static(b"computed by the second")), true));
     }
 
     #[test]
