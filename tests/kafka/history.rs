@@ -221,6 +221,76 @@ fn a_consumer_down_past_retention_holds_at_the_gap_and_a_recreated_topic_is_neve
 }
 
 #[test]
+fn a_gap_met_mid_run_is_accepted_and_the_partition_resumes_past_it_with_nothing_else_lost() {
+    let (_guard, bootstrap) = broker();
+    let scenario = Scenario::new(&bootstrap, "midrun", 30_000, 25, 1);
+    let end = i64::try_from(scenario.messages).unwrap();
+    let cut = end * 4 / 5;
+    // A consumer that prefetches a few thousand messages and applies small
+    // batches, so that it is far behind when retention strikes, and has
+    // messages read ahead when it meets the deleted offsets.
+    let db = scenario.db("store.redb");
+    let mut instance = scenario.instance("g-midrun", &db);
+    instance.extra = ["--accept-history-gap", "--batch-events", "50"].map(String::from).to_vec();
+    for option in ["queued.max.messages.kbytes=1024", "max.partition.fetch.bytes=65536"] {
+        instance.extra.extend(["--kafka-option".to_owned(), option.to_owned()]);
+    }
+    let runner = Runner::start(&instance);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while recorded(&runner.status()) < 2_000 {
+        assert!(Instant::now() < deadline, "nothing applied:\n{}", runner.log_tail());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    delete_records(&bootstrap, &scenario.topic, 0, cut);
+
+    // It meets the deleted offsets while running, accepts the gap, drops the
+    // partition's queue and read-ahead, and consumes again from the new start.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        let status = runner.status();
+        let done = status["history_gaps"].as_array().is_some_and(|g| g.len() == 1)
+            && status["partitions"][0]["applied_offset"] == json!(end)
+            && status["partitions"][0]["lag"] == 0
+            && status["dead_letters_pending"] == 0;
+        if done {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "never resumed past the gap: {status}\n{}", runner.log_tail());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let gap = only_gap(&status);
+    assert_eq!((&gap["available"], &gap["accepted"]), (&json!(cut), &json!(true)), "{gap}");
+    let needed = gap["needed"].as_i64().unwrap();
+    eprintln!("midrun: the gap was met at offset {needed} of {end}; the partition starts at {cut}");
+    assert!((2_000..cut).contains(&needed), "the gap was met mid-run, not at start: {gap}");
+    assert_eq!(
+        recorded(&status),
+        u64::try_from(needed + end - cut).unwrap(),
+        "every message before the gap and from the new start recorded once, none from inside it: {status}"
+    );
+    assert!(runner.terminate().0.success());
+
+    // The store equals a replay of exactly those messages.
+    // Lines as bytes: the noise includes lines that are not UTF-8.
+    let bytes = std::fs::read(&scenario.events).unwrap();
+    let lines: Vec<&[u8]> =
+        bytes.split(|&b| b == b'\n').filter(|l| !l.iter().all(|&b| b == b' ' || b == b'\t')).collect();
+    assert_eq!(lines.len(), usize::try_from(end).unwrap(), "one message per non-blank line");
+    let mut kept = Vec::new();
+    for (offset, line) in (0..).zip(&lines) {
+        if offset < needed || offset >= cut {
+            kept.extend_from_slice(line);
+            kept.push(b'\n');
+        }
+    }
+    let expected = scenario.db("expected.ndjson");
+    std::fs::write(&expected, kept).unwrap();
+    let replayed = scenario.db("expected.redb");
+    replay(&expected, &replayed, None);
+    assert!(export(&db) == export(&replayed), "the store differs from a replay of the messages around the gap");
+}
+
+#[test]
 fn a_compacted_topic_is_refused_at_start_with_the_reason() {
     let (_guard, bootstrap) = broker();
     let dir = tempfile::tempdir().unwrap();
