@@ -14,7 +14,8 @@
 #   SUMMARY_CACHE_MIB=0 scripts/bench-api.sh  # compute every summary (serve --summary-cache-mib)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }
+source scripts/bench-lib.sh
+need_wrk
 # BIN=path serves with another build (the one that built a kept STORE).
 if [ -z "${BIN:-}" ]; then cargo build --release --bins -q; fi
 bin=${BIN:-$PWD/target/release/refund-projector}
@@ -32,13 +33,7 @@ if [ ! -e "$store" ]; then
   "$bin" replay --input "$work/events.ndjson" --db "$store" 2>&1 | tail -n 1
   rm -f "$work/events.ndjson"
 fi
-cat > "$work/keys.toml" <<TOML
-[[keys]]
-id = "bench"
-secret = "bench"
-tenant = "*"
-scopes = ["admin"]
-TOML
+write_bench_keys "$work/keys.toml"
 # Passed only when set, so that BIN may be a build from before the flag.
 cache_flag=()
 if [ -n "${SUMMARY_CACHE_MIB:-}" ]; then cache_flag=(--summary-cache-mib "$SUMMARY_CACHE_MIB"); fi
@@ -52,7 +47,7 @@ auth="Authorization: Api-Key bench"
 accept="Accept-Encoding: ${ACCEPT_ENCODING:-gzip, deflate, br}"
 
 # The biggest tenant, one of its order numbers, its newest month.
-big=$(curl -s -H "$auth" "$base/v1/refunds?limit=100" | python3 -c 'import json,sys,collections; r=json.load(sys.stdin)["results"]; print(collections.Counter(x["tenant_id"] for x in r).most_common(1)[0][0])')
+big=$(biggest_tenant "$base")
 sample=$(curl -s -H "$auth" "$base/v1/refunds?tenant_id=$big&limit=1")
 order_no=$(echo "$sample" | python3 -c 'import json,sys; print(json.load(sys.stdin)["results"][0]["order_no"])')
 newest=$(echo "$sample" | python3 -c 'import json,sys; print(json.load(sys.stdin)["results"][0]["created_at"][:10])')

@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -gt 0 ] || { echo "usage: $0 STORE.redb [STORE.redb ...]" >&2; exit 2; }
-command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }
+source scripts/bench-lib.sh
+need_wrk
 if [ -z "${BIN:-}" ]; then cargo build --release --bins -q; fi
 bin=${BIN:-$PWD/target/release/refund-projector}
 rate=${RATE:-1000}
@@ -20,13 +21,7 @@ duration=${DURATION:-10s}
 work=$(mktemp -d "${TMPDIR:-/tmp}/refund-live-bench.XXXXXX")
 demo=
 trap '[ -n "$demo" ] && kill $demo 2>/dev/null && wait $demo 2>/dev/null; rm -rf "$work"' EXIT
-cat > "$work/keys.toml" <<TOML
-[[keys]]
-id = "bench"
-secret = "bench"
-tenant = "*"
-scopes = ["admin"]
-TOML
+write_bench_keys "$work/keys.toml"
 auth="Authorization: Api-Key bench"
 accept="Accept-Encoding: gzip, deflate, br"
 answers() {
@@ -46,7 +41,7 @@ for round in $(seq "${ROUNDS:-2}"); do
     demo=$!
     for _ in $(seq 3000); do grep -q "http://" "$work/demo.out" 2>/dev/null && break; sleep 0.1; done
     base=$(grep -o 'http://127.0.0.1:[0-9]*' "$work/demo.out" | head -n 1)
-    big=$(curl -s -H "$auth" "$base/v1/refunds?limit=100" | python3 -c 'import json,sys,collections; r=json.load(sys.stdin)["results"]; print(collections.Counter(x["tenant_id"] for x in r).most_common(1)[0][0])')
+    big=$(biggest_tenant "$base")
     sleep 10  # the consumer reaches its steady rate
     before=$(commits "$base")
     echo "== round $round, $store"

@@ -152,10 +152,11 @@ impl Answers {
         count("miss");
         let mut computing = Computing { answers: self, id: Some(id), pending };
         let answer = compute()?;
-        let (snapshot, key) = computing.id.take().expect("taken only here or on drop");
+        let id = computing.id.take().expect("taken only here or on drop");
         {
             let mut kept = self.lock();
-            kept.computing.remove(&(snapshot, key.clone()));
+            kept.computing.remove(&id);
+            let (snapshot, key) = id;
             self.keep(&mut kept, snapshot, key, answer.clone());
         }
         computing.pending.finish(Some(answer.clone()));
@@ -209,7 +210,7 @@ mod tests {
     }
 
     fn snapshot(store: &Store) -> SnapshotId {
-        store.read_identified().unwrap().1
+        store.snapshot_id(&store.read().unwrap()).unwrap()
     }
 
     fn commit(store: &Store) {
@@ -237,7 +238,8 @@ mod tests {
     fn snapshot_ids_change_with_every_commit_and_differ_between_stores() {
         let dir = tempfile::tempdir().unwrap();
         let (one, two) = (store(&dir, "one.redb"), store(&dir, "two.redb"));
-        let (held, first) = one.read_identified().unwrap();
+        let held = one.read().unwrap();
+        let first = one.snapshot_id(&held).unwrap();
         assert_eq!(snapshot(&one), first, "no commit between two reads");
         commit(&one);
         let second = snapshot(&one);

@@ -264,20 +264,11 @@ pub(crate) async fn read<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&Store, &ReadTransaction) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<Snapshot<T>, ApiError> {
-    read_identified(state, move |store, txn, _| f(store, txn)).await
-}
-
-/// [`read`], telling `f` which committed state the snapshot holds (see
-/// [`refunds_store::Store::read_identified`]).
-pub(crate) async fn read_identified<T: Send + 'static>(
-    state: &AppState,
-    f: impl FnOnce(&Store, &ReadTransaction, SnapshotId) -> Result<T, ApiError> + Send + 'static,
-) -> Result<Snapshot<T>, ApiError> {
     use std::sync::atomic::Ordering;
     let store = current_store(state)?;
     let in_snapshot = move |store: &Store| -> Result<Snapshot<T>, ApiError> {
-        let (txn, id) = store.read_identified().map_err(|e| store_unavailable(&e))?;
-        let value = f(store, &txn, id)?;
+        let txn = store.read().map_err(|e| store_unavailable(&e))?;
+        let value = f(store, &txn)?;
         let positions = refunds_store::positions_in(&txn).map_err(|e| store_unavailable(&e))?;
         let last_applied_at = refunds_store::last_applied_at_in(&txn).map_err(|e| store_unavailable(&e))?;
         Ok(Snapshot { value, positions: std::sync::Arc::new(positions), last_applied_at })
@@ -296,6 +287,19 @@ pub(crate) async fn read_identified<T: Send + 'static>(
     }
     INLINE_READS.fetch_sub(1, Ordering::AcqRel);
     tokio::task::spawn_blocking(move || in_snapshot(&store)).await.map_err(|e| store_unavailable(&e))?
+}
+
+/// [`read`], telling `f` which committed state the snapshot holds (see
+/// [`refunds_store::SnapshotId`]); only routes that keep answers pay for it.
+pub(crate) async fn read_identified<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Store, &ReadTransaction, SnapshotId) -> Result<T, ApiError> + Send + 'static,
+) -> Result<Snapshot<T>, ApiError> {
+    read(state, move |store, txn| {
+        let id = store.snapshot_id(txn).map_err(|e| store_unavailable(&e))?;
+        f(store, txn, id)
+    })
+    .await
 }
 
 /// The tenant a single-refund request is about: the requested tenant, or for

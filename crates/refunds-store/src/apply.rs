@@ -124,7 +124,7 @@ impl Store {
     ) -> Result<BatchSummary, StoreError> {
         let started = std::time::Instant::now();
         let mut invalid_by_reason: HashMap<&'static str, u64> = HashMap::default();
-        let mut txn = self.db.begin_write()?;
+        let mut txn = crate::Write::begin(&self.db)?;
         let known = self.names();
         txn.set_durability(durability)?;
         let mut summary = BatchSummary::default();
@@ -227,7 +227,6 @@ impl Store {
         drop(known);
         before_commit();
         let committing = std::time::Instant::now();
-        crate::count_commit(&txn)?;
         txn.commit()?;
         if matches!(durability, Durability::None)
             && let Some(writeback) = &self.writeback
@@ -255,14 +254,13 @@ impl Store {
 
     /// Removes dead letters from the outbox once their destination has them.
     pub fn mark_dead_letters_sent(&self, sequences: &[u64]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = crate::Write::begin(&self.db)?;
         {
             let mut pending = txn.open_table(tables::DEAD_LETTERS_PENDING)?;
             for seq in sequences {
                 pending.remove(seq)?;
             }
         }
-        crate::count_commit(&txn)?;
         txn.commit()?;
         Ok(())
     }

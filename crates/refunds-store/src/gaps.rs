@@ -60,7 +60,7 @@ impl Store {
     /// Records `gap` and moves the checkpoint `source` to `resume_at` (the
     /// next offset to apply), in one durable transaction.
     pub fn accept_history_gap(&self, gap: &AcceptedGap, source: &str, resume_at: i64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = crate::Write::begin(&self.db)?;
         {
             let mut gaps = txn.open_table(tables::HISTORY_GAPS)?;
             let value = serde_json::to_vec(&gap.to_json()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -69,7 +69,6 @@ impl Store {
             let position = u64::try_from(resume_at).unwrap_or(0);
             checkpoints.insert(source, Checkpoint { position, state: Vec::new() }.encode().as_slice())?;
         }
-        crate::count_commit(&txn)?;
         txn.commit()?;
         self.publish_positions()
     }

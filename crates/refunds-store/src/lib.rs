@@ -162,7 +162,7 @@ pub struct Store {
 /// The committed state a read transaction sees: equal ids, equal contents,
 /// so an answer computed from one snapshot serves every request that reads
 /// the same one. The store counts its commits in the snapshot itself
-/// ([`count_commit`]), so the id is read from the read transaction, exact
+/// ([`Write::commit`]), so the id is read from the read transaction, exact
 /// whatever a concurrent commit is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SnapshotId {
@@ -173,19 +173,45 @@ pub struct SnapshotId {
 /// The `meta` key of the commit count.
 const COMMITS: &str = "commits";
 
-/// Counts the commit `txn` is about to make: every write transaction of the
-/// store calls it just before committing, so no two committed states share
-/// a count ([`SnapshotId`]).
-pub(crate) fn count_commit(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
-    let mut meta = txn.open_table(tables::META)?;
-    let commits = commits_in(meta.get(COMMITS)?.map(|v| v.value().to_vec()))?;
-    meta.insert(COMMITS, (commits + 1).to_le_bytes().as_slice())?;
-    Ok(())
+/// A write transaction of the store. Every write of the store begins here,
+/// so that every commit is counted ([`SnapshotId`]): no two committed states
+/// share a count. (`unused_bytes` opens one that it aborts.)
+pub(crate) struct Write(redb::WriteTransaction);
+
+impl Write {
+    pub(crate) fn begin(db: &Database) -> Result<Write, redb::Error> {
+        Ok(Write(db.begin_write()?))
+    }
+
+    /// Counts the commit, then makes it.
+    pub(crate) fn commit(self) -> Result<(), redb::Error> {
+        {
+            let mut meta = self.0.open_table(tables::META)?;
+            let commits = commits_in(meta.get(COMMITS)?.as_ref().map(|v| v.value()))?;
+            meta.insert(COMMITS, (commits + 1).to_le_bytes().as_slice())?;
+        }
+        self.0.commit()?;
+        Ok(())
+    }
 }
 
-fn commits_in(stored: Option<Vec<u8>>) -> Result<u64, redb::Error> {
+impl std::ops::Deref for Write {
+    type Target = redb::WriteTransaction;
+
+    fn deref(&self) -> &redb::WriteTransaction {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Write {
+    fn deref_mut(&mut self) -> &mut redb::WriteTransaction {
+        &mut self.0
+    }
+}
+
+fn commits_in(stored: Option<&[u8]>) -> Result<u64, redb::Error> {
     stored.map_or(Ok(0), |bytes| {
-        <[u8; 8]>::try_from(bytes.as_slice())
+        <[u8; 8]>::try_from(bytes)
             .map(u64::from_le_bytes)
             .map_err(|_| redb::Error::Corrupted("commit count".to_owned()))
     })
@@ -216,7 +242,7 @@ impl Store {
             })
             .create(path)
             .map_err(|source| OpenError::Database { path: path.display().to_string(), source })?;
-        let txn = db.begin_write().map_err(redb::Error::from)?;
+        let txn = Write::begin(&db)?;
         {
             let mut meta = txn.open_table(tables::META).map_err(redb::Error::from)?;
             let found = meta.get("format").map_err(redb::Error::from)?.map(|v| v.value().to_vec());
@@ -245,8 +271,7 @@ impl Store {
                 other => OpenError::Storage(redb::Error::Corrupted(other.to_string())),
             })?;
         }
-        count_commit(&txn)?;
-        txn.commit().map_err(redb::Error::from)?;
+        txn.commit()?;
 
         let mut names = HashMap::new();
         let mut names_by_number = HashMap::new();
@@ -288,17 +313,10 @@ impl Store {
         Ok(store)
     }
 
-    /// A read transaction and the id of the state it sees.
-    pub fn read_identified(&self) -> Result<(ReadTransaction, SnapshotId), StoreError> {
-        let txn = self.db.begin_read()?;
-        let id = self.snapshot_id(&txn)?;
-        Ok((txn, id))
-    }
-
     /// The id of the state `txn` (a read transaction of this store) sees.
     pub fn snapshot_id(&self, txn: &ReadTransaction) -> Result<SnapshotId, StoreError> {
         let meta = txn.open_table(tables::META)?;
-        let commits = commits_in(meta.get(COMMITS)?.map(|v| v.value().to_vec()))?;
+        let commits = commits_in(meta.get(COMMITS)?.as_ref().map(|v| v.value()))?;
         Ok(SnapshotId { store: self.instance, commits })
     }
 
