@@ -24,6 +24,9 @@ if [[ -z "${BROKERS:-}" ]]; then
   STARTED_BROKER=1
   scripts/kafka/kafka.sh wait 180 >/dev/null 2>&1
   BROKERS="127.0.0.1:$KAFKA_PORT"
+  # The broker shares the cores: kafka_bench reports its CPU time per phase.
+  BROKER_PID="$(cat "$KAFKA_STATE_DIR/kafka.pid")"
+  export BROKER_PID
 fi
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
 ARRIVAL="${ARRIVAL:-realistic}"

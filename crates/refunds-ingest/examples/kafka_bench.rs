@@ -224,22 +224,32 @@ struct Usage {
     user_s: f64,
     system_s: f64,
     written: u64,
+    /// The broker's CPU time, when it runs on this machine (`BROKER_PID`):
+    /// it takes the same cores as the ingest while serving its fetches.
+    broker_s: Option<f64>,
+}
+
+/// A process's user + system CPU seconds, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: &str) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15, in clock ticks (100 a second on Linux).
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).map(|t| t / 100.0);
+    Some((ticks(14)?, ticks(15)?))
 }
 
 impl Usage {
     fn now() -> Usage {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        // The fields after the command name, which is in parentheses.
-        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-        // utime and stime are fields 14 and 15, in clock ticks (100 a second on Linux).
-        let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+        let (user_s, system_s) = cpu_seconds("self").unwrap_or_default();
+        let broker_s = std::env::var("BROKER_PID").ok().and_then(|pid| cpu_seconds(&pid)).map(|(u, s)| u + s);
         let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
         let written = io
             .lines()
             .find_map(|line| line.strip_prefix("write_bytes: "))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
-        Usage { user_s: ticks(14), system_s: ticks(15), written }
+        Usage { user_s, system_s, written, broker_s }
     }
 
     fn since(&self, start: &Usage) -> Usage {
@@ -247,12 +257,17 @@ impl Usage {
             user_s: self.user_s - start.user_s,
             system_s: self.system_s - start.system_s,
             written: self.written.saturating_sub(start.written),
+            broker_s: self.broker_s.zip(start.broker_s).map(|(now, then)| now - then),
         }
     }
 }
 
 impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cpu {:.1}s user + {:.1}s system, {} MiB written", self.user_s, self.system_s, self.written >> 20)
+        write!(f, "cpu {:.1}s user + {:.1}s system, {} MiB written", self.user_s, self.system_s, self.written >> 20)?;
+        if let Some(broker_s) = self.broker_s {
+            write!(f, "; broker cpu {broker_s:.1}s")?;
+        }
+        Ok(())
     }
 }

@@ -23,6 +23,7 @@ use crate::batch::{Batch, BatchSummary, Checkpoint, Item, ItemKind, SourcePos};
 use crate::index_jobs::{Change, insert_sorted, write_index_entries_and_counts};
 use crate::keys::{self, Index, TenantNo};
 use crate::read::{dead_letter_document, stat_names};
+use crate::tiers::{self, Tiered};
 use crate::{FILE_KIND, Store, StoreError, TENANT_KIND, TOPIC_KIND, row, tables};
 
 pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
@@ -30,10 +31,10 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(tables::NAMES_BY_NUMBER)?;
     txn.open_table(tables::STATS)?;
     txn.open_table(tables::REFUNDS)?;
-    txn.open_table(tables::REFUND_HOMES)?;
+    tiers::HOMES.create(txn)?;
     txn.open_table(tables::COUNTS)?;
     txn.open_table(tables::SUMMARIES)?;
-    txn.open_table(tables::EVENT_IDS)?;
+    tiers::EVENT_SLOTS.create(txn)?;
     txn.open_table(tables::EVENT_ID_COLLISIONS)?;
     txn.open_table(tables::AUDIT_LOG)?;
     txn.open_table(tables::AUDIT_ORPHANS)?;
@@ -158,8 +159,8 @@ impl Store {
             let valid = admit(&txn, &mut interner, batch, &mut summary, &mut invalid_by_reason)?;
             // The homes are looked up on a worker while this thread settles
             // identity: they depend only on which refunds the batch names.
-            let mut homes = txn.open_table(tables::REFUND_HOMES)?;
-            let mut event_ids = txn.open_table(tables::EVENT_IDS)?;
+            let mut homes = tiers::HOMES.open(&txn)?;
+            let mut event_ids = tiers::EVENT_SLOTS.open(&txn)?;
             let (identified, found_homes) = std::thread::scope(|scope| {
                 let found = scope.spawn(|| find_homes(&mut homes, &valid, first_seq));
                 let identified = identify(&txn, &event_ids, &audit_log, first_seq, &valid, &mut summary);
@@ -176,7 +177,7 @@ impl Store {
                 let audit = scope.spawn(move || -> Result<(), StoreError> {
                     append_in_order(audit_log, first_seq, &audit_rows)?;
                     for (slot, seq) in &new_slots {
-                        event_ids.insert(slot, seq)?;
+                        event_ids.insert_new(&slot, seq)?;
                     }
                     Ok(())
                 });
@@ -222,6 +223,9 @@ impl Store {
                 audit.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
                 Ok(())
             })?;
+            // After the batch's keys are in: a sweep takes them along.
+            tiers::EVENT_SLOTS.settle(&txn)?;
+            tiers::HOMES.settle(&txn)?;
             fresh_names = interner.fresh;
         }
         drop(known);
@@ -368,7 +372,7 @@ fn admit<'b>(
 /// waits for.
 fn identify<'b>(
     txn: &WriteTransaction,
-    event_ids: &Table<'_, &'static [u8; 12], u64>,
+    event_ids: &Tiered<Table<'_, &'static [u8; 12], u64>>,
     audit_log: &Table<'_, u64, &'static [u8]>,
     first_seq: u64,
     valid: &[Admitted<'b>],
@@ -407,7 +411,7 @@ fn identify<'b>(
         let holder = match last {
             // A later event of this batch with the slot of an earlier one.
             Some((last_slot, holder)) if last_slot == slot => Some(holder),
-            _ => event_ids.get(&slot)?.map(|v| v.value()),
+            _ => event_ids.get(&&slot)?.map(|v| v.value()),
         };
         match holder {
             Some(holder) => holders[i] = Some(holder),
@@ -530,7 +534,7 @@ fn add_redirected<'a>(touched: &mut Vec<Touched<'a>>, redirected: &'a [Redirecte
 /// the batch, inserted here and taken back by [`assign_homes`] if no event
 /// of the batch is applied to it.
 fn find_homes<'b>(
-    homes: &mut Table<'_, &'static [u8], u32>,
+    homes: &mut Tiered<Table<'_, &'static [u8], u32>>,
     valid: &[Admitted<'b>],
     first_seq: u64,
 ) -> Result<Vec<(TenantNo, &'b str, u32, bool)>, StoreError> {
@@ -545,12 +549,12 @@ fn find_homes<'b>(
     let mut found = Vec::with_capacity(named.len());
     for (tenant, refund_id, seq) in named {
         let key = keys::refund_key(tenant, refund_id);
-        let stored = homes.get(key.as_slice())?.map(|home| home.value());
+        let stored = homes.get(&key.as_slice())?.map(|home| home.value());
         found.push(match stored {
             Some(home) => (tenant, refund_id, home, false),
             None => {
                 let home = keys::home_of(seq);
-                homes.insert(key.as_slice(), home)?;
+                homes.insert_new(&key.as_slice(), &home)?;
                 (tenant, refund_id, home, true)
             }
         });
@@ -564,7 +568,7 @@ fn find_homes<'b>(
 /// new home of a refund the batch names but touches not (only conflicting
 /// repeats name it) is taken back: that refund has no row.
 fn assign_homes(
-    homes: &mut Table<'_, &'static [u8], u32>,
+    homes: &mut Tiered<Table<'_, &'static [u8], u32>>,
     touched: &mut [Touched<'_>],
     found: Vec<(TenantNo, &str, u32, bool)>,
 ) -> Result<(), StoreError> {
@@ -582,7 +586,7 @@ fn assign_homes(
                 touched.new = new;
             }
             None => {
-                let stored = homes.get(keys::refund_key(touched.tenant, touched.refund_id).as_slice())?;
+                let stored = homes.get(&keys::refund_key(touched.tenant, touched.refund_id).as_slice())?;
                 let home = stored.map(|home| home.value()).ok_or_else(|| {
                     StoreError::Corrupt(format!("refund {} has an applied event but no home", touched.refund_id))
                 })?;
@@ -593,7 +597,7 @@ fn assign_homes(
     untouched.extend(found);
     for (tenant, refund_id, _, new) in untouched {
         if new {
-            homes.remove(keys::refund_key(tenant, refund_id).as_slice())?;
+            homes.remove(&keys::refund_key(tenant, refund_id).as_slice())?;
         }
     }
     Ok(())

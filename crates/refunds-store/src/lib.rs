@@ -44,8 +44,10 @@
 //! `summaries` keeps per-tenant rows of counts and u128 amount sums by
 //! status, currency (and the other low-cardinality dimensions) and created
 //! time slot, for dashboard summaries (see [`summary`]).
-//! `event_ids` maps `tenant | event id` to the
-//! audit sequence of the applied event; `audit_log` is an append-only log by
+//! `event_ids` maps `tenant | xxh3-64(event id)` to the
+//! audit sequence of the applied event. `event_ids` and `refund_homes` take
+//! keys at random places, so each is kept in two tiers (see `tiers.rs`): new keys
+//! go to a small recent tier, swept into the main one now and then; `audit_log` is an append-only log by
 //! sequence (payloads LZ4-packed, see `audit`), and each `refunds` row ends with the sequences of its refund's
 //! entries, the conflicting repeats of its events included. `audit_orphans`
 //! lists entries by the refund id they name instead; the trail reads it, the
@@ -65,6 +67,7 @@ mod read;
 mod row;
 pub mod summary;
 pub mod tables;
+mod tiers;
 mod writeback;
 
 use std::collections::HashMap;
@@ -84,8 +87,14 @@ pub use read::{DeadLetter, ExportError, StoreStats, TableSize, decode_row_state,
 pub use redb::{Durability, ReadTransaction};
 pub use summary::{CurrencyAmount, Dim, Summary, SummaryGroup, SummaryRequest, summary_in};
 
-/// The on-disk format this build writes. A store of another format is refused.
-const FORMAT_VERSION: &[u8] = b"refunds-store/8";
+/// The on-disk format this build writes. A store of another format is
+/// refused, except [`UPGRADED_FORMAT`].
+const FORMAT_VERSION: &[u8] = b"refunds-store/9";
+/// The format before the identity slots and the refund homes were kept in two
+/// tiers (`tiers`): the same tables with every key in the main tier, so such
+/// a store is taken as it is, its recent tiers created empty. A build of that
+/// format refuses the store from then on, since it would not read them.
+const UPGRADED_FORMAT: &[u8] = b"refunds-store/8";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -251,6 +260,9 @@ impl Store {
                     meta.insert("format", FORMAT_VERSION).map_err(redb::Error::from)?;
                 }
                 Some(found) if found == FORMAT_VERSION => {}
+                Some(found) if found == UPGRADED_FORMAT => {
+                    meta.insert("format", FORMAT_VERSION).map_err(redb::Error::from)?;
+                }
                 Some(found) => {
                     return Err(OpenError::Format {
                         path: path.display().to_string(),

@@ -123,7 +123,7 @@ impl Store {
 
     fn export_in(&self, txn: &ReadTransaction, out: &mut impl Write) -> Result<u64, ExportError> {
         let refunds = txn.open_table(tables::REFUNDS).map_err(StoreError::from)?;
-        let homes = txn.open_table(tables::REFUND_HOMES).map_err(StoreError::from)?;
+        let homes = crate::tiers::HOMES.open_read(txn).map_err(StoreError::from)?;
         // The tenants of this snapshot (the shared cache may lag a commit).
         let mut tenants = tenants_in(txn)?;
         tenants.sort();
@@ -131,7 +131,7 @@ impl Store {
         for (_, tenant) in tenants {
             let start = tenant.prefix();
             let end = TenantNo(tenant.0 + 1).prefix();
-            // `refund_homes` is in (tenant, id) order; rows are in arrival order.
+            // The homes are in (tenant, id) order; rows are in arrival order.
             for entry in homes.range(start.as_slice()..end.as_slice()).map_err(StoreError::from)? {
                 let (key, home) = entry.map_err(StoreError::from)?;
                 let refund_id = std::str::from_utf8(&key.value()[4..]).map_err(|_| corrupt("refund home key"))?;
@@ -315,8 +315,8 @@ pub(crate) fn get_refund_in(
 
 /// A refund's row, found through its home.
 fn row_in(txn: &ReadTransaction, tenant: TenantNo, refund_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-    let homes = txn.open_table(tables::REFUND_HOMES)?;
-    let Some(home) = homes.get(keys::refund_key(tenant, refund_id).as_slice())?.map(|h| h.value()) else {
+    let homes = crate::tiers::HOMES.open_read(txn)?;
+    let Some(home) = homes.get(&keys::refund_key(tenant, refund_id).as_slice())?.map(|h| h.value()) else {
         return Ok(None);
     };
     let refunds = txn.open_table(tables::REFUNDS)?;

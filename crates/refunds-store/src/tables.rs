@@ -16,8 +16,11 @@ pub const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
 /// then the audit sequences of every event received for the refund; see
 /// `row.rs`). The home ([`crate::keys::home_of`]) clusters rows by arrival.
 pub const REFUNDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refunds");
-/// Where each refund's row lives: `tenant | refund id` -> home.
+/// Where each refund's row lives: `tenant | refund id` -> home. Kept in two
+/// tiers (see `tiers`): this main one, and [`REFUND_HOMES_RECENT`].
 pub const REFUND_HOMES: TableDefinition<&[u8], u32> = TableDefinition::new("refund_homes");
+/// The refund homes inserted since the last sweep into [`REFUND_HOMES`].
+pub const REFUND_HOMES_RECENT: TableDefinition<&[u8], u32> = TableDefinition::new("refund_homes_recent");
 
 /// Exact counts of refunds: `tenant | dimension | value` -> count.
 pub const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("counts");
@@ -28,8 +31,11 @@ pub const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("counts");
 pub const SUMMARIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("summaries");
 
 /// Event identity: `tenant | xxh3-64(event id)` -> audit sequence of the
-/// applied event (see `keys::event_slot`).
+/// applied event (see `keys::event_slot`). Kept in two tiers (see `tiers`):
+/// this main one, and [`EVENT_IDS_RECENT`].
 pub const EVENT_IDS: TableDefinition<&[u8; 12], u64> = TableDefinition::new("event_ids");
+/// The identity slots claimed since the last sweep into [`EVENT_IDS`].
+pub const EVENT_IDS_RECENT: TableDefinition<&[u8; 12], u64> = TableDefinition::new("event_ids_recent");
 /// Event identity for the events whose slot in [`EVENT_IDS`] another event id
 /// already holds (a 64-bit hash collision): `tenant | event id` -> sequence.
 pub const EVENT_ID_COLLISIONS: TableDefinition<&[u8], u64> = TableDefinition::new("event_id_collisions");

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use refunds_domain::{Timestamp, validate};
 use refunds_store::keys::{CountDim, Index, count_key};
 use refunds_store::{
@@ -63,7 +63,6 @@ fn export(store: &Store) -> String {
 fn assert_indexes_match_rows(store: &Store) {
     let txn = store.database().begin_read().unwrap();
     let refunds = txn.open_table(tables::REFUNDS).unwrap();
-    let homes = txn.open_table(tables::REFUND_HOMES).unwrap();
     let mut expected_index: Vec<(usize, (Vec<u8>, u32))> = Vec::new();
     let mut expected_homes: Vec<(Vec<u8>, u32)> = Vec::new();
     let mut expected_counts: std::collections::BTreeMap<Vec<u8>, u64> = Default::default();
@@ -101,8 +100,13 @@ fn assert_indexes_match_rows(store: &Store) {
         expected.sort();
         assert_eq!(actual, expected, "index {index:?} disagrees with the rows");
     }
-    let actual_homes: Vec<(Vec<u8>, u32)> =
-        homes.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_vec(), v.value())).collect();
+    // Both tiers of the homes, each key in one of them.
+    let mut actual_homes: Vec<(Vec<u8>, u32)> = Vec::new();
+    for tier in [tables::REFUND_HOMES, tables::REFUND_HOMES_RECENT] {
+        let homes = txn.open_table(tier).unwrap();
+        actual_homes.extend(homes.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_vec(), v.value())));
+    }
+    actual_homes.sort();
     expected_homes.sort();
     assert_eq!(actual_homes, expected_homes, "refund_homes disagrees with the rows");
     let counts = txn.open_table(tables::COUNTS).unwrap();
@@ -590,7 +594,8 @@ fn an_event_id_whose_hash_slot_another_id_holds_is_still_its_own_event() {
     {
         let txn = store.database().begin_write().unwrap();
         {
-            let mut slots = txn.open_table(tables::EVENT_IDS).unwrap();
+            // A new slot is in the recent tier (see `the_identity_and_home_tiers_...`).
+            let mut slots = txn.open_table(tables::EVENT_IDS_RECENT).unwrap();
             let holder = slots.get(&event_slot(tenant, "evt_a")).unwrap().unwrap().value();
             slots.insert(&event_slot(tenant, "evt_b"), holder).unwrap();
         }
@@ -828,4 +833,126 @@ fn the_identity_table_opens_under_either_spelling_of_its_key_type() {
     let txn = db.begin_read().unwrap();
     let table = txn.open_table(tables::EVENT_IDS).unwrap();
     assert_eq!(table.get(&slot).unwrap().map(|v| v.value()), Some(42));
+}
+
+/// Identity slots and refund homes go to a recent tier that is swept into
+/// the main one once it holds 65,536 keys or more. Two stores fed the same
+/// 100,000 events in batches of different sizes sweep at different events;
+/// across the sweeps, every repeat is still recognised (of an event whose
+/// slot was swept and of one whose slot was not), every later event finds
+/// its refund's home in either tier, and the two stores export the same.
+#[test]
+fn the_identity_and_home_tiers_are_swept_without_losing_a_repeat_or_a_home() {
+    const REFUNDS: usize = 70_000;
+    let queued = |r: usize| {
+        event("org_1", &format!("ref_{r}"), &format!("q_{r}"), "refund.queued", "2026-01-01T00:00:00Z", json!({}))
+    };
+    let completed = |r: usize| {
+        event("org_1", &format!("ref_{r}"), &format!("c_{r}"), "refund.completed", "2026-01-02T00:00:00Z", json!({}))
+    };
+    let mut lines: Vec<String> = (0..REFUNDS).map(queued).collect();
+    // Later: outcomes of early refunds (homes swept by then) and of the
+    // last ones (homes still recent), repeats of both kinds of queued
+    // events, and repeats of outcomes of this stretch itself.
+    lines.extend((0..10_000).map(completed));
+    lines.extend((REFUNDS - 5_000..REFUNDS).map(completed));
+    lines.extend((0..5_000).map(queued));
+    lines.extend((REFUNDS - 5_000..REFUNDS).map(queued));
+    lines.extend((0..5_000).map(completed));
+    let total = lines.len();
+    let feed = |batch_events: usize| {
+        let (dir, store) = open();
+        let (mut applied, mut duplicate) = (0, 0);
+        for chunk in lines.chunks(batch_events) {
+            let summary = store.apply_batch(&batch(chunk), Durability::None).unwrap();
+            applied += summary.applied;
+            duplicate += summary.duplicate;
+        }
+        assert_eq!((applied, duplicate), (85_000, 15_000), "batches of {batch_events}");
+        (dir, store)
+    };
+    let (_a, by_20k) = feed(20_000);
+    let (_b, by_7k) = feed(7_000);
+    for store in [&by_20k, &by_7k] {
+        let txn = store.database().begin_read().unwrap();
+        let len = |table: redb::TableDefinition<&[u8], u32>| txn.open_table(table).unwrap().len().unwrap();
+        let (main, recent) = (len(tables::REFUND_HOMES), len(tables::REFUND_HOMES_RECENT));
+        assert!(main >= 65_536 && main + recent == REFUNDS as u64, "homes: main {main}, recent {recent}");
+        let slots = |table: redb::TableDefinition<&[u8; 12], u64>| txn.open_table(table).unwrap().len().unwrap();
+        let (main, recent) = (slots(tables::EVENT_IDS), slots(tables::EVENT_IDS_RECENT));
+        assert!(main >= 65_536 && main + recent == 85_000, "slots: main {main}, recent {recent}");
+        assert_indexes_match_rows(store);
+        let done = store.get_refund("org_1", "ref_3").unwrap().unwrap();
+        assert_eq!(done.status, refunds_domain::EventType::Completed);
+    }
+    assert_eq!(export(&by_20k), export(&by_7k));
+    assert_eq!(total, 100_000);
+}
+
+/// A store of the format before the tiers (every key in the main tables, no
+/// recent ones) opens as the current format, its keys found; a store of any
+/// other format is refused.
+#[test]
+fn a_store_of_the_format_before_the_tiers_is_taken_as_it_is_and_others_are_refused() {
+    use refunds_store::OpenError;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let params = StoreParams { cache_bytes: 16 << 20 };
+    let queued = event("org_1", "ref_1", "evt_1", "refund.queued", "2026-01-01T00:00:00Z", json!({}));
+    let completed = event("org_1", "ref_1", "evt_2", "refund.completed", "2026-01-01T00:01:00Z", json!({}));
+    {
+        let store = Store::open(&path, &params).unwrap();
+        store.apply_batch(&batch(std::slice::from_ref(&queued)), Durability::Immediate).unwrap();
+    }
+    // As the older format left it: the keys in the main tables, no recent ones.
+    let set_format = |format: &str| {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(tables::META).unwrap().insert("format", format.as_bytes()).unwrap();
+        txn.commit().unwrap();
+    };
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let recent = txn.open_table(tables::REFUND_HOMES_RECENT).unwrap();
+            let mut main = txn.open_table(tables::REFUND_HOMES).unwrap();
+            for entry in recent.iter().unwrap() {
+                let (k, v) = entry.unwrap();
+                main.insert(k.value(), v.value()).unwrap();
+            }
+            let recent = txn.open_table(tables::EVENT_IDS_RECENT).unwrap();
+            let mut main = txn.open_table(tables::EVENT_IDS).unwrap();
+            for entry in recent.iter().unwrap() {
+                let (k, v) = entry.unwrap();
+                main.insert(k.value(), v.value()).unwrap();
+            }
+        }
+        txn.delete_table(tables::REFUND_HOMES_RECENT).unwrap();
+        txn.delete_table(tables::EVENT_IDS_RECENT).unwrap();
+        txn.commit().unwrap();
+    }
+    set_format("refunds-store/8");
+    {
+        let store = Store::open(&path, &params).unwrap();
+        let again = store.apply_batch(&batch(&[queued.clone(), completed]), Durability::Immediate).unwrap();
+        assert_eq!((again.applied, again.duplicate), (1, 1), "the older store's event is known");
+        let state = store.get_refund("org_1", "ref_1").unwrap().unwrap();
+        assert_eq!(state.status, refunds_domain::EventType::Completed);
+        assert_indexes_match_rows(&store);
+    }
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let format = txn.open_table(tables::META).unwrap().get("format").unwrap().unwrap().value().to_vec();
+        assert_eq!(format, b"refunds-store/9", "the store now says it has the recent tiers");
+    }
+    for refused in ["refunds-store/7", "refunds-store/10"] {
+        set_format(refused);
+        match Store::open(&path, &params) {
+            Err(OpenError::Format { found, .. }) => assert_eq!(found, refused),
+            Err(other) => panic!("{refused}: {other}"),
+            Ok(_) => panic!("{refused} was opened"),
+        }
+    }
 }

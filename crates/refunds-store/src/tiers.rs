@@ -1,0 +1,182 @@
+//! Two tiers for the tables whose keys land at random places: the event
+//! identity slots (hashes) and the refund homes (refund ids, which follow no
+//! order of arrival).
+//!
+//! A copy-on-write commit rewrites every page it touches. A batch's random
+//! keys touch pages all over such a table, so once the table has fewer pages
+//! than the batch has keys, a commit rewrites nearly all of it, and the bytes
+//! written per event grow with the store. So new keys go to a small `recent`
+//! tier, and the recent tier is moved into the `main` one in one sweep once
+//! it holds about `sqrt(main × 2^16)` keys (at least 2^16). A batch then
+//! rewrites the recent tier's few pages, and every so many batches the main
+//! tier's pages once, instead of most of the main tier's pages every batch.
+//! That bound is the size at which the two costs are even: for `n` keys in
+//! the main tier and `b` new keys per batch, a recent tier of `r` keys costs
+//! about `r` (its pages) plus `n × b / r` (a sweep every `r / b` batches)
+//! key-pages per batch, least at `r = sqrt(n × b)`.
+//!
+//! A key is in one tier only: it is looked up in the recent tier, then the
+//! main one, and inserted only where neither has it. Both tiers are read from
+//! one snapshot, so a sweep is atomic with the batch whose commit makes it.
+
+use std::cmp::Ordering;
+use std::iter::Peekable;
+use std::ops::Range;
+
+use redb::{
+    AccessGuard, Key, Range as TableRange, ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata,
+    StorageError, Table, TableDefinition, Value, WriteTransaction,
+};
+
+use crate::tables;
+
+/// A table kept in two tiers.
+pub(crate) struct Tier<K: Key + 'static, V: Value + 'static> {
+    recent: TableDefinition<'static, K, V>,
+    main: TableDefinition<'static, K, V>,
+}
+
+// Not derived: a derive would ask `K` and `V` to be `Copy`.
+impl<K: Key + 'static, V: Value + 'static> Clone for Tier<K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K: Key + 'static, V: Value + 'static> Copy for Tier<K, V> {}
+
+/// Event identity slots: `tenant | xxh3-64(event id)` -> audit sequence.
+pub(crate) const EVENT_SLOTS: Tier<&[u8; 12], u64> = Tier { recent: tables::EVENT_IDS_RECENT, main: tables::EVENT_IDS };
+/// Refund homes: `tenant | refund id` -> home.
+pub(crate) const HOMES: Tier<&[u8], u32> = Tier { recent: tables::REFUND_HOMES_RECENT, main: tables::REFUND_HOMES };
+
+/// Both tiers of a table, open in one transaction.
+pub(crate) struct Tiered<T> {
+    recent: T,
+    main: T,
+}
+
+impl<K: Key + 'static, V: Value + 'static> Tier<K, V> {
+    pub(crate) fn create(self, txn: &WriteTransaction) -> Result<(), redb::TableError> {
+        txn.open_table(self.recent)?;
+        txn.open_table(self.main)?;
+        Ok(())
+    }
+
+    pub(crate) fn open<'t>(self, txn: &'t WriteTransaction) -> Result<Tiered<Table<'t, K, V>>, redb::TableError> {
+        Ok(Tiered { recent: txn.open_table(self.recent)?, main: txn.open_table(self.main)? })
+    }
+
+    pub(crate) fn open_read(self, txn: &ReadTransaction) -> Result<Tiered<ReadOnlyTable<K, V>>, redb::TableError> {
+        Ok(Tiered { recent: txn.open_table(self.recent)?, main: txn.open_table(self.main)? })
+    }
+
+    /// Moves the recent tier into the main one if it has reached
+    /// [`sweep_at`] the main tier's size; says whether it did. The recent
+    /// tier is then deleted whole (its pages freed, not rewritten) and
+    /// created again, empty.
+    pub(crate) fn settle(self, txn: &WriteTransaction) -> Result<bool, redb::Error> {
+        {
+            let Tiered { recent, mut main } = self.open(txn)?;
+            if recent.len()? < sweep_at(main.len()?) {
+                return Ok(false);
+            }
+            for entry in recent.iter()? {
+                let (key, value) = entry?;
+                main.insert(key.value(), value.value())?;
+            }
+        }
+        txn.delete_table(self.recent)?;
+        txn.open_table(self.recent)?;
+        Ok(true)
+    }
+}
+
+/// How many keys the recent tier holds before it is moved into a main tier
+/// of `main` keys (see the module documentation).
+pub(crate) fn sweep_at(main: u64) -> u64 {
+    const BATCH_KEYS: u64 = 1 << 16;
+    main.saturating_mul(BATCH_KEYS).isqrt().max(BATCH_KEYS)
+}
+
+impl<T> Tiered<T> {
+    /// The value of `key`, from whichever tier holds it.
+    pub(crate) fn get<'a, K: Key + 'static, V: Value + 'static>(
+        &self,
+        key: &K::SelfType<'a>,
+    ) -> Result<Option<AccessGuard<'_, V>>, StorageError>
+    where
+        T: ReadableTable<K, V>,
+    {
+        match self.recent.get(key)? {
+            Some(value) => Ok(Some(value)),
+            None => self.main.get(key),
+        }
+    }
+}
+
+impl<K: Key + 'static, V: Value + 'static> Tiered<Table<'_, K, V>> {
+    /// Inserts a key that neither tier holds (the caller looked it up).
+    pub(crate) fn insert_new<'k, 'v>(
+        &mut self,
+        key: &K::SelfType<'k>,
+        value: &V::SelfType<'v>,
+    ) -> Result<(), StorageError> {
+        self.recent.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Removes a key from whichever tier holds it.
+    pub(crate) fn remove<'a>(&mut self, key: &K::SelfType<'a>) -> Result<(), StorageError> {
+        if self.recent.remove(key)?.is_none() {
+            self.main.remove(key)?;
+        }
+        Ok(())
+    }
+}
+
+impl Tiered<ReadOnlyTable<&'static [u8], u32>> {
+    /// The entries of both tiers in `range`, in key order.
+    pub(crate) fn range(&self, range: Range<&[u8]>) -> Result<Merged<'_>, StorageError> {
+        Ok(Merged { recent: self.recent.range(range.clone())?.peekable(), main: self.main.range(range)?.peekable() })
+    }
+}
+
+type Entry<'a> = Result<(AccessGuard<'a, &'static [u8]>, AccessGuard<'a, u32>), StorageError>;
+
+/// Two tiers' ranges merged in key order (no key is in both).
+pub(crate) struct Merged<'a> {
+    recent: Peekable<TableRange<'a, &'static [u8], u32>>,
+    main: Peekable<TableRange<'a, &'static [u8], u32>>,
+}
+
+impl<'a> Iterator for Merged<'a> {
+    type Item = Entry<'a>;
+
+    fn next(&mut self) -> Option<Entry<'a>> {
+        let order = match (self.recent.peek(), self.main.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            // An error is handed over first, whichever tier it came from.
+            (Some(Err(_)), _) => Ordering::Less,
+            (_, Some(Err(_))) => Ordering::Greater,
+            (Some(Ok((recent, _))), Some(Ok((main, _)))) => recent.value().cmp(main.value()),
+        };
+        if order == Ordering::Greater { self.main.next() } else { self.recent.next() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recent_tier_grows_with_the_square_root_of_the_main_one() {
+        assert_eq!(sweep_at(0), 1 << 16);
+        assert_eq!(sweep_at(1 << 16), 1 << 16);
+        assert_eq!(sweep_at(1 << 20), 1 << 18);
+        assert_eq!(sweep_at(9_400_000), 784_881);
+        assert_eq!(sweep_at(u64::MAX), u64::MAX.isqrt());
+    }
+}
