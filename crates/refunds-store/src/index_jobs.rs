@@ -32,7 +32,9 @@ pub(crate) fn write_index_entries_and_counts(txn: &WriteTransaction, changes: &[
     jobs.push(IndexJob::Counts(txn.open_table(tables::COUNTS)?));
     jobs.push(IndexJob::Summaries(txn.open_table(tables::SUMMARIES)?));
     for index in INDEX_JOB_ORDER {
-        jobs.push(IndexJob::Entries(index, txn.open_table(index.table().expect("listed indexes have tables"))?));
+        let table = txn.open_table(index.table().expect("listed indexes have tables"))?;
+        let recent = index.recent_table().map(|recent| txn.open_table(recent)).transpose()?;
+        jobs.push(IndexJob::Entries(index, table, recent));
     }
     jobs.reverse();
     let jobs = std::sync::Mutex::new(jobs);
@@ -65,7 +67,8 @@ const INDEX_JOB_ORDER: [Index; 12] = [
 
 /// One table's share of step three.
 enum IndexJob<'t> {
-    Entries(Index, Table<'t, &'static [u8], u32>),
+    /// An index, with its recent tier if it has one (see `tiers`).
+    Entries(Index, Table<'t, &'static [u8], u32>, Option<Table<'t, &'static [u8], u32>>),
     Counts(Table<'t, &'static [u8], u64>),
     Summaries(Table<'t, &'static [u8], &'static [u8]>),
 }
@@ -78,7 +81,7 @@ fn run_index_jobs(jobs: &std::sync::Mutex<Vec<IndexJob<'_>>>, changes: &[Change]
         let job = jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
         match job {
             None => return Ok(()),
-            Some(IndexJob::Entries(index, table)) => write_index_entries(index, table, changes)?,
+            Some(IndexJob::Entries(index, table, recent)) => write_index_entries(index, table, recent, changes)?,
             Some(IndexJob::Counts(mut counts)) => apply_count_deltas(&mut counts, &count_deltas(changes))?,
             Some(IndexJob::Summaries(mut table)) => summary::apply_summary_deltas(
                 &mut table,
@@ -90,10 +93,13 @@ fn run_index_jobs(jobs: &std::sync::Mutex<Vec<IndexJob<'_>>>, changes: &[Change]
 
 /// Step three for one index table: the keys the changes remove and insert,
 /// in key order. A key ends with its refund id and each refund is coalesced,
-/// so no key is both removed and inserted by one batch.
-fn write_index_entries(
+/// so no key is both removed and inserted by one batch. An index kept in two
+/// tiers takes its new keys in the `recent` one, and a key is removed from
+/// whichever tier holds it.
+fn write_index_entries<'t>(
     index: Index,
-    mut table: Table<'_, &'static [u8], u32>,
+    mut table: Table<'t, &'static [u8], u32>,
+    mut recent: Option<Table<'t, &'static [u8], u32>>,
     changes: &[Change],
 ) -> Result<(), StoreError> {
     // Every key of the batch in one buffer, named by ranges: two keys per
@@ -123,11 +129,21 @@ fn write_index_entries(
     let key = |range: &Range<usize>| &keys[range.clone()];
     removes.sort_unstable_by(|a, b| key(a).cmp(key(b)));
     for range in &removes {
-        table.remove(key(range))?;
+        let removed = match recent.as_mut() {
+            Some(recent) => recent.remove(key(range))?.is_some(),
+            None => false,
+        };
+        if !removed {
+            table.remove(key(range))?;
+        }
     }
     inserts.sort_unstable_by(|a, b| key(&a.0).cmp(key(&b.0)));
     // A key already present carries the same home (it is fixed): leave it.
-    insert_sorted(&mut table, &inserts, |(range, home)| (key(range), *home))?;
+    let target = match recent.as_mut() {
+        Some(recent) => recent,
+        None => &mut table,
+    };
+    insert_sorted(target, &inserts, |(range, home)| (key(range), *home))?;
     Ok(())
 }
 

@@ -134,6 +134,21 @@ impl Index {
         })
     }
 
+    /// The recent tier of a windowed index (see `tiers`): new keys go there,
+    /// and are swept into [`Index::table`] now and then. `None` for the
+    /// other indexes, whose new keys land at few places.
+    pub fn recent_table(self) -> Option<TableDefinition<'static, &'static [u8], u32>> {
+        Some(match self {
+            Index::Amount => tables::BY_AMOUNT_RECENT,
+            Index::Text(TextField::OrderNo) => tables::BY_ORDER_NO_RECENT,
+            Index::Text(TextField::TransactionId) => tables::BY_TRANSACTION_ID_RECENT,
+            Index::Text(TextField::ExternalRefundId) => tables::BY_EXTERNAL_REFUND_ID_RECENT,
+            Index::Text(TextField::StoreId) => tables::BY_STORE_ID_RECENT,
+            Index::Text(TextField::ReferenceId) => tables::BY_REFERENCE_ID_RECENT,
+            _ => return None,
+        })
+    }
+
     /// The encoded value component of a refund under this index; `None` when
     /// the refund has no value (it is then absent from the index).
     pub fn value_of(self, state: &RefundState) -> Option<Vec<u8>> {

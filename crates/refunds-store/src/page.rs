@@ -17,6 +17,7 @@ use refunds_domain::{RefundState, Timestamp};
 use crate::keys::{self, CountDim, Index, TenantNo};
 use crate::query::{Filter, for_each_with_value, plan};
 use crate::read::decode_row_state;
+use crate::tiers::IndexTables;
 use crate::{StoreError, tables};
 
 /// The sort key of a refund: (created_at, tenant_id, id).
@@ -100,7 +101,7 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
             Ok(n)
         };
         if filter.only_amount_and_created() {
-            let table = txn.open_table(Index::Amount.table().expect("the amount index has a table"))?;
+            let table = IndexTables::open(txn, Index::Amount)?;
             let walk = AmountWindows {
                 table,
                 tenant,
@@ -116,7 +117,7 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
         }
         let plan = plan(filter, &counter)?;
         let keys_suffice = filter.answered_by_keys(plan.index);
-        let table = txn.open_table(plan.index.table().expect("planned indexes have tables"))?;
+        let table = IndexTables::open(txn, plan.index)?;
         for value in &plan.values {
             if plan.index.windowed() {
                 let mut found = Vec::new();
@@ -141,7 +142,7 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
                 None => prefix_end(&prefix),
             };
             let mut range =
-                table.range::<&[u8]>((Bound::Included(lower.as_slice()), Bound::Excluded(upper.as_slice())))?;
+                table.main().range::<&[u8]>((Bound::Included(lower.as_slice()), Bound::Excluded(upper.as_slice())))?;
             // An offset into the only stream, whose keys prove the match, is
             // skipped on the range itself: no candidate is built for it.
             if keys_suffice && request.after.is_none() && request.tenants.len() == 1 && plan.values.len() == 1 {
@@ -212,7 +213,8 @@ pub fn page_in(txn: &ReadTransaction, request: &PageRequest<'_>) -> Result<Vec<R
 /// reads the matches of a window or two and 20 rows, where walking refunds
 /// by created_at would read every refund's row until 20 match.
 struct AmountWindows {
-    table: ReadOnlyTable<&'static [u8], u32>,
+    /// Both tiers of the amount index.
+    table: IndexTables,
     tenant: TenantNo,
     position: usize,
     amounts: (u64, u64),
@@ -237,8 +239,27 @@ impl AmountWindows {
     }
 
     /// The first window at or beyond `from`, in the walk's direction, that
-    /// holds keys of the tenant and lies within the created bounds.
+    /// holds keys of the tenant in either tier and lies within the created
+    /// bounds.
     fn existing_window(&self, from: u32) -> Result<Option<u32>, StoreError> {
+        let mut nearest: Option<u32> = None;
+        for table in self.table.tiers() {
+            if let Some(window) = self.existing_window_in(table, from)? {
+                nearest = Some(match nearest {
+                    Some(other) if self.descending => other.max(window),
+                    Some(other) => other.min(window),
+                    None => window,
+                });
+            }
+        }
+        Ok(nearest)
+    }
+
+    fn existing_window_in(
+        &self,
+        table: &ReadOnlyTable<&'static [u8], u32>,
+        from: u32,
+    ) -> Result<Option<u32>, StoreError> {
         let prefix = self.tenant.prefix();
         let found = if self.descending {
             // The last key before the window after `from`.
@@ -246,12 +267,10 @@ impl AmountWindows {
                 Some(after) => keys::windowed_prefix(self.tenant, after, &[]),
                 None => prefix_end(&prefix),
             };
-            self.table
-                .range::<&[u8]>((Bound::Included(prefix.as_slice()), Bound::Excluded(end.as_slice())))?
-                .next_back()
+            table.range::<&[u8]>((Bound::Included(prefix.as_slice()), Bound::Excluded(end.as_slice())))?.next_back()
         } else {
             let at = keys::windowed_prefix(self.tenant, from, &[]);
-            self.table.range::<&[u8]>((Bound::Included(at.as_slice()), Bound::Unbounded))?.next()
+            table.range::<&[u8]>((Bound::Included(at.as_slice()), Bound::Unbounded))?.next()
         };
         let Some(entry) = found else { return Ok(None) };
         let (key, _) = entry?;
@@ -269,12 +288,28 @@ impl AmountWindows {
         Ok(inside.then_some(window))
     }
 
-    /// The matches of `window`, sorted in the walk's order.
+    /// The matches of `window` in both tiers, sorted in the walk's order.
     fn read(&self, window: u32) -> Result<Vec<Candidate>, StoreError> {
+        let mut found = Vec::new();
+        for table in self.table.tiers() {
+            self.read_in(table, window, &mut found)?;
+        }
+        found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        if self.descending {
+            found.reverse();
+        }
+        Ok(found)
+    }
+
+    fn read_in(
+        &self,
+        table: &ReadOnlyTable<&'static [u8], u32>,
+        window: u32,
+        found: &mut Vec<Candidate>,
+    ) -> Result<(), StoreError> {
         let (min, max) = self.amounts;
         let start = keys::windowed_prefix(self.tenant, window, &keys::amount_value(min));
-        let mut found = Vec::new();
-        for entry in self.table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
+        for entry in table.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
             let (key, home) = entry?;
             let key = key.value();
             // Past `tenant | window`: another window or tenant.
@@ -296,11 +331,7 @@ impl AmountWindows {
                 });
             }
         }
-        found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        if self.descending {
-            found.reverse();
-        }
-        Ok(found)
+        Ok(())
     }
 
     fn step(&mut self) -> Result<Option<Candidate>, StoreError> {

@@ -15,6 +15,7 @@ use refunds_domain::{EventType, RefundState, TextField, Timestamp};
 use crate::histogram;
 use crate::keys::{self, CountDim, Index, TenantNo};
 use crate::read::decode_row_state;
+use crate::tiers::IndexTables;
 use crate::{Store, StoreError, tables};
 
 /// A list filter, already normalized (currency upper case, processor lower
@@ -286,7 +287,7 @@ fn count_amount(
     tenant: TenantNo,
     filter: &Filter,
 ) -> Result<u64, StoreError> {
-    let table = txn.open_table(Index::Amount.table().expect("the amount index has a table"))?;
+    let table = IndexTables::open(txn, Index::Amount)?;
     let (min, max) = (filter.amount_min.unwrap_or(0), filter.amount_max.unwrap_or(u64::MAX));
     let scan = |min: u64, max: u64| {
         count_amount_range(&table, tenant, &Filter { amount_min: Some(min), amount_max: Some(max), ..filter.clone() })
@@ -327,10 +328,10 @@ fn count_amount(
 fn scan_count(txn: &ReadTransaction, tenant: TenantNo, filter: &Filter, plan: &Plan) -> Result<u64, StoreError> {
     let index_only = filter.answered_by_keys(plan.index);
     if !index_only && filter.only_amount_and_created() {
-        let table = txn.open_table(Index::Amount.table().expect("the amount index has a table"))?;
+        let table = IndexTables::open(txn, Index::Amount)?;
         return count_amount_range(&table, tenant, filter);
     }
-    let table = txn.open_table(plan.index.table().expect("planned indexes have tables"))?;
+    let table = IndexTables::open(txn, plan.index)?;
     let refunds = txn.open_table(tables::REFUNDS)?;
     let mut n = 0;
     for value in &plan.values {
@@ -362,11 +363,7 @@ fn scan_count(txn: &ReadTransaction, tenant: TenantNo, filter: &Filter, plan: &P
 
 /// Counts the refunds with an amount in the filter's bounds (and created in
 /// its bounds) from the amount index's keys: one range per created window.
-fn count_amount_range(
-    table: &ReadOnlyTable<&'static [u8], u32>,
-    tenant: TenantNo,
-    filter: &Filter,
-) -> Result<u64, StoreError> {
+fn count_amount_range(table: &IndexTables, tenant: TenantNo, filter: &Filter) -> Result<u64, StoreError> {
     let (min, max) = (keys::amount_value(filter.amount_min.unwrap_or(0)), filter.amount_max.unwrap_or(u64::MAX));
     let mut n = 0;
     skip_scan(table, Index::Amount, tenant, filter.created_min, filter.created_max, &min, |key, _| {
@@ -387,7 +384,7 @@ fn count_amount_range(
 /// the filter's bounds and created in its bounds, from the amount index's
 /// keys: one range per created window.
 pub(crate) fn for_each_in_amount_range(
-    table: &ReadOnlyTable<&'static [u8], u32>,
+    table: &IndexTables,
     tenant: TenantNo,
     filter: &Filter,
     mut f: impl FnMut(&str, u32) -> Result<(), StoreError>,
@@ -408,9 +405,10 @@ pub(crate) fn for_each_in_amount_range(
 
 /// Calls `f(created_at, refund id, home)` for every refund of `tenant` with
 /// `value` under `index` and created within the bounds, in (created_at, id)
-/// order within each created window.
+/// order for an unwindowed index, and in no particular order for a windowed
+/// one (tier by tier, window by window).
 pub(crate) fn for_each_with_value(
-    table: &ReadOnlyTable<&'static [u8], u32>,
+    table: &IndexTables,
     index: Index,
     tenant: TenantNo,
     value: &[u8],
@@ -420,7 +418,7 @@ pub(crate) fn for_each_with_value(
 ) -> Result<(), StoreError> {
     if !index.windowed() {
         let prefix = keys::index_prefix(tenant, value);
-        return scan_prefix(table, &prefix, created_min, created_max, &mut f);
+        return scan_prefix(table.main(), &prefix, created_min, created_max, &mut f);
     }
     let seek = match created_min {
         Some(min) => [value, &keys::time_bytes(min)].concat(),
@@ -450,18 +448,35 @@ enum Step {
 }
 
 /// A skip scan over the created windows of `tenant` in a windowed index,
-/// within the created bounds: one seek per window that holds keys, to
-/// `tenant | window | seek`, then `visit(key, home)` for the window's entries
-/// in key order until it moves on. The first key past the window names the
-/// next window that has keys, however many lie between.
+/// within the created bounds, one tier after the other: see
+/// [`skip_scan_tier`]. A `Stop` ends the tier it was given in.
 fn skip_scan(
-    table: &ReadOnlyTable<&'static [u8], u32>,
+    tables: &IndexTables,
     index: Index,
     tenant: TenantNo,
     created_min: Option<Timestamp>,
     created_max: Option<Timestamp>,
     seek: &[u8],
     mut visit: impl FnMut(&[u8], u32) -> Result<Step, StoreError>,
+) -> Result<(), StoreError> {
+    for table in tables.tiers() {
+        skip_scan_tier(table, index, tenant, created_min, created_max, seek, &mut visit)?;
+    }
+    Ok(())
+}
+
+/// A skip scan of one tier: one seek per window that holds keys, to
+/// `tenant | window | seek`, then `visit(key, home)` for the window's entries
+/// in key order until it moves on. The first key past the window names the
+/// next window that has keys, however many lie between.
+fn skip_scan_tier(
+    table: &ReadOnlyTable<&'static [u8], u32>,
+    index: Index,
+    tenant: TenantNo,
+    created_min: Option<Timestamp>,
+    created_max: Option<Timestamp>,
+    seek: &[u8],
+    visit: &mut impl FnMut(&[u8], u32) -> Result<Step, StoreError>,
 ) -> Result<(), StoreError> {
     let tenant_prefix = tenant.prefix();
     let bits = index.window_bits();

@@ -60,6 +60,7 @@ use refunds_domain::{EventType, RefundState, TextField, Timestamp};
 use crate::keys::{self, CountDim, Index, TenantNo};
 use crate::query::{self, Filter};
 use crate::read::decode_row_state;
+use crate::tiers::IndexTables;
 use crate::{StoreError, tables};
 
 /// A dimension a summary can group by.
@@ -669,7 +670,7 @@ pub fn summary_in(
     let family = family_for(filter, request.group_by, request.period_of.is_some());
     let refunds = txn.open_table(tables::REFUNDS)?;
     let summaries = txn.open_table(tables::SUMMARIES)?;
-    let created = txn.open_table(tables::BY_CREATED)?;
+    let created = IndexTables::open(txn, Index::Created)?;
     // Refunds of slots that a period edge or a created bound cuts, counted
     // one by one through the created index.
     // A refund read one by one: added when it matches the filter.
@@ -701,7 +702,7 @@ pub fn summary_in(
         match family {
             Some(AMOUNTS) => {
                 let edges = read_amounts(&summaries, tenant, filter, request.group_by, &mut sums)?;
-                let table = txn.open_table(Index::Amount.table().expect("the amount index has a table"))?;
+                let table = IndexTables::open(txn, Index::Amount)?;
                 for (low, high) in edges {
                     let edge = Filter { amount_min: Some(low), amount_max: Some(high), ..filter.clone() };
                     query::for_each_in_amount_range(&table, tenant, &edge, |id, home| {
@@ -715,7 +716,7 @@ pub fn summary_in(
                 walk_slots(tenant, &merge_ranges(splits), &mut sums, &mut periods)?;
             }
             None if filter.only_amount_and_created() => {
-                let table = txn.open_table(Index::Amount.table().expect("the amount index has a table"))?;
+                let table = IndexTables::open(txn, Index::Amount)?;
                 query::for_each_in_amount_range(&table, tenant, filter, |id, home| {
                     walk(&mut sums, &mut periods, &load(&refunds, tenant, home, id)?)
                 })?;
@@ -730,7 +731,7 @@ pub fn summary_in(
                     Ok(n)
                 };
                 let plan = query::plan(filter, &counter)?;
-                let table = txn.open_table(plan.index.table().expect("planned indexes have tables"))?;
+                let table = IndexTables::open(txn, plan.index)?;
                 for value in &plan.values {
                     query::for_each_with_value(
                         &table,

@@ -59,6 +59,8 @@ pub const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead
 pub const DEAD_LETTERS_PENDING: TableDefinition<u64, ()> = TableDefinition::new("dead_letters_pending");
 
 /// Secondary indexes: key layout in `keys::Index`; the value is the refund's home.
+/// The windowed ones (`keys::Index::windowed`) are kept in two tiers (see
+/// `tiers`): these main tables, and the `_recent` ones below.
 pub const BY_CREATED: TableDefinition<&[u8], u32> = TableDefinition::new("by_created");
 pub const BY_STATUS: TableDefinition<&[u8], u32> = TableDefinition::new("by_status");
 pub const BY_CURRENCY: TableDefinition<&[u8], u32> = TableDefinition::new("by_currency");
@@ -71,3 +73,10 @@ pub const BY_EXTERNAL_REFUND_ID: TableDefinition<&[u8], u32> = TableDefinition::
 pub const BY_STORE_ID: TableDefinition<&[u8], u32> = TableDefinition::new("by_store_id");
 pub const BY_REFERENCE_ID: TableDefinition<&[u8], u32> = TableDefinition::new("by_reference_id");
 pub const BY_AMOUNT: TableDefinition<&[u8], u32> = TableDefinition::new("by_amount");
+pub const BY_ORDER_NO_RECENT: TableDefinition<&[u8], u32> = TableDefinition::new("by_order_no_recent");
+pub const BY_TRANSACTION_ID_RECENT: TableDefinition<&[u8], u32> = TableDefinition::new("by_transaction_id_recent");
+pub const BY_EXTERNAL_REFUND_ID_RECENT: TableDefinition<&[u8], u32> =
+    TableDefinition::new("by_external_refund_id_recent");
+pub const BY_STORE_ID_RECENT: TableDefinition<&[u8], u32> = TableDefinition::new("by_store_id_recent");
+pub const BY_REFERENCE_ID_RECENT: TableDefinition<&[u8], u32> = TableDefinition::new("by_reference_id_recent");
+pub const BY_AMOUNT_RECENT: TableDefinition<&[u8], u32> = TableDefinition::new("by_amount_recent");

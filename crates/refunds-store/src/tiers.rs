@@ -1,13 +1,16 @@
 //! Two tiers for the tables whose keys land at random places: the event
-//! identity slots (hashes) and the refund homes (refund ids, which follow no
-//! order of arrival).
+//! identity slots (hashes), the refund homes (refund ids, which follow no
+//! order of arrival), and the windowed indexes (order numbers, ids and
+//! amounts, in no order within a created window that may hold weeks of
+//! refunds).
 //!
 //! A copy-on-write commit rewrites every page it touches. A batch's random
 //! keys touch pages all over such a table, so once the table has fewer pages
 //! than the batch has keys, a commit rewrites nearly all of it, and the bytes
 //! written per event grow with the store. So new keys go to a small `recent`
 //! tier, and the recent tier is moved into the `main` one in one sweep once
-//! it holds about `sqrt(main × 2^16)` keys (at least 2^16). A batch then
+//! it holds about `sqrt(main × b)` keys (at least `b`), for `b` about the new keys of a
+//! full batch. A batch then
 //! rewrites the recent tier's few pages, and every so many batches the main
 //! tier's pages once, instead of most of the main tier's pages every batch.
 //! That bound is the size at which the two costs are even: for `n` keys in
@@ -18,6 +21,9 @@
 //! A key is in one tier only: it is looked up in the recent tier, then the
 //! main one, and inserted only where neither has it. Both tiers are read from
 //! one snapshot, so a sweep is atomic with the batch whose commit makes it.
+//! A windowed index is read by visiting both tiers ([`IndexTables`]): every
+//! reader of those indexes collects, counts or sorts what it visits, so the
+//! order across tiers does not matter.
 
 use std::cmp::Ordering;
 use std::iter::Peekable;
@@ -28,12 +34,15 @@ use redb::{
     StorageError, Table, TableDefinition, Value, WriteTransaction,
 };
 
+use crate::keys::Index;
 use crate::tables;
 
 /// A table kept in two tiers.
 pub(crate) struct Tier<K: Key + 'static, V: Value + 'static> {
     recent: TableDefinition<'static, K, V>,
     main: TableDefinition<'static, K, V>,
+    /// About the new keys a full batch brings (see [`sweep_at`]).
+    batch_keys: u64,
 }
 
 // Not derived: a derive would ask `K` and `V` to be `Copy`.
@@ -46,9 +55,19 @@ impl<K: Key + 'static, V: Value + 'static> Clone for Tier<K, V> {
 impl<K: Key + 'static, V: Value + 'static> Copy for Tier<K, V> {}
 
 /// Event identity slots: `tenant | xxh3-64(event id)` -> audit sequence.
-pub(crate) const EVENT_SLOTS: Tier<&[u8; 12], u64> = Tier { recent: tables::EVENT_IDS_RECENT, main: tables::EVENT_IDS };
-/// Refund homes: `tenant | refund id` -> home.
-pub(crate) const HOMES: Tier<&[u8], u32> = Tier { recent: tables::REFUND_HOMES_RECENT, main: tables::REFUND_HOMES };
+/// A batch of 50,000 events claims about that many.
+pub(crate) const EVENT_SLOTS: Tier<&[u8; 12], u64> =
+    Tier { recent: tables::EVENT_IDS_RECENT, main: tables::EVENT_IDS, batch_keys: 1 << 16 };
+/// Refund homes: `tenant | refund id` -> home. A batch names a new refund
+/// for about one event in three.
+pub(crate) const HOMES: Tier<&[u8], u32> =
+    Tier { recent: tables::REFUND_HOMES_RECENT, main: tables::REFUND_HOMES, batch_keys: 1 << 14 };
+
+/// The tiers of a windowed index (a key per new refund); `None` for the
+/// other indexes.
+pub(crate) fn index_tier(index: Index) -> Option<Tier<&'static [u8], u32>> {
+    Some(Tier { recent: index.recent_table()?, main: index.table()?, batch_keys: 1 << 14 })
+}
 
 /// Both tiers of a table, open in one transaction.
 pub(crate) struct Tiered<T> {
@@ -78,7 +97,7 @@ impl<K: Key + 'static, V: Value + 'static> Tier<K, V> {
     pub(crate) fn settle(self, txn: &WriteTransaction) -> Result<bool, redb::Error> {
         {
             let Tiered { recent, mut main } = self.open(txn)?;
-            if recent.len()? < sweep_at(main.len()?) {
+            if recent.len()? < sweep_at(main.len()?, self.batch_keys) {
                 return Ok(false);
             }
             for entry in recent.iter()? {
@@ -93,10 +112,10 @@ impl<K: Key + 'static, V: Value + 'static> Tier<K, V> {
 }
 
 /// How many keys the recent tier holds before it is moved into a main tier
-/// of `main` keys (see the module documentation).
-pub(crate) fn sweep_at(main: u64) -> u64 {
-    const BATCH_KEYS: u64 = 1 << 16;
-    main.saturating_mul(BATCH_KEYS).isqrt().max(BATCH_KEYS)
+/// of `main` keys, for about `batch_keys` new keys a batch (see the module
+/// documentation).
+pub(crate) fn sweep_at(main: u64, batch_keys: u64) -> u64 {
+    main.saturating_mul(batch_keys).isqrt().max(batch_keys)
 }
 
 impl<T> Tiered<T> {
@@ -142,6 +161,31 @@ impl Tiered<ReadOnlyTable<&'static [u8], u32>> {
     }
 }
 
+/// A secondary index open for reading: its table, and for a windowed index
+/// its recent tier too.
+pub(crate) struct IndexTables {
+    main: ReadOnlyTable<&'static [u8], u32>,
+    recent: Option<ReadOnlyTable<&'static [u8], u32>>,
+}
+
+impl IndexTables {
+    pub(crate) fn open(txn: &ReadTransaction, index: Index) -> Result<IndexTables, redb::TableError> {
+        let main = txn.open_table(index.table().expect("every listed index has a table"))?;
+        let recent = index.recent_table().map(|recent| txn.open_table(recent)).transpose()?;
+        Ok(IndexTables { main, recent })
+    }
+
+    /// The whole of an index kept in one tier; the main tier of another.
+    pub(crate) fn main(&self) -> &ReadOnlyTable<&'static [u8], u32> {
+        &self.main
+    }
+
+    /// Every tier: each key of the index is in exactly one.
+    pub(crate) fn tiers(&self) -> impl Iterator<Item = &ReadOnlyTable<&'static [u8], u32>> {
+        std::iter::once(&self.main).chain(self.recent.as_ref())
+    }
+}
+
 type Entry<'a> = Result<(AccessGuard<'a, &'static [u8]>, AccessGuard<'a, u32>), StorageError>;
 
 /// Two tiers' ranges merged in key order (no key is in both).
@@ -173,10 +217,18 @@ mod tests {
 
     #[test]
     fn the_recent_tier_grows_with_the_square_root_of_the_main_one() {
-        assert_eq!(sweep_at(0), 1 << 16);
-        assert_eq!(sweep_at(1 << 16), 1 << 16);
-        assert_eq!(sweep_at(1 << 20), 1 << 18);
-        assert_eq!(sweep_at(9_400_000), 784_881);
-        assert_eq!(sweep_at(u64::MAX), u64::MAX.isqrt());
+        assert_eq!(sweep_at(0, 1 << 16), 1 << 16);
+        assert_eq!(sweep_at(1 << 16, 1 << 16), 1 << 16);
+        assert_eq!(sweep_at(1 << 20, 1 << 16), 1 << 18);
+        assert_eq!(sweep_at(9_400_000, 1 << 16), 784_881);
+        assert_eq!(sweep_at(1 << 20, 1 << 14), 1 << 17);
+        assert_eq!(sweep_at(u64::MAX, 1 << 14), u64::MAX.isqrt());
+    }
+
+    #[test]
+    fn exactly_the_windowed_indexes_have_a_recent_tier() {
+        for index in Index::ALL {
+            assert_eq!(index_tier(index).is_some(), index.windowed(), "{index:?}");
+        }
     }
 }

@@ -92,9 +92,13 @@ fn assert_indexes_match_rows(store: &Store) {
         }
     }
     for (i, index) in Index::ALL.iter().enumerate() {
-        let table = txn.open_table(index.table().unwrap()).unwrap();
-        let actual: Vec<(Vec<u8>, u32)> =
-            table.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_vec(), v.value())).collect();
+        // A windowed index in both its tiers, each key in one of them.
+        let mut actual: Vec<(Vec<u8>, u32)> = Vec::new();
+        for tier in std::iter::once(index.table().unwrap()).chain(index.recent_table()) {
+            let table = txn.open_table(tier).unwrap();
+            actual.extend(table.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_vec(), v.value())));
+        }
+        actual.sort();
         let mut expected: Vec<(Vec<u8>, u32)> =
             expected_index.iter().filter(|(j, _)| *j == i).map(|(_, k)| k.clone()).collect();
         expected.sort();
@@ -835,20 +839,33 @@ fn the_identity_table_opens_under_either_spelling_of_its_key_type() {
     assert_eq!(table.get(&slot).unwrap().map(|v| v.value()), Some(42));
 }
 
-/// Identity slots and refund homes go to a recent tier that is swept into
-/// the main one once it holds 65,536 keys or more. Two stores fed the same
-/// 100,000 events in batches of different sizes sweep at different events;
-/// across the sweeps, every repeat is still recognised (of an event whose
-/// slot was swept and of one whose slot was not), every later event finds
-/// its refund's home in either tier, and the two stores export the same.
+/// Identity slots, refund homes and the windowed indexes' keys go to a
+/// recent tier that is swept into the main one once it is big enough (16,384
+/// keys or more). Two stores fed the same 100,000 events in batches of
+/// different sizes sweep at different events; across the sweeps, every
+/// repeat is still recognised (of an event whose slot was swept and of one
+/// whose slot was not), every later event finds its refund's home in either
+/// tier, every page and count by a windowed index (order number, store,
+/// amount, each with created bounds) equals the refunds that match, in
+/// order, and the two stores export the same.
 #[test]
-fn the_identity_and_home_tiers_are_swept_without_losing_a_repeat_or_a_home() {
+fn the_recent_tiers_are_swept_without_losing_a_repeat_a_home_or_an_index_key() {
+    use refunds_domain::TextField;
+    use refunds_store::{Direction, Filter, PageRequest, SortKey};
     const REFUNDS: usize = 70_000;
+    // Created a second apart from 2026-01-01, so that refunds span several
+    // amount windows (about 3 days each) and two text windows.
+    let created = |r: usize| Timestamp::from_millis(1_767_225_600_000 + r as i64 * 7_000).unwrap();
     let queued = |r: usize| {
-        event("org_1", &format!("ref_{r}"), &format!("q_{r}"), "refund.queued", "2026-01-01T00:00:00Z", json!({}))
+        let attributes = json!({
+            "order_no": format!("O{}", r % 700),
+            "store_id": format!("S{}", r % 3),
+            "amount": 1 + (r * 7919) % 100_000,
+        });
+        event("org_1", &format!("ref_{r}"), &format!("q_{r}"), "refund.queued", &created(r).to_string(), attributes)
     };
     let completed = |r: usize| {
-        event("org_1", &format!("ref_{r}"), &format!("c_{r}"), "refund.completed", "2026-01-02T00:00:00Z", json!({}))
+        event("org_1", &format!("ref_{r}"), &format!("c_{r}"), "refund.completed", "2026-03-01T00:00:00Z", json!({}))
     };
     let mut lines: Vec<String> = (0..REFUNDS).map(queued).collect();
     // Later: outcomes of early refunds (homes swept by then) and of the
@@ -859,7 +876,10 @@ fn the_identity_and_home_tiers_are_swept_without_losing_a_repeat_or_a_home() {
     lines.extend((0..5_000).map(queued));
     lines.extend((REFUNDS - 5_000..REFUNDS).map(queued));
     lines.extend((0..5_000).map(completed));
-    let total = lines.len();
+    // And a few new refunds last, whose keys stay in the recent tiers.
+    const LATE: usize = 300;
+    lines.extend((REFUNDS..REFUNDS + LATE).map(queued));
+    assert_eq!(lines.len(), 100_300);
     let feed = |batch_events: usize| {
         let (dir, store) = open();
         let (mut applied, mut duplicate) = (0, 0);
@@ -868,25 +888,86 @@ fn the_identity_and_home_tiers_are_swept_without_losing_a_repeat_or_a_home() {
             applied += summary.applied;
             duplicate += summary.duplicate;
         }
-        assert_eq!((applied, duplicate), (85_000, 15_000), "batches of {batch_events}");
+        assert_eq!((applied, duplicate), (85_300, 15_000), "batches of {batch_events}");
         (dir, store)
     };
     let (_a, by_20k) = feed(20_000);
     let (_b, by_7k) = feed(7_000);
+    let filters = [
+        Filter { exact: vec![(TextField::OrderNo, "O5".into())], ..Default::default() },
+        Filter {
+            exact: vec![(TextField::OrderNo, "O699".into())],
+            created_min: Some(created(20_000)),
+            created_max: Some(created(60_000)),
+            ..Default::default()
+        },
+        Filter {
+            exact: vec![(TextField::StoreId, "S1".into())],
+            created_min: Some(created(65_000)),
+            ..Default::default()
+        },
+        Filter { amount_min: Some(1_000), amount_max: Some(1_500), ..Default::default() },
+        Filter {
+            amount_min: Some(99_000),
+            created_min: Some(created(30_000)),
+            created_max: Some(created(69_000)),
+            ..Default::default()
+        },
+    ];
     for store in [&by_20k, &by_7k] {
         let txn = store.database().begin_read().unwrap();
         let len = |table: redb::TableDefinition<&[u8], u32>| txn.open_table(table).unwrap().len().unwrap();
         let (main, recent) = (len(tables::REFUND_HOMES), len(tables::REFUND_HOMES_RECENT));
-        assert!(main >= 65_536 && main + recent == REFUNDS as u64, "homes: main {main}, recent {recent}");
+        let all = (REFUNDS + LATE) as u64;
+        assert!(main >= 16_384 && recent > 0 && main + recent == all, "homes: main {main}, recent {recent}");
+        let (main, recent) = (len(tables::BY_ORDER_NO), len(tables::BY_ORDER_NO_RECENT));
+        assert!(main >= 16_384 && recent > 0 && main + recent == all, "order_no: main {main}, recent {recent}");
         let slots = |table: redb::TableDefinition<&[u8; 12], u64>| txn.open_table(table).unwrap().len().unwrap();
         let (main, recent) = (slots(tables::EVENT_IDS), slots(tables::EVENT_IDS_RECENT));
-        assert!(main >= 65_536 && main + recent == 85_000, "slots: main {main}, recent {recent}");
+        assert!(main >= 65_536 && recent > 0 && main + recent == 85_300, "slots: main {main}, recent {recent}");
+        drop(txn);
         assert_indexes_match_rows(store);
         let done = store.get_refund("org_1", "ref_3").unwrap().unwrap();
         assert_eq!(done.status, refunds_domain::EventType::Completed);
+
+        let states: Vec<_> =
+            (0..REFUNDS + LATE).map(|r| store.get_refund("org_1", &format!("ref_{r}")).unwrap().unwrap()).collect();
+        let tenants = store.tenants();
+        let numbers: Vec<_> = tenants.iter().map(|(_, n)| *n).collect();
+        for filter in &filters {
+            let mut expected: Vec<SortKey> = states.iter().filter(|s| filter.matches(s)).map(SortKey::of).collect();
+            expected.sort();
+            assert!(!expected.is_empty(), "{filter:?} matches something");
+            assert_eq!(store.count(&numbers, filter).unwrap(), expected.len() as u64, "{filter:?}");
+            for direction in [Direction::Ascending, Direction::Descending] {
+                // Pages of 50, each starting after the last one's end.
+                let mut walked: Vec<SortKey> = Vec::new();
+                loop {
+                    let txn = store.database().begin_read().unwrap();
+                    let request = PageRequest {
+                        tenants: &tenants,
+                        filter,
+                        direction,
+                        after: walked.last(),
+                        include_after: false,
+                        skip: 0,
+                        take: 50,
+                    };
+                    let page = refunds_store::page_in(&txn, &request).unwrap();
+                    let done = page.len() < 50;
+                    walked.extend(page.iter().map(SortKey::of));
+                    if done {
+                        break;
+                    }
+                }
+                if direction == Direction::Descending {
+                    walked.reverse();
+                }
+                assert_eq!(walked, expected, "{filter:?} {direction:?}");
+            }
+        }
     }
     assert_eq!(export(&by_20k), export(&by_7k));
-    assert_eq!(total, 100_000);
 }
 
 /// A store of the format before the tiers (every key in the main tables, no
