@@ -179,8 +179,9 @@ impl Index {
     /// 1M generated events, those six indexes cost 40% of the replay. Keyed
     /// `tenant | window | value | created_at | id`, new refunds land in the
     /// current window's few pages instead. A lookup by value probes each
-    /// window that exists (one seek each, about 15 per two years), and still
-    /// reads each value's refunds in (created_at, id) order.
+    /// window that exists (one seek each, about 15 per two years, in each of
+    /// the index's two tiers: see `tiers`), and reads each value's refunds
+    /// in (created_at, id) order within a window and tier.
     pub fn windowed(self) -> bool {
         matches!(
             self,

@@ -18,6 +18,10 @@
 //! about `r` (its pages) plus `n × b / r` (a sweep every `r / b` batches)
 //! key-pages per batch, least at `r = sqrt(n × b)`.
 //!
+//! A windowed index sends to its recent tier only the keys of windows that a
+//! batch fills densely (`index_jobs`, `DENSE_SHARE`); the keys of a sparse
+//! window cost a page each in either tier and go straight to the main one.
+//!
 //! A key is in one tier only: it is looked up in the recent tier, then the
 //! main one, and inserted only where neither has it. Both tiers are read from
 //! one snapshot, so a sweep is atomic with the batch whose commit makes it.
