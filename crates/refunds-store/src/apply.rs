@@ -31,13 +31,9 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(tables::NAMES_BY_NUMBER)?;
     txn.open_table(tables::STATS)?;
     txn.open_table(tables::REFUNDS)?;
-    tiers::HOMES.create(txn)?;
     txn.open_table(tables::COUNTS)?;
     txn.open_table(tables::SUMMARIES)?;
-    tiers::EVENT_SLOTS.create(txn)?;
-    for tier in Index::ALL.into_iter().filter_map(tiers::index_tier) {
-        tier.create(txn)?;
-    }
+    tiers::create_all(txn)?;
     txn.open_table(tables::EVENT_ID_COLLISIONS)?;
     txn.open_table(tables::AUDIT_LOG)?;
     txn.open_table(tables::AUDIT_ORPHANS)?;
@@ -226,12 +222,7 @@ impl Store {
                 audit.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
                 Ok(())
             })?;
-            // After the batch's keys are in: a sweep takes them along.
-            tiers::EVENT_SLOTS.settle(&txn)?;
-            tiers::HOMES.settle(&txn)?;
-            for tier in Index::ALL.into_iter().filter_map(tiers::index_tier) {
-                tier.settle(&txn)?;
-            }
+            tiers::settle_all(&txn)?;
             fresh_names = interner.fresh;
         }
         drop(known);

@@ -14,6 +14,7 @@ use redb::{CursorError, ReadableTable, Table, WriteTransaction};
 use refunds_domain::{RefundState, TextField};
 
 use crate::keys::{self, CountDim, Index, TenantNo};
+use crate::tiers;
 use crate::{StoreError, tables};
 use crate::{histogram, summary};
 
@@ -130,13 +131,7 @@ fn write_index_entries<'t>(
     let key = |range: &Range<usize>| &keys[range.clone()];
     removes.sort_unstable_by(|a, b| key(a).cmp(key(b)));
     for range in &removes {
-        let removed = match recent.as_mut() {
-            Some(recent) => recent.remove(key(range))?.is_some(),
-            None => false,
-        };
-        if !removed {
-            table.remove(key(range))?;
-        }
+        tiers::remove_from_either(recent.as_mut(), &mut table, &key(range))?;
     }
     inserts.sort_unstable_by(|a, b| key(&a.0).cmp(key(&b.0)));
     let entry = |(range, home, _): &(Range<usize>, u32, i64)| (key(range), *home);

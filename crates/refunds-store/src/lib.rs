@@ -45,9 +45,10 @@
 //! status, currency (and the other low-cardinality dimensions) and created
 //! time slot, for dashboard summaries (see [`summary`]).
 //! `event_ids` maps `tenant | xxh3-64(event id)` to the
-//! audit sequence of the applied event. `event_ids` and `refund_homes` take
-//! keys at random places, so each is kept in two tiers (see `tiers.rs`): new keys
-//! go to a small recent tier, swept into the main one now and then; `audit_log` is an append-only log by
+//! audit sequence of the applied event. `event_ids`, `refund_homes` and the
+//! windowed indexes take keys at random places, so each is kept in two tiers
+//! (see `tiers.rs`): new keys go to a small `_recent` table, swept into the
+//! main one now and then; `audit_log` is an append-only log by
 //! sequence (payloads LZ4-packed, see `audit`), and each `refunds` row ends with the sequences of its refund's
 //! entries, the conflicting repeats of its events included. `audit_orphans`
 //! lists entries by the refund id they name instead; the trail reads it, the
@@ -90,9 +91,10 @@ pub use summary::{CurrencyAmount, Dim, Summary, SummaryGroup, SummaryRequest, su
 /// The on-disk format this build writes. A store of another format is
 /// refused, except [`UPGRADED_FORMAT`].
 const FORMAT_VERSION: &[u8] = b"refunds-store/9";
-/// The format before the identity slots and the refund homes were kept in two
-/// tiers (`tiers`): the same tables with every key in the main tier, so such
-/// a store is taken as it is, its recent tiers created empty. A build of that
+/// The format before the identity slots, the refund homes and the windowed
+/// indexes were kept in two tiers (`tiers`): the same tables with every key
+/// in the main tier, so such a store is taken as it is, its recent tiers
+/// created empty. A build of that
 /// format refuses the store from then on, since it would not read them.
 const UPGRADED_FORMAT: &[u8] = b"refunds-store/8";
 

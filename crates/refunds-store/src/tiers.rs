@@ -75,6 +75,60 @@ pub(crate) fn index_tier(index: Index) -> Option<Tier<&'static [u8], u32>> {
     Some(Tier { recent: index.recent_table()?, main: index.table()?, batch_keys: 1 << 14 })
 }
 
+/// Every tiered table of the store, in one list: what the store creates is
+/// what every batch settles.
+fn every_tier() -> impl Iterator<Item = AnyTier> {
+    [AnyTier::Slots(EVENT_SLOTS), AnyTier::Bytes(HOMES)]
+        .into_iter()
+        .chain(Index::ALL.into_iter().filter_map(index_tier).map(AnyTier::Bytes))
+}
+
+/// The tiered tables' two key types.
+enum AnyTier {
+    Slots(Tier<&'static [u8; 12], u64>),
+    Bytes(Tier<&'static [u8], u32>),
+}
+
+/// Creates both tiers of every tiered table.
+pub(crate) fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
+    for tier in every_tier() {
+        match tier {
+            AnyTier::Slots(tier) => tier.create(txn)?,
+            AnyTier::Bytes(tier) => tier.create(txn)?,
+        }
+    }
+    Ok(())
+}
+
+/// Sweeps every recent tier that has reached its bound (see [`Tier::settle`]);
+/// called once a batch's keys are in, so a sweep takes them along.
+pub(crate) fn settle_all(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    for tier in every_tier() {
+        match tier {
+            AnyTier::Slots(tier) => tier.settle(txn)?,
+            AnyTier::Bytes(tier) => tier.settle(txn)?,
+        };
+    }
+    Ok(())
+}
+
+/// Removes `key` from whichever tier holds it; with no recent tier, from
+/// the main table.
+pub(crate) fn remove_from_either<'a, K: Key + 'static, V: Value + 'static>(
+    recent: Option<&mut Table<'_, K, V>>,
+    main: &mut Table<'_, K, V>,
+    key: &K::SelfType<'a>,
+) -> Result<(), StorageError> {
+    let removed = match recent {
+        Some(recent) => recent.remove(key)?.is_some(),
+        None => false,
+    };
+    if !removed {
+        main.remove(key)?;
+    }
+    Ok(())
+}
+
 /// Both tiers of a table, open in one transaction.
 pub(crate) struct Tiered<T> {
     recent: T,
@@ -153,10 +207,7 @@ impl<K: Key + 'static, V: Value + 'static> Tiered<Table<'_, K, V>> {
 
     /// Removes a key from whichever tier holds it.
     pub(crate) fn remove<'a>(&mut self, key: &K::SelfType<'a>) -> Result<(), StorageError> {
-        if self.recent.remove(key)?.is_none() {
-            self.main.remove(key)?;
-        }
-        Ok(())
+        remove_from_either(Some(&mut self.recent), &mut self.main, key)
     }
 }
 

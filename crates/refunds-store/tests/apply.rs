@@ -840,8 +840,8 @@ fn the_identity_table_opens_under_either_spelling_of_its_key_type() {
 }
 
 /// Identity slots, refund homes and the windowed indexes' keys go to a
-/// recent tier that is swept into the main one once it is big enough (16,384
-/// keys or more). Two stores fed the same 100,000 events in batches of
+/// recent tier that is swept into the main one once it is big enough (65,536
+/// keys or more for slots and homes, 16,384 for the indexes). Two stores fed the same 100,000 events in batches of
 /// different sizes sweep at different events; across the sweeps, every
 /// repeat is still recognised (of an event whose slot was swept and of one
 /// whose slot was not), every later event finds its refund's home in either
