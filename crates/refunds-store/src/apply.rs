@@ -22,6 +22,7 @@ use crate::audit::{Outcome, PackedPayload, StoredSource, decode_entry, encode_en
 use crate::batch::{Batch, BatchSummary, Checkpoint, Item, ItemKind, SourcePos};
 use crate::index_jobs::{Change, insert_sorted, write_index_entries_and_counts};
 use crate::keys::{self, Index, TenantNo};
+use crate::main_keys::MainKeys;
 use crate::read::{dead_letter_document, stat_names};
 use crate::tiers::{self, Tiered};
 use crate::{FILE_KIND, Store, StoreError, TENANT_KIND, TOPIC_KIND, row, tables};
@@ -125,6 +126,8 @@ impl Store {
         let started = std::time::Instant::now();
         let mut invalid_by_reason: HashMap<&'static str, u64> = HashMap::default();
         let mut txn = crate::Write::begin(&self.db)?;
+        // Taken after the write transaction: one writer at a time has it.
+        let mut filters = self.main_filters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let known = self.names();
         txn.set_durability(durability)?;
         let mut summary = BatchSummary::default();
@@ -160,9 +163,10 @@ impl Store {
             // identity: they depend only on which refunds the batch names.
             let mut homes = tiers::HOMES.open(&txn)?;
             let mut event_ids = tiers::EVENT_SLOTS.open(&txn)?;
+            let (slots_filter, homes_filter) = filters.current(&txn, &event_ids, &homes)?;
             let (identified, found_homes) = std::thread::scope(|scope| {
-                let found = scope.spawn(|| find_homes(&mut homes, &valid, first_seq));
-                let identified = identify(&txn, &event_ids, &audit_log, first_seq, &valid, &mut summary);
+                let found = scope.spawn(|| find_homes(&mut homes, homes_filter, &valid, first_seq));
+                let identified = identify(&txn, &event_ids, slots_filter, &audit_log, first_seq, &valid, &mut summary);
                 (identified, found.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             });
             let Identified { audit_rows, mut touched, new_slots, last_applied_at, redirected } = identified?;
@@ -222,7 +226,7 @@ impl Store {
                 audit.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
                 Ok(())
             })?;
-            tiers::settle_all(&txn)?;
+            tiers::settle_all(&txn, &mut filters)?;
             fresh_names = interner.fresh;
         }
         drop(known);
@@ -370,6 +374,7 @@ fn admit<'b>(
 fn identify<'b>(
     txn: &WriteTransaction,
     event_ids: &Tiered<Table<'_, &'static [u8; 12], u64>>,
+    slots_filter: &MainKeys,
     audit_log: &Table<'_, u64, &'static [u8]>,
     first_seq: u64,
     valid: &[Admitted<'b>],
@@ -408,7 +413,7 @@ fn identify<'b>(
         let holder = match last {
             // A later event of this batch with the slot of an earlier one.
             Some((last_slot, holder)) if last_slot == slot => Some(holder),
-            _ => event_ids.get(&&slot)?.map(|v| v.value()),
+            _ => event_ids.get_filtered(&&slot, slots_filter)?.map(|v| v.value()),
         };
         match holder {
             Some(holder) => holders[i] = Some(holder),
@@ -532,6 +537,7 @@ fn add_redirected<'a>(touched: &mut Vec<Touched<'a>>, redirected: &'a [Redirecte
 /// of the batch is applied to it.
 fn find_homes<'b>(
     homes: &mut Tiered<Table<'_, &'static [u8], u32>>,
+    filter: &MainKeys,
     valid: &[Admitted<'b>],
     first_seq: u64,
 ) -> Result<Vec<(TenantNo, &'b str, u32, bool)>, StoreError> {
@@ -546,7 +552,7 @@ fn find_homes<'b>(
     let mut found = Vec::with_capacity(named.len());
     for (tenant, refund_id, seq) in named {
         let key = keys::refund_key(tenant, refund_id);
-        let stored = homes.get(&key.as_slice())?.map(|home| home.value());
+        let stored = homes.get_filtered(&key.as_slice(), filter)?.map(|home| home.value());
         found.push(match stored {
             Some(home) => (tenant, refund_id, home, false),
             None => {

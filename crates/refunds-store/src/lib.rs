@@ -61,6 +61,7 @@ mod gaps;
 pub mod histogram;
 mod index_jobs;
 pub mod keys;
+mod main_keys;
 pub mod page;
 mod positions;
 pub mod query;
@@ -168,6 +169,9 @@ pub struct Store {
     positions: tokio::sync::watch::Sender<std::sync::Arc<Positions>>,
     /// This store's number among the stores opened by the process.
     instance: u64,
+    /// The writer's filters of the big main tiers (see `tiers::MainKeys`),
+    /// built at its first batch.
+    main_filters: std::sync::Mutex<main_keys::MainFilters>,
 }
 
 /// The committed state a read transaction sees: equal ids, equal contents,
@@ -317,6 +321,7 @@ impl Store {
                 static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             },
+            main_filters: std::sync::Mutex::default(),
         };
         store.publish_positions().map_err(|e| OpenError::Storage(redb::Error::Corrupted(e.to_string())))?;
         if let Some(at) =

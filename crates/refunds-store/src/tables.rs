@@ -36,6 +36,10 @@ pub const SUMMARIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("summa
 pub const EVENT_IDS: TableDefinition<&[u8; 12], u64> = TableDefinition::new("event_ids");
 /// The identity slots claimed since the last sweep into [`EVENT_IDS`].
 pub const EVENT_IDS_RECENT: TableDefinition<&[u8; 12], u64> = TableDefinition::new("event_ids_recent");
+/// The saved Bloom filters of the [`EVENT_IDS`] and [`REFUND_HOMES`] main
+/// tiers: `(table, chunk)` -> 1 MiB of filter blocks, chunk `u32::MAX` the
+/// header (see `main_keys`).
+pub const MAIN_FILTERS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("main_filters");
 /// Event identity for the events whose slot in [`EVENT_IDS`] another event id
 /// already holds (a 64-bit hash collision): `tenant | event id` -> sequence.
 pub const EVENT_ID_COLLISIONS: TableDefinition<&[u8], u64> = TableDefinition::new("event_id_collisions");

@@ -28,6 +28,10 @@
 //! A windowed index is read by visiting both tiers ([`IndexTables`]): every
 //! reader of those indexes collects, counts or sorts what it visits, so the
 //! order across tiers does not matter.
+//!
+//! The identity slots and the homes are looked up key by key, most of them
+//! new keys; a Bloom filter of each of those two main tiers (`main_keys`)
+//! spares those lookups the main tier.
 
 use std::cmp::Ordering;
 use std::iter::Peekable;
@@ -35,10 +39,11 @@ use std::ops::Range;
 
 use redb::{
     AccessGuard, Key, Range as TableRange, ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata,
-    StorageError, Table, TableDefinition, Value, WriteTransaction,
+    StorageError, Table, TableDefinition, TableHandle, Value, WriteTransaction,
 };
 
 use crate::keys::Index;
+use crate::main_keys::{MainFilters, MainKeys};
 use crate::tables;
 
 /// A table kept in two tiers.
@@ -78,15 +83,17 @@ pub(crate) fn index_tier(index: Index) -> Option<Tier<&'static [u8], u32>> {
 /// Every tiered table of the store, in one list: what the store creates is
 /// what every batch settles.
 fn every_tier() -> impl Iterator<Item = AnyTier> {
-    [AnyTier::Slots(EVENT_SLOTS), AnyTier::Bytes(HOMES)]
+    [AnyTier::Slots(EVENT_SLOTS), AnyTier::Homes(HOMES)]
         .into_iter()
-        .chain(Index::ALL.into_iter().filter_map(index_tier).map(AnyTier::Bytes))
+        .chain(Index::ALL.into_iter().filter_map(index_tier).map(AnyTier::Index))
 }
 
-/// The tiered tables' two key types.
+/// The tiered tables, by key type and by whether a filter is kept of the
+/// main tier.
 enum AnyTier {
     Slots(Tier<&'static [u8; 12], u64>),
-    Bytes(Tier<&'static [u8], u32>),
+    Homes(Tier<&'static [u8], u32>),
+    Index(Tier<&'static [u8], u32>),
 }
 
 /// Creates both tiers of every tiered table.
@@ -94,22 +101,25 @@ pub(crate) fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError>
     for tier in every_tier() {
         match tier {
             AnyTier::Slots(tier) => tier.create(txn)?,
-            AnyTier::Bytes(tier) => tier.create(txn)?,
+            AnyTier::Homes(tier) | AnyTier::Index(tier) => tier.create(txn)?,
         }
     }
     Ok(())
 }
 
 /// Sweeps every recent tier that has reached its bound (see [`Tier::settle`]);
-/// called once a batch's keys are in, so a sweep takes them along.
-pub(crate) fn settle_all(txn: &WriteTransaction) -> Result<(), redb::Error> {
+/// called once a batch's keys are in, so a sweep takes them along. The
+/// keys swept into the identity slots and the homes go into their filters,
+/// and a filter so changed is stored in the same transaction.
+pub(crate) fn settle_all(txn: &WriteTransaction, filters: &mut MainFilters) -> Result<(), redb::Error> {
     for tier in every_tier() {
         match tier {
-            AnyTier::Slots(tier) => tier.settle(txn)?,
-            AnyTier::Bytes(tier) => tier.settle(txn)?,
+            AnyTier::Slots(tier) => tier.settle(txn, filters.slots.as_mut())?,
+            AnyTier::Homes(tier) => tier.settle(txn, filters.homes.as_mut())?,
+            AnyTier::Index(tier) => tier.settle(txn, None)?,
         };
     }
-    Ok(())
+    filters.save_changed(txn)
 }
 
 /// Removes `key` from whichever tier holds it; with no recent tier, from
@@ -142,6 +152,11 @@ impl<K: Key + 'static, V: Value + 'static> Tier<K, V> {
         Ok(())
     }
 
+    /// The main tier's table name.
+    pub(crate) fn main_name(&self) -> &str {
+        self.main.name()
+    }
+
     pub(crate) fn open<'t>(self, txn: &'t WriteTransaction) -> Result<Tiered<Table<'t, K, V>>, redb::TableError> {
         Ok(Tiered { recent: txn.open_table(self.recent)?, main: txn.open_table(self.main)? })
     }
@@ -154,15 +169,24 @@ impl<K: Key + 'static, V: Value + 'static> Tier<K, V> {
     /// [`sweep_at`] the main tier's size; says whether it did. The recent
     /// tier is then deleted whole (its pages freed, not rewritten) and
     /// created again, empty.
-    pub(crate) fn settle(self, txn: &WriteTransaction) -> Result<bool, redb::Error> {
+    /// The swept keys go into `filter` too, and a filter up to date with
+    /// the main tier before the sweep is so after it.
+    pub(crate) fn settle(self, txn: &WriteTransaction, mut filter: Option<&mut MainKeys>) -> Result<bool, redb::Error> {
         {
             let Tiered { recent, mut main } = self.open(txn)?;
-            if recent.len()? < sweep_at(main.len()?, self.batch_keys) {
+            let before = main.len()?;
+            if recent.len()? < sweep_at(before, self.batch_keys) {
                 return Ok(false);
             }
             for entry in recent.iter()? {
                 let (key, value) = entry?;
                 main.insert(key.value(), value.value())?;
+                if let Some(filter) = filter.as_deref_mut() {
+                    filter.add(K::as_bytes(&key.value()).as_ref());
+                }
+            }
+            if let Some(filter) = filter {
+                filter.swept(before, main.len()?);
             }
         }
         txn.delete_table(self.recent)?;
@@ -179,6 +203,11 @@ pub(crate) fn sweep_at(main: u64, batch_keys: u64) -> u64 {
 }
 
 impl<T> Tiered<T> {
+    /// The main tier.
+    pub(crate) fn main(&self) -> &T {
+        &self.main
+    }
+
     /// The value of `key`, from whichever tier holds it.
     pub(crate) fn get<'a, K: Key + 'static, V: Value + 'static>(
         &self,
@@ -195,6 +224,20 @@ impl<T> Tiered<T> {
 }
 
 impl<K: Key + 'static, V: Value + 'static> Tiered<Table<'_, K, V>> {
+    /// [`Tiered::get`], asking the main tier only if its `filter` (see
+    /// `MainFilters::current`) may hold the key.
+    pub(crate) fn get_filtered<'a>(
+        &self,
+        key: &K::SelfType<'a>,
+        filter: &MainKeys,
+    ) -> Result<Option<AccessGuard<'_, V>>, StorageError> {
+        match self.recent.get(key)? {
+            Some(value) => Ok(Some(value)),
+            None if filter.may_hold(K::as_bytes(key).as_ref()) => self.main.get(key),
+            None => Ok(None),
+        }
+    }
+
     /// Inserts a key that neither tier holds (the caller looked it up).
     pub(crate) fn insert_new<'k, 'v>(
         &mut self,
@@ -271,6 +314,7 @@ impl<'a> Iterator for Merged<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::main_keys::MainKeys;
 
     #[test]
     fn the_recent_tier_grows_with_the_square_root_of_the_main_one() {
@@ -280,6 +324,65 @@ mod tests {
         assert_eq!(sweep_at(9_400_000, 1 << 16), 784_881);
         assert_eq!(sweep_at(1 << 20, 1 << 14), 1 << 17);
         assert_eq!(sweep_at(u64::MAX, 1 << 14), u64::MAX.isqrt());
+    }
+
+    #[test]
+    fn a_main_tiers_filter_has_every_key_swept_into_it_and_is_saved_with_the_sweep() {
+        use crate::main_keys::{covering, save_if_changed};
+        const MAIN: TableDefinition<&[u8], u32> = TableDefinition::new("test");
+        const RECENT: TableDefinition<&[u8], u32> = TableDefinition::new("test_recent");
+        let tier = Tier { recent: RECENT, main: MAIN, batch_keys: 8 };
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let db = redb::Database::create(file.path()).unwrap();
+        let key = |n: u32| format!("refund-{n}").into_bytes();
+        // One batch of `keys`, each looked up first as a batch does; commits
+        // unless `abort`. Says whether the batch swept.
+        let batch = |kept: &mut Option<MainKeys>, keys: std::ops::Range<u32>, abort: bool| {
+            let txn = db.begin_write().unwrap();
+            {
+                let mut tiered = tier.open(&txn).unwrap();
+                let filter = covering(kept, &txn, "test", &tiered.main).unwrap();
+                for n in keys {
+                    assert!(tiered.get_filtered(&key(n).as_slice(), filter).unwrap().is_none(), "{n} is new");
+                    tiered.insert_new(&key(n).as_slice(), &n).unwrap();
+                }
+            }
+            let swept = tier.settle(&txn, kept.as_mut()).unwrap();
+            save_if_changed(kept, &txn, "test").unwrap();
+            if abort {
+                txn.abort().unwrap()
+            } else {
+                txn.commit().unwrap()
+            }
+            swept
+        };
+        let mut kept = None;
+        for n in 0..40 {
+            batch(&mut kept, n * 5..n * 5 + 5, false);
+        }
+        // A writer that keeps its filter, and one that opens the store anew.
+        let mut opened = None;
+        for filter in [&mut kept, &mut opened] {
+            let txn = db.begin_write().unwrap();
+            let tiered = tier.open(&txn).unwrap();
+            let swept = tiered.main.len().unwrap();
+            assert!(swept >= 150 && tiered.recent.len().unwrap() > 0, "{swept} keys swept");
+            let filter = covering(filter, &txn, "test", &tiered.main).unwrap();
+            assert!(filter.stored(), "kept or loaded, not built from the tier");
+            for n in 0..200 {
+                assert_eq!(tiered.get_filtered(&key(n).as_slice(), filter).unwrap().unwrap().value(), n);
+            }
+            let wrongly_held = (1000..11_000).filter(|&n| filter.may_hold(&key(n))).count();
+            assert!(wrongly_held < 300, "{wrongly_held} of 10,000 absent keys may be held");
+        }
+        // A sweep whose transaction fails: the kept filter took keys the
+        // tier does not have and is replaced by the stored one, which lacks
+        // them as the tier does.
+        assert!(batch(&mut kept, 200..400, true));
+        assert!(kept.as_ref().unwrap().may_hold(&key(300)));
+        batch(&mut kept, 400..401, false);
+        let lacking = (200..400).filter(|&n| !kept.as_ref().unwrap().may_hold(&key(n))).count();
+        assert!(lacking > 190, "{lacking} of the failed sweep's keys are gone");
     }
 
     #[test]

@@ -968,6 +968,19 @@ fn the_recent_tiers_are_swept_without_losing_a_repeat_a_home_or_an_index_key() {
         }
     }
     assert_eq!(export(&by_20k), export(&by_7k));
+
+    // Reopened, the store's writer loads the filters of the main tiers that
+    // the sweeps saved: repeats of swept and of recent events, and outcomes
+    // of refunds of both tiers, are still known.
+    let path = _b.path().join("store.redb");
+    drop(by_7k);
+    let store = Store::open(&path, &StoreParams { cache_bytes: 16 << 20 }).unwrap();
+    let mut again: Vec<String> = (0..2_000).chain(REFUNDS..REFUNDS + LATE).map(queued).collect();
+    again.extend((0..2_000).map(completed));
+    let fresh = (0..3).map(|r| completed(20_000 + r));
+    let summary =
+        store.apply_batch(&batch(&again.iter().cloned().chain(fresh).collect::<Vec<_>>()), Durability::None).unwrap();
+    assert_eq!((summary.applied, summary.duplicate), (3, 4_300));
 }
 
 /// A store of the format before the tiers (every key in the main tables, no
