@@ -568,21 +568,21 @@ fn print_table_sizes(db: &Path) -> anyhow::Result<()> {
     let sizes = store.table_sizes().context("failed to read the tables")?;
     let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
     println!("{:<24} {:>12} {:>10} {:>10} {:>10} {:>10}", "table", "rows", "MiB", "stored", "metadata", "unused");
-    let (mut pages, mut rows) = (0, 0);
+    let (mut bytes, mut rows) = (0, 0);
     for size in &sizes {
-        pages += size.pages;
+        bytes += size.bytes;
         rows += size.rows;
         println!(
             "{:<24} {:>12} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
             size.name,
             size.rows,
-            mib(size.pages * 4096),
+            mib(size.bytes),
             mib(size.stored_bytes),
             mib(size.metadata_bytes),
             mib(size.fragmented_bytes)
         );
     }
-    println!("{:<24} {:>12} {:>10.1}", "all tables", rows, mib(pages * 4096));
+    println!("{:<24} {:>12} {:>10.1}", "all tables", rows, mib(bytes));
     println!("{:<24} {:>12} {:>10.1}", "file", "", mib(Store::file_bytes(db)));
     Ok(())
 }

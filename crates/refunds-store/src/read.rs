@@ -351,8 +351,10 @@ impl From<redb::TransactionError> for ExportError {
 pub struct TableSize {
     pub name: String,
     pub rows: u64,
-    /// Leaf and branch pages, 4 KiB each: what the table takes in the file.
-    pub pages: u64,
+    /// What the table takes in the file: the sum of the three below. (Its
+    /// count of pages would undercount a table of large values, such as
+    /// `main_filters`, whose leaves span many pages each.)
+    pub bytes: u64,
     /// Keys and values as inserted, without the B-tree's overhead.
     pub stored_bytes: u64,
     /// Keys in branch pages and other metadata.
@@ -374,13 +376,13 @@ impl Store {
             sizes.push(TableSize {
                 name,
                 rows: table.len()?,
-                pages: stats.leaf_pages() + stats.branch_pages(),
+                bytes: stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes(),
                 stored_bytes: stats.stored_bytes(),
                 metadata_bytes: stats.metadata_bytes(),
                 fragmented_bytes: stats.fragmented_bytes(),
             });
         }
-        sizes.sort_by(|a, b| b.pages.cmp(&a.pages).then_with(|| a.name.cmp(&b.name)));
+        sizes.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
         Ok(sizes)
     }
 }
