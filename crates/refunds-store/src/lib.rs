@@ -169,8 +169,8 @@ pub struct Store {
     positions: tokio::sync::watch::Sender<std::sync::Arc<Positions>>,
     /// This store's number among the stores opened by the process.
     instance: u64,
-    /// The writer's filters of the big main tiers (see `tiers::MainKeys`),
-    /// built at its first batch.
+    /// The writer's Bloom filters of the identity and homes main tiers
+    /// (see `main_keys`), loaded or built at its first batch.
     main_filters: std::sync::Mutex<main_keys::MainFilters>,
 }
 

@@ -10,13 +10,13 @@
 //! failed), never lack one the tier has: every key enters a main tier by a
 //! sweep, and the sweep adds it to the filter ([`MainKeys::add`]). The
 //! filter is saved in the store (`main_filters`) in the transaction of the
-//! sweep that changed it, with the main tier's length it covers, so a writer
-//! that opens the store loads it instead of reading the tier. It is built
-//! from the tier instead when the saved one does not cover the tier's
-//! length (a store written by a build without filters, or the first batch
-//! after an upgrade), when the writer's kept filter does not (a failed
-//! batch), and when the tier has outgrown it. The main tiers only grow, so
-//! a filter covering the tier's length covers its keys.
+//! sweep that changed it, with the main tier's length it covers. A writer
+//! keeps its filter between batches; it loads the saved one when it has
+//! none or its own does not cover the tier (a batch that failed after its
+//! sweep), and builds one from the tier when the saved one does not cover
+//! it either (a store written by a build without filters, or written on by
+//! one since) or the tier has outgrown it. A main tier only grows, and only
+//! by sweeps, so a filter that covers its length covers its keys.
 //!
 //! The filter is blocked: a key sets seven bits of one 64-byte block, so a
 //! lookup reads one cache line. Its layout is this module's own, not a
