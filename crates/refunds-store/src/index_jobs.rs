@@ -140,15 +140,12 @@ fn write_index_entries<'t>(
         insert_sorted(&mut table, &inserts, entry)?;
         return Ok(());
     };
-    // Keys sort by `tenant | window` first: each run of equal prefixes is
-    // one window's share of the batch.
+    // Keys sort by `tenant | window` first: each run of equal heads is one
+    // window's share of the batch.
     let dense_span = (1i64 << index.window_bits()) / DENSE_SHARE;
+    let head = |(range, _, _): &(Range<usize>, u32, i64)| keys::windowed_head(key(range));
     let mut created: Vec<i64> = Vec::new();
-    let mut start = 0;
-    while start < inserts.len() {
-        let window = &key(&inserts[start].0)[..8];
-        let end = start + inserts[start..].iter().take_while(|(range, _, _)| key(range).starts_with(window)).count();
-        let run = &inserts[start..end];
+    for run in inserts.chunk_by(|a, b| head(a) == head(b)) {
         // The middle 80% of the run's creation times: a late first event of
         // an old refund does not make a dense run look spread.
         created.clear();
@@ -162,7 +159,6 @@ fn write_index_entries<'t>(
         } else {
             insert_sorted(&mut table, run, entry)?;
         }
-        start = end;
     }
     Ok(())
 }

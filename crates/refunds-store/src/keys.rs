@@ -266,7 +266,13 @@ fn write_key_head(tenant: TenantNo, window: Option<u32>, out: &mut Vec<u8>) {
 
 /// The window of a windowed index key (`tenant | window | ...`).
 pub fn window_of_key(key: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(key.get(4..8)?.try_into().ok()?))
+    Some(u32::from_be_bytes(windowed_head(key)?.get(4..)?.try_into().ok()?))
+}
+
+/// `tenant | window` of a windowed index key: the keys of one tenant's
+/// window share it.
+pub(crate) fn windowed_head(key: &[u8]) -> Option<&[u8]> {
+    key.get(..8)
 }
 
 /// Splits an amount index key (`tenant | window | amount | created_at | id`)

@@ -94,7 +94,12 @@ pub(crate) struct MainKeys {
 impl MainKeys {
     /// The keys the filter was sized for; past them it is built again.
     fn capacity(&self) -> u64 {
-        self.bloom.blocks.len() as u64 * 512 / BITS_PER_KEY
+        capacity_of(self.bloom.blocks.len())
+    }
+
+    /// Whether the filter covers a main tier of `len` keys.
+    fn covers(&self, len: u64) -> bool {
+        self.keys == len && len <= self.capacity()
     }
 
     /// Whether the store has this filter as it is (loaded, or saved since
@@ -134,14 +139,15 @@ impl MainKeys {
         Ok(MainKeys { bloom, keys, saved: false })
     }
 
-    /// The stored filter of the tier `name`, if there is one of this layout.
-    fn load(saved: &Table<'_, (&str, u32), &[u8]>, name: &str) -> Result<Option<MainKeys>, redb::Error> {
+    /// The stored filter of the tier `name`, if there is one of this layout
+    /// that covers the tier's `len` keys; its blocks are read only then.
+    fn load(saved: &Table<'_, (&str, u32), &[u8]>, name: &str, len: u64) -> Result<Option<MainKeys>, redb::Error> {
         let Some(header) = saved.get((name, HEADER))? else { return Ok(None) };
         let header = header.value();
         let field = |at: usize| header.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
         let (Some(layout), Some(keys), Some(blocks)) = (field(0), field(8), field(16)) else { return Ok(None) };
         let Ok(blocks) = usize::try_from(blocks) else { return Ok(None) };
-        if layout != u64::from(LAYOUT) || blocks == 0 {
+        if layout != u64::from(LAYOUT) || blocks == 0 || keys != len || len > capacity_of(blocks) {
             return Ok(None);
         }
         let mut bloom = Bloom { blocks: Vec::with_capacity(blocks) };
@@ -182,6 +188,11 @@ impl MainKeys {
         self.saved = true;
         Ok(())
     }
+}
+
+/// The keys a filter of `blocks` blocks is sized for.
+fn capacity_of(blocks: usize) -> u64 {
+    blocks as u64 * 512 / BITS_PER_KEY
 }
 
 /// The filters of the identity slots' and the homes' main tiers.
@@ -237,15 +248,14 @@ pub(crate) fn covering<'f, K: Key + 'static, V: Value + 'static>(
     main: &Table<'_, K, V>,
 ) -> Result<&'f MainKeys, redb::Error> {
     let len = main.len()?;
-    let covers = |filter: &MainKeys| filter.keys == len && len <= filter.capacity();
-    if kept.as_ref().is_some_and(|filter| !covers(filter)) {
+    if kept.as_ref().is_some_and(|filter| !filter.covers(len)) {
         *kept = None;
     }
     if kept.is_none() {
         let started = std::time::Instant::now();
-        let (filter, how) = match MainKeys::load(&txn.open_table(tables::MAIN_FILTERS)?, name)? {
-            Some(stored) if covers(&stored) => (stored, "loaded"),
-            _ => (MainKeys::build(main)?, "built"),
+        let (filter, how) = match MainKeys::load(&txn.open_table(tables::MAIN_FILTERS)?, name, len)? {
+            Some(stored) => (stored, "loaded"),
+            None => (MainKeys::build(main)?, "built"),
         };
         tracing::debug!(
             table = name,
@@ -286,17 +296,18 @@ mod tests {
                 big.add(&n.to_le_bytes());
             }
             big.save(&mut saved, "t").unwrap();
-            let loaded = MainKeys::load(&saved, "t").unwrap().unwrap();
+            let loaded = MainKeys::load(&saved, "t", 7).unwrap().unwrap();
             assert_eq!((&loaded.bloom, loaded.keys, loaded.saved), (&big.bloom, 7, true));
+            assert!(MainKeys::load(&saved, "t", 8).unwrap().is_none(), "it covers 7 keys, not 8");
             assert!(big.bloom.blocks.len() > 2 * CHUNK_BLOCKS);
 
             let mut small = MainKeys { bloom: Bloom::for_keys(1000), keys: 9, saved: false };
             small.add(b"x");
             small.save(&mut saved, "t").unwrap();
-            let loaded = MainKeys::load(&saved, "t").unwrap().unwrap();
+            let loaded = MainKeys::load(&saved, "t", 9).unwrap().unwrap();
             assert_eq!((&loaded.bloom, loaded.keys), (&small.bloom, 9));
             assert_eq!(saved.len().unwrap(), 2, "one chunk and the header");
-            assert!(MainKeys::load(&saved, "other").unwrap().is_none());
+            assert!(MainKeys::load(&saved, "other", 9).unwrap().is_none());
         }
         txn.commit().unwrap();
     }
